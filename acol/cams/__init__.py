@@ -1,0 +1,1 @@
+"""Class activation maps: normalisation ops (and, later, the post-hoc localizers)."""

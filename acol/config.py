@@ -1,0 +1,305 @@
+"""Experiment configuration: a dataclass schema, TOML files with `_base_` inheritance, dotted overrides.
+
+The defaults below are the single source of truth. An experiment file overrides a subset of them:
+
+    _base_ = "synthetic_acol.toml"      # a path or a list of paths, relative to this file
+    [acol]
+    threshold = 0.8
+
+Command-line overrides use dotted keys and the TOML value grammar (`optim.lr=1e-3`,
+`eval.iou_thresholds=[30,50,70]`, `model.backbone=vgg16`). Unknown keys and values of the wrong
+type are errors that name the key (and the file).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SyntheticCfg:
+    """Parameters of the embedded synthetic benchmark (used when data.dataset = "SYNTHETIC")."""
+    num_classes: int = 8
+    image_size: int = 64
+    train_per_class: int = 150
+    val_per_class: int = 25
+    test_per_class: int = 50
+    multi_object_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class DataCfg:
+    dataset: str = "SYNTHETIC"          # folder name under root/ and metadata_root/
+    root: str = "data"                  # images live in <root>/<dataset>/
+    metadata_root: str = "data/metadata"  # metadata in <metadata_root>/<dataset>/<split>/
+    resize_size: int = 256
+    crop_size: int = 224                # network input side; evaluation happens at this size
+    keep_aspect: bool = False           # resize the shorter side (official ACoL) or to a square (wsolevaluation)
+    eval_center_crop: bool = False      # eval: Resize+CenterCrop (official ACoL) or Resize((crop, crop)) (wsolevaluation)
+    num_workers: int = -1               # -1: from the machine's core count
+    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+
+
+@dataclass
+class ModelCfg:
+    name: str = "acol"                  # acol | single (ACoL without erasing) | cam (GAP + FC)
+    backbone: str = "vgg16"             # vgg16 | smallcnn
+    num_classes: int = 0                # 0: taken from the dataset
+    pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
+    large_feature_map: bool = True      # vgg16: 28x28 maps at 224 (official ACoL) instead of 14x14
+    smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL)
+    head_channels: int = 1024
+
+
+@dataclass
+class ACoLCfg:
+    threshold: float = 0.6              # erase where the normalised map of branch A is >= threshold
+    erase_with: str = "gt"              # training label used for erasing: gt | pred (argmax of A)
+    fuse: str = "max"                   # localization map: max | mean | a | b of the normalised A and B maps
+    loss_weight_b: float = 1.0
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    head_lr_mult: float = 10.0          # classifier heads: weights x10, biases x20 (official ACoL)
+    bias_lr_mult: float = 2.0
+    lr_decay_epochs: list[int] = field(default_factory=list)  # multiply lr by lr_decay_gamma at these epochs
+    lr_decay_gamma: float = 0.1
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 60
+    global_batch_size: int = 20         # split over processes under torchrun
+    seed: int = 0
+    device: str = "auto"                # auto (cuda when present) | cpu | cuda
+    amp: str = "auto"                   # auto (bf16 on CUDA when supported) | bf16 | off
+    deterministic: bool = False
+    max_steps: int = 0                  # stop after this many optimizer steps in total (0: no limit)
+
+
+@dataclass
+class EvalCfg:
+    batch_size: int = 64                # per process
+    every: int = 1                      # validate every N epochs (and always after the last)
+    cam_curve_interval: float = 0.001
+    iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])
+    fixed_threshold: float = 0.2        # the classic papers' box threshold
+    best_metric: str = "maxboxacc_v2"   # val metric that selects checkpoints/best.pt
+
+
+@dataclass
+class LogCfg:
+    runs_dir: str = "runs"
+    log_every: int = 20                 # steps between scalar logs
+    vis_num: int = 8                    # fixed validation images shown as heatmap overlays
+    vis_every: int = 1                  # evaluations between heatmap grids
+
+
+@dataclass
+class Config:
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    acol: ACoLCfg = field(default_factory=ACoLCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Validate `value` against the annotation `typ`; ints are accepted for floats."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_check_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        raise ConfigError(f"{source}: {key} must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _merge_into(obj: Any, data: dict, prefix: str, source: str) -> None:
+    """Write the nested dict `data` into the dataclass `obj`, validating keys and types."""
+    types = _field_types(type(obj))
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in types:
+            valid = ", ".join(f"{prefix}{n}" for n in types)
+            raise ConfigError(f"{source}: unknown key {key!r} (valid keys here: {valid})")
+        typ = types[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} is a table, got {value!r}")
+            _merge_into(getattr(obj, name), value, f"{key}.", source)
+        else:
+            setattr(obj, name, _check_value(value, typ, key, source))
+
+
+def _read_toml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+    """The (data, source) layers of `path`, its `_base_` files first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular _base_ chain")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    layers = []
+    for base in bases:
+        layers += _read_toml_chain(path.parent / base, seen + (path,))
+    return layers + [(data, str(path))]
+
+
+def parse_override(item: str) -> dict:
+    """`a.b=value` -> {"a": {"b": value}}; the value is parsed with the TOML grammar."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _keep_raw_strings(cfg_obj: Any, nested: dict, raw: str) -> dict:
+    """Where the target field is a str, keep the override's raw text (so `name=inf` stays a string)."""
+    types = _field_types(type(cfg_obj))
+    out = {}
+    for name, value in nested.items():
+        typ = types.get(name)
+        if isinstance(value, dict) and typ is not None and dataclasses.is_dataclass(typ):
+            out[name] = _keep_raw_strings(getattr(cfg_obj, name), value, raw)
+        elif typ is str and not isinstance(value, str):
+            out[name] = raw
+        else:
+            out[name] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- the TOML file and its `_base_` chain <- dotted overrides."""
+    cfg = Config()
+    if path is not None:
+        for data, source in _read_toml_chain(Path(path)):
+            _merge_into(cfg, data, "", source)
+    for item in overrides:
+        nested = parse_override(item)
+        nested = _keep_raw_strings(cfg, nested, item.split("=", 1)[1])
+        _merge_into(cfg, nested, "", f"override {item!r}")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "model.name": ("acol", "single", "cam"),
+    "acol.erase_with": ("gt", "pred"),
+    "acol.fuse": ("max", "mean", "a", "b"),
+    "train.amp": ("auto", "bf16", "off"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the types alone cannot express."""
+    flat = to_dict(cfg)
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = flat[section][name]
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if not 0.0 < cfg.acol.threshold <= 1.0:
+        raise ConfigError(f"acol.threshold must be in (0, 1]; got {cfg.acol.threshold}")
+    if cfg.data.crop_size > cfg.data.resize_size:
+        raise ConfigError(f"data.crop_size ({cfg.data.crop_size}) exceeds data.resize_size ({cfg.data.resize_size})")
+    for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every"):
+        section, name = key.split(".")
+        if flat[section][name] <= 0:
+            raise ConfigError(f"{key} must be positive; got {flat[section][name]}")
+    if not 0.0 < cfg.eval.cam_curve_interval < 1.0:
+        raise ConfigError(f"eval.cam_curve_interval must be in (0, 1); got {cfg.eval.cam_curve_interval}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML; `load_config` of this text gives back an equal Config."""
+    lines: list[str] = []
+
+    def write_table(name: str, table: dict) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        lines.append("")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                write_table(f"{name}.{k}", v)
+
+    for name, table in to_dict(cfg).items():
+        write_table(name, table)
+    return "\n".join(lines)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """{"optim.lr": 1e-4, ...}: the config's leaves under dotted keys."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk("", to_dict(cfg))
+    return out

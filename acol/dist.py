@@ -1,0 +1,77 @@
+"""torchrun environment -> process group; rank helpers; a non-padding inference sampler.
+
+Without torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) everything runs in one process.
+NCCL is used when the processes drive CUDA devices, gloo otherwise (CPU runs, tests).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(device_type: str) -> torch.device:
+    """Join the torchrun process group if launched by torchrun; return this process's device."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+class InferenceSampler(Sampler[int]):
+    """Contiguous shards of range(size), one per rank, without padding or repeats (detectron2's idea):
+    summed per-rank counts are exactly the one-process counts."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        per_rank, extra = divmod(size, world_size)
+        start = rank * per_rank + min(rank, extra)
+        self.indices = range(start, start + per_rank + (rank < extra))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

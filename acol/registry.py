@@ -1,0 +1,32 @@
+"""A tiny name -> builder registry (timm / torchvision style)."""
+from __future__ import annotations
+
+from typing import Callable
+
+
+class Registry:
+    """Maps names to builders; unknown names raise with the list of valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, Callable] = {}
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        def decorator(builder: Callable) -> Callable:
+            if name in self._builders:
+                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            self._builders[name] = builder
+            return builder
+
+        return decorator
+
+    def get(self, name: str) -> Callable:
+        if name not in self._builders:
+            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}")
+        return self._builders[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders
