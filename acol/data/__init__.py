@@ -1,0 +1,1 @@
+"""Data: wsolevaluation-format metadata, datasets, transforms and the synthetic benchmark."""

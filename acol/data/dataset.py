@@ -1,0 +1,123 @@
+"""A Dataset for any data set in wsolevaluation metadata format, its collate, and its loaders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from acol.data.metadata import Metadata, read_metadata
+from acol.data.transforms import WSOLTransform
+from acol.dist import InferenceSampler, get_rank, get_world_size
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8; grayscale, palette, CMYK and alpha images are converted to RGB."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def load_mask(path: Path) -> torch.Tensor:
+    """(H, W) uint8 in {0, 1}: pixels > 127 of a grayscale PNG."""
+    try:
+        with Image.open(path) as img:
+            return torch.from_numpy((np.asarray(img.convert("L")) > 127).astype(np.uint8))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"mask not found: {path}") from None
+
+
+class WSOLDataset(Dataset):
+    """Samples of one split: {"image": (3, H, W) uint8, "label": int, "boxes": (K, 4) int64,
+    "mask": (H, W) uint8 (1 foreground, 0 background, 255 ignore) or None, "image_id": str, "index": int}.
+
+    Boxes and masks are in the transformed image's pixel grid.
+    """
+
+    def __init__(self, data_root: str | Path, metadata: Metadata, transform: WSOLTransform,
+                 load_masks: bool = False):
+        self.image_root = Path(data_root) / metadata.split_dir.parent.name
+        self.meta = metadata
+        self.transform = transform
+        self.load_masks = load_masks and bool(metadata.masks)
+
+    def __len__(self) -> int:
+        return len(self.meta.image_ids)
+
+    def _mask(self, image_id: str, height: int, width: int) -> torch.Tensor:
+        mask = torch.zeros(height, width, dtype=torch.uint8)
+        for rel in self.meta.masks.get(image_id, []):
+            mask |= load_mask(self.image_root / rel)
+        if image_id in self.meta.ignore:
+            ignore = load_mask(self.image_root / self.meta.ignore[image_id]).bool() & (mask == 0)
+            mask[ignore] = 255
+        return mask
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.meta.image_ids[index]
+        image = load_rgb(self.image_root / image_id)
+        height, width = image.shape[-2:]
+        if image_id in self.meta.sizes and self.meta.sizes[image_id] != (width, height):
+            raise ValueError(f"{self.image_root / image_id}: image is {width}x{height} but image_sizes.txt "
+                             f"says {self.meta.sizes[image_id][0]}x{self.meta.sizes[image_id][1]}")
+        boxes = torch.tensor(self.meta.boxes.get(image_id, []), dtype=torch.int64).reshape(-1, 4)
+        mask = self._mask(image_id, height, width) if self.load_masks else None
+        image, boxes, mask = self.transform(image, boxes, mask)
+        return {"image": image, "label": self.meta.labels[image_id], "boxes": boxes, "mask": mask,
+                "image_id": image_id, "index": index}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack images, labels and masks; boxes (variable count per image) and ids stay lists."""
+    masks = [s["mask"] for s in samples]
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "boxes": [s["boxes"] for s in samples],
+        "mask": torch.stack(masks) if all(m is not None for m in masks) else None,
+        "image_id": [s["image_id"] for s in samples],
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+    }
+
+
+def default_num_workers() -> int:
+    """Workers per process: the cores this process may use, split over local ranks, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(8, cores // local - 1))
+
+
+def build_dataset(cfg, split: str, train: bool) -> WSOLDataset:
+    meta = read_metadata(cfg.data.metadata_root, cfg.data.dataset, split)
+    transform = WSOLTransform(train, cfg.data.resize_size, cfg.data.crop_size, cfg.data.keep_aspect,
+                              center_crop=cfg.data.eval_center_crop)
+    return WSOLDataset(cfg.data.root, meta, transform, load_masks=not train)
+
+
+def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataLoader:
+    """Train: shuffled, drop_last, per-process batch = global batch / world size.
+    Eval: contiguous shards without padding (evaluator counts are all-reduced)."""
+    world = get_world_size()
+    workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else default_num_workers()
+    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=workers > 0)
+    if not train:
+        return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
+                          sampler=InferenceSampler(len(dataset), get_rank(), world), **common)
+    if cfg.train.global_batch_size % world:
+        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
+                         f"the {world} processes")
+    # One sampler for 1 or N processes: the order depends on (seed, epoch) only (set_epoch), so a
+    # resumed run sees the same batches. Worker RNGs are seeded from the loader's generator.
+    sampler = torch.utils.data.DistributedSampler(dataset, world, get_rank(), shuffle=True, seed=seed,
+                                                  drop_last=True)
+    return DataLoader(dataset, batch_size=cfg.train.global_batch_size // world, sampler=sampler,
+                      drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
