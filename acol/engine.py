@@ -1,0 +1,166 @@
+"""The training loop, the evaluation loop and checkpoints: one readable pass each."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from acol.data.transforms import normalize_on_device
+from acol.dist import is_main_process
+from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DistributedDataParallel."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for train.amp: None means float32. "auto" is bf16 on CUDA devices that
+    support it; "bf16" forces it (also on the CPU)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def progress(iterable, desc: str):
+    """A tqdm bar on the main process when stderr is a terminal; plain iteration otherwise."""
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (is_main_process() and sys.stderr.isatty()))
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD with the official ACoL lr groups by module role: backbone weights 1x, backbone biases
+    2x, head weights 10x, head biases 20x (bias_lr_mult and head_lr_mult)."""
+    groups = []
+    for role, params in unwrap(model).param_groups().items():
+        role_mult = cfg.optim.head_lr_mult if role == "head" else 1.0
+        for is_bias in (False, True):
+            chosen = [p for name, p in params if name.endswith("bias") == is_bias and p.requires_grad]
+            if chosen:
+                mult = role_mult * (cfg.optim.bias_lr_mult if is_bias else 1.0)
+                groups.append({"params": chosen, "lr": cfg.optim.lr * mult,
+                               "name": f"{role}_{'bias' if is_bias else 'weight'}"})
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                           nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg, logger) -> int:
+    """One pass over `loader`; returns the global step after it (it stops early at train.max_steps)."""
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    core = unwrap(model)
+    seen, tick = 0, time.perf_counter()
+    for batch in progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"):
+        images = normalize_on_device(batch["image"], device)
+        labels = batch["label"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            out = model(images, labels)
+        losses = core.loss(out, labels)
+        if not torch.isfinite(losses["loss"]):
+            raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1}, epoch "
+                                     f"{epoch + 1}; batch images: {', '.join(batch['image_id'])}")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        step += 1
+        seen += len(labels)
+        if step % cfg.log.log_every == 0:
+            values = {f"train/{k}": v.item() for k, v in losses.items()}
+            elapsed = time.perf_counter() - tick
+            values["train/cls_acc"] = (out["logits"].argmax(1) == labels).float().mean().item() * 100
+            values["opt/lr"] = optimizer.param_groups[0]["lr"]
+            values["perf/img_per_s"] = seen * int(os.environ.get("WORLD_SIZE", 1)) / elapsed
+            tracker.scalars(values, step)
+            logger.info(f"epoch {epoch + 1} step {step} " + " ".join(
+                f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))
+            seen, tick = 0, time.perf_counter()
+        if cfg.train.max_steps and step >= cfg.train.max_steps:
+            break
+    return step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
+             threshold: float | None = None) -> dict[str, float]:
+    """Classification and localization metrics of one split (all ranks' counts summed).
+
+    Maps are the GT class's localization maps (the WSOL protocol), upsampled to the input size and
+    normalised in float32. `threshold` is a box threshold chosen elsewhere (on `val`) to report at.
+    """
+    core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
+    core.eval()
+    boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
+                              cfg.eval.fixed_threshold)
+    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if loader.dataset.load_masks else None
+    size = (cfg.data.crop_size, cfg.data.crop_size)
+    for batch in progress(loader, "eval"):
+        images = normalize_on_device(batch["image"], device)
+        labels = batch["label"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            out = core(images, labels)
+        scoremaps = resize_and_normalize(core.localization_map(out, labels).cpu(), size)
+        top5 = out["logits"].topk(min(5, out["logits"].shape[1]), dim=1).indices
+        hits = (top5 == labels[:, None]).cpu().numpy()
+        boxes_eval.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], hits[:, 0], hits.any(1))
+        if masks_eval is not None:
+            masks = batch["mask"].numpy()
+            masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+    boxes_eval.all_reduce()
+    metrics = boxes_eval.compute(threshold)
+    if masks_eval is not None:
+        masks_eval.all_reduce()
+        metrics.update(masks_eval.compute())
+    core.train()
+    return metrics
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint loaded safely (`weights_only=True`: tensors and plain containers only)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+

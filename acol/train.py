@@ -1,0 +1,248 @@
+"""Train a WSOL model: `python -m acol.train --config experiments/X.toml [key=value ...]`.
+
+The same command runs on one process or under `torchrun --nproc-per-node=N` (DDP). The run
+directory `<log.runs_dir>/<name>/` gets config.toml (re-runnable), meta.json, log.txt,
+metrics.jsonl, TensorBoard events, checkpoints/{last,best}.pt and results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from acol import dist
+from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
+from acol.data.dataset import build_dataset, build_loader, collate
+from acol.data.synthetic import SyntheticSpec, ensure_synthetic
+from acol.data.transforms import normalize_on_device
+from acol.engine import (amp_dtype, autocast, build_optimizer, evaluate, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state, train_one_epoch, unwrap)
+from acol.models import build_model
+from acol.tracking import Tracker, setup_logging
+from acol.visualize import heatmap_rows, tile
+
+# The metrics of the final table: (key in the evaluator's output, column title)
+SUMMARY = [
+    ("top1_cls", "top-1 cls"),
+    ("gt_known_loc@fixed", "GT-known loc @fixed"),
+    ("top1_loc@fixed", "top-1 loc @fixed"),
+    ("gt_known_loc@val", "GT-known loc @val"),
+    ("top1_loc@val", "top-1 loc @val"),
+    ("maxboxacc_v2", "MaxBoxAccV2 (oracle)"),
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="experiment TOML file (defaults apply without one)")
+    p.add_argument("--name", help="run name (default: config stem + overrides + seed)")
+    p.add_argument("--resume", help="'auto' (the run's checkpoints/last.pt, if any) or a checkpoint path")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. acol.threshold=0.7")
+    return p.parse_args(argv)
+
+
+def default_run_name(config_path: str | None, overrides: list[str], seed: int) -> str:
+    """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic."""
+    name = Path(config_path).stem if config_path else "default"
+    extra = [o for o in overrides if not o.startswith("train.seed=")]
+    if extra:
+        name += "+" + ",".join(extra)
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    return f"{name}-s{seed}"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def prepare_data(cfg: Config) -> None:
+    """Generate the synthetic benchmark on the main process if it is missing or stale."""
+    if cfg.data.dataset == "SYNTHETIC":
+        if dist.is_main_process():
+            ensure_synthetic(SyntheticSpec(**to_dict(cfg.data.synthetic)), cfg.data.root, cfg.data.metadata_root)
+        dist.barrier()
+
+
+def visualize(model: nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:
+    """The heatmap grid of fixed validation images: image | A | B | fused (ACoL) or image | map."""
+    batch = collate([dataset[i] for i in indices])
+    core = unwrap(model)
+    core.eval()
+    with torch.no_grad():
+        images = normalize_on_device(batch["image"], device)
+        labels = batch["label"].to(device)
+        with autocast(device, dtype):
+            out = core(images, labels)
+        maps = {}
+        if hasattr(core, "branch_maps"):
+            maps["A"], maps["B"] = core.branch_maps(out, labels)
+        maps["map"] = core.localization_map(out, labels)
+    core.train()
+    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], threshold, "map"))
+
+
+def format_table(rows: list[tuple[str, dict]], columns=SUMMARY) -> str:
+    """A markdown table: one row per (label, metrics)."""
+    present = [(k, t) for k, t in columns if any(k in m for _, m in rows)]
+    lines = ["| split | " + " | ".join(t for _, t in present) + " |",
+             "|---|" + "---:|" * len(present)]
+    for label, metrics in rows:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{metrics[k]:.2f}" if k in metrics else "-" for k, _ in present) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    if args.print_config:
+        print(to_toml(cfg))
+        return {}
+
+    device_type = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = dist.init_distributed(device_type)
+    rank, world, main_process = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
+    name = args.name or default_run_name(args.config, args.overrides, cfg.train.seed)
+    run_dir = Path(cfg.log.runs_dir) / name
+    resume_path = None
+    if args.resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        resume_path = last if last.is_file() else None
+    elif args.resume:
+        resume_path = Path(args.resume)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        sys.exit(f"run directory {run_dir} already exists: pass --resume auto to continue it, or --name")
+    dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    logger = setup_logging(run_dir if main_process else None, main_process)
+    seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
+    dtype = amp_dtype(cfg.train.amp, device)
+
+    prepare_data(cfg)
+    train_set = build_dataset(cfg, "train", train=True)
+    val_set = build_dataset(cfg, "val", train=False)
+    test_set = build_dataset(cfg, "test", train=False)
+    num_classes = cfg.model.num_classes or train_set.meta.num_classes
+    train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
+    val_loader = build_loader(cfg, val_set, train=False)
+    test_loader = build_loader(cfg, test_set, train=False)
+
+    model = build_model(cfg, num_classes).to(device)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay_gamma)
+
+    start_epoch, step, best = 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path)
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        set_rng_state(ckpt["rng"])
+        logger.info(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+
+    tracker = Tracker(run_dir, main_process, purge_step=step if resume_path else None)
+    if main_process:
+        (run_dir / "config.toml").write_text(to_toml(cfg))
+        meta = {"argv": sys.argv, "git": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
+                "host": platform.node(), "device": str(device), "world_size": world,
+                "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
+                "amp": str(dtype), "num_classes": num_classes, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "resumed_from": str(resume_path) if resume_path else None}
+        (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+        tracker.text("config", "```toml\n" + to_toml(cfg) + "\n```\n\ngit: " + meta["git"])
+    logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
+                f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
+                f"device {device} x{world}, amp {dtype}")
+
+    vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
+    val_metrics: dict = {}
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, cfg.train.epochs):
+        step = train_one_epoch(model, train_loader, optimizer, device, dtype, epoch, step, tracker, cfg, logger)
+        epochs_done = epoch + 1
+        scheduler.step()
+        done = cfg.train.max_steps and step >= cfg.train.max_steps
+        last_epoch = epoch + 1 == cfg.train.epochs or done
+        if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
+            val_metrics = evaluate(model, val_loader, device, dtype, cfg)
+            tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
+            tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
+            evals = (epoch + 1) // cfg.eval.every
+            if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
+                grid = visualize(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                tracker.image("val/heatmaps", grid, step)
+            logger.info(f"epoch {epoch + 1} val: " + " ".join(
+                f"{k}={val_metrics[k]:.2f}" for k, _ in SUMMARY if k in val_metrics))
+        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epochs_done, "step": step, "best": best,
+                 "config": to_dict(cfg), "rng": rng_state()}
+        if val_metrics and val_metrics[cfg.eval.best_metric] > best["value"]:
+            best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
+            state["best"] = best
+            if main_process:
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        if main_process:
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+        tracker.flush()
+        if done:
+            break
+
+    # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
+    if not val_metrics:  # resumed after the last epoch
+        val_metrics = evaluate(model, val_loader, device, dtype, cfg)
+    test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics["best_cam_threshold"])
+    results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
+    tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
+    tracker.scalars({f"test/{k}": v for k, v in test_metrics.items()}, step)
+    tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in ("top1_cls", "top1_loc@val",
+                                                                            "gt_known_loc@val", "maxboxacc_v2")})
+    table = format_table([("val", val_metrics), ("test", test_metrics)])
+    if main_process:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"\n{cfg.model.name} / {cfg.model.backbone} on {cfg.data.dataset} ({run_dir})\n"
+              f"box thresholds: fixed={cfg.eval.fixed_threshold}, "
+              f"val-chosen={val_metrics['best_cam_threshold']:.3f}; MaxBoxAccV2 takes each split's own best\n"
+              f"{table}\n", flush=True)
+    tracker.close()
+    dist.cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from acol.cams.ops import minmax_normalize, select_class
+from acol.config import load_config
+from acol.models import MODELS, build_model
+from acol.models.backbones import BACKBONES
+from acol.engine import build_optimizer
+
+NUM_CLASSES = 5
+
+
+def small_cfg(name="acol", backbone="smallcnn", *extra):
+    return load_config(overrides=[f"model.name={name}", f"model.backbone={backbone}", "model.head_channels=16",
+                                  *extra])
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, 64, 64, generator=g), torch.tensor([0, 3, 4])
+
+
+# expected (h, w) of the maps at a 64x64 input
+MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
+
+
+@pytest.mark.parametrize("large", [True, False])
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize("name", MODELS.names())
+def test_forward_shapes_for_every_model(name, backbone, large, batch):
+    torch.manual_seed(0)
+    model = build_model(small_cfg(name, backbone, f"model.large_feature_map={str(large).lower()}"), NUM_CLASSES)
+    x, y = batch
+    out = model(x, y)
+    side = MAP_SIZE[(backbone, large)]
+    assert out["logits"].shape == (3, NUM_CLASSES)
+    for key in ("cam_a", "cam_b"):
+        if key in out:
+            assert out[key].shape == (3, NUM_CLASSES, side, side)
+    loc = model.localization_map(out, y)
+    assert loc.shape == (3, side, side) and loc.dtype == torch.float32
+    assert loc.min() >= 0 and loc.max() <= 1
+    losses = model.loss(out, y)
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    expected_keys = {"acol": {"loss", "loss_a", "loss_b"}}.get(name, {"loss"})
+    assert set(losses) == expected_keys
+
+
+def erasing_model(threshold):
+    torch.manual_seed(1)
+    return build_model(small_cfg("acol", "smallcnn", f"acol.threshold={threshold}"), NUM_CLASSES).eval()
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_erasing_zeroes_exactly_the_positions_at_or_above_the_threshold(threshold, batch):
+    model = erasing_model(threshold)
+    x, y = batch
+    seen = {}
+    model.head_b.register_forward_pre_hook(lambda m, args: seen.setdefault("b_input", args[0].clone()))
+    with torch.no_grad():
+        out = model(x, y)
+        feat = model.features(x)
+    a = select_class(out["cam_a"], y)
+    lo, hi = a.amin(dim=(1, 2), keepdim=True), a.amax(dim=(1, 2), keepdim=True)
+    erase = (a - lo) / (hi - lo) >= threshold  # (B, h, w), computed independently of the model
+    assert erase.any() and (~erase).any()
+    b_input = seen["b_input"]
+    assert torch.equal(b_input * erase[:, None], torch.zeros_like(b_input))   # erased: all channels zero
+    assert torch.equal(b_input[~erase[:, None].expand_as(b_input)], feat[~erase[:, None].expand_as(feat)])
+    assert torch.equal(out["erased"], erase)
+
+
+def test_erasing_label_gt_pred_and_none(batch):
+    x, y = batch
+    model = erasing_model(0.5)
+    with torch.no_grad():
+        pred = model(x)["logits"].argmax(1)
+        other = (pred + 1) % NUM_CLASSES
+        by_gt = model(x, other)
+        by_pred = model(x)
+        model.erase_with = "pred"
+        ignoring_labels = model(x, other)
+    assert torch.equal(by_pred["cam_b"], ignoring_labels["cam_b"])  # "pred" ignores the given labels
+    assert not torch.equal(by_gt["erased"], by_pred["erased"])       # "gt" erases with the given labels
+
+
+def test_fused_map_is_the_elementwise_max_of_normalised_branch_maps(batch):
+    x, y = batch
+    model = erasing_model(0.6)
+    out = model(x, y)
+    a = minmax_normalize(out["cam_a"][torch.arange(3), y])
+    b = minmax_normalize(out["cam_b"][torch.arange(3), y])
+    fused = model.localization_map(out, y)
+    assert torch.equal(fused, torch.maximum(a, b))
+    assert not torch.equal(fused, a) and not torch.equal(fused, b)
+    model.fuse = "mean"
+    assert torch.allclose(model.localization_map(out, y), (a + b) / 2)
+
+
+@pytest.mark.parametrize("name", ["single", "acol"])
+def test_in_forward_map_of_a_1x1_head_is_the_cam_of_its_weights(name, batch):
+    """Conv1x1 then GAP == GAP then FC with the same weights (linearity): the class map is the CAM."""
+    x, y = batch
+    torch.manual_seed(2)
+    model = build_model(small_cfg(name), NUM_CLASSES).eval()
+    hidden = {}
+    classifier = model.head_a[-1]
+    classifier.register_forward_pre_hook(lambda m, args: hidden.setdefault("h", args[0]))
+    with torch.no_grad():
+        out = model(x, y)
+    h = hidden["h"]                                        # (B, K, h, w)
+    w = classifier.weight[:, :, 0, 0]                      # (C, K)
+    cam = torch.einsum("bk,bkhw->bhw", w[y], h)            # CAM: sum_k w_k^c f_k, no bias
+    assert torch.allclose(select_class(out["cam_a"], y), cam + classifier.bias[y, None, None], atol=1e-5)
+    assert torch.allclose(minmax_normalize(cam), minmax_normalize(select_class(out["cam_a"], y)), atol=1e-5)
+    gap_fc = h.mean(dim=(2, 3)) @ w.T + classifier.bias   # the GAP + FC classifier with the same weights
+    assert torch.allclose(out["logits"], gap_fc, atol=1e-5)
+
+
+def test_cam_model_maps_average_to_its_logits(batch):
+    x, y = batch
+    torch.manual_seed(3)
+    model = build_model(small_cfg("cam"), NUM_CLASSES).eval()
+    with torch.no_grad():
+        out = model(x, y)
+    for c in range(NUM_CLASSES):
+        labels = torch.full((3,), c)
+        mean_map = model.class_maps(out, labels).mean(dim=(1, 2))
+        assert torch.allclose(mean_map + model.fc.bias[c], out["logits"][:, c], atol=1e-5)
+
+
+def test_flat_maps_normalise_to_zero_not_nan():
+    maps = torch.stack([torch.full((4, 4), 3.0), torch.arange(16.0).view(4, 4)])
+    out = minmax_normalize(maps)
+    assert torch.equal(out[0], torch.zeros(4, 4))
+    assert out[1].min() == 0 and out[1].max() == 1
+
+
+def test_maps_are_float32_under_bf16_autocast(batch):
+    x, y = batch
+    model = erasing_model(0.6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, y)
+    assert out["cam_a"].dtype == torch.bfloat16
+    assert model.localization_map(out, y).dtype == torch.float32
+    assert model.loss(out, y)["loss"].dtype == torch.float32
+
+
+def test_vgg16_loads_a_local_torchvision_state_dict(tmp_path):
+    reference = torchvision.models.vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(reference.state_dict(), path)
+    cfg = small_cfg("acol", "vgg16", f"model.pretrained={path}")
+    model = build_model(cfg, NUM_CLASSES)
+    for i, layer in enumerate(reference.features):
+        if isinstance(layer, nn.Conv2d):
+            assert torch.equal(model.backbone.features[i].weight, layer.weight)
+            assert torch.equal(model.backbone.features[i].bias, layer.bias)
+
+
+def test_bad_pretrained_sources_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_model(small_cfg("acol", "vgg16", f"model.pretrained={tmp_path / 'missing.pth'}"), 2)
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "partial.pth")
+    with pytest.raises(KeyError, match="missing VGG16 keys"):
+        build_model(small_cfg("acol", "vgg16", f"model.pretrained={tmp_path / 'partial.pth'}"), 2)
+    with pytest.raises(ValueError, match="smallcnn has no ImageNet weights"):
+        build_model(small_cfg("acol", "smallcnn", "model.pretrained=imagenet"), 2)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="could not download.*model.pretrained=<path"):
+        build_model(small_cfg("acol", "vgg16", "model.pretrained=imagenet"), 2)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(KeyError, match="valid names: smallcnn, vgg16"):
+        BACKBONES.get("resnet9")
+
+
+def test_optimizer_lr_groups_follow_module_roles():
+    cfg = small_cfg("acol", "smallcnn", "optim.lr=0.01", "optim.head_lr_mult=10", "optim.bias_lr_mult=2")
+    model = build_model(cfg, NUM_CLASSES)
+    optimizer = build_optimizer(model, cfg)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"backbone_weight": 0.01, "backbone_bias": 0.02, "head_weight": 0.1,
+                                 "head_bias": 0.2})
+    head_ids = {id(p) for g in optimizer.param_groups if g["name"].startswith("head") for p in g["params"]}
+    expected = {id(p) for m in (model.head_a, model.head_b) for p in m.parameters()}
+    assert head_ids == expected
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
