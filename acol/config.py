@@ -20,17 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class SyntheticCfg:
-    """Parameters of the embedded synthetic benchmark (used when data.dataset = "SYNTHETIC")."""
-    num_classes: int = 8
-    image_size: int = 64
-    train_per_class: int = 150
-    val_per_class: int = 25
-    test_per_class: int = 50
-    multi_object_fraction: float = 0.1
-    seed: int = 0
+from acol.data.synthetic import SyntheticSpec, validate_spec
 
 
 @dataclass
@@ -43,7 +33,7 @@ class DataCfg:
     keep_aspect: bool = False           # resize the shorter side (official ACoL) or to a square (wsolevaluation)
     eval_center_crop: bool = False      # eval: Resize+CenterCrop (official ACoL) or Resize((crop, crop)) (wsolevaluation)
     num_workers: int = -1               # -1: from the machine's core count
-    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # used when dataset = "SYNTHETIC"
 
 
 @dataclass
@@ -252,6 +242,10 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if flat[section][name] <= 0:
             raise ConfigError(f"{key} must be positive; got {flat[section][name]}")
+    try:
+        validate_spec(cfg.data.synthetic)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("SyntheticSpec.", "data.synthetic.")) from None
     if not 0.0 < cfg.eval.cam_curve_interval < 1.0:
         raise ConfigError(f"eval.cam_curve_interval must be in (0, 1); got {cfg.eval.cam_curve_interval}")
 

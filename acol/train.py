@@ -23,7 +23,7 @@ from torch import nn
 from acol import dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
 from acol.data.dataset import build_dataset, build_loader, collate
-from acol.data.synthetic import SyntheticSpec, ensure_synthetic
+from acol.data.synthetic import ensure_synthetic
 from acol.data.transforms import normalize_on_device
 from acol.engine import (amp_dtype, autocast, build_optimizer, evaluate, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
@@ -88,7 +88,7 @@ def prepare_data(cfg: Config) -> None:
     """Generate the synthetic benchmark on the main process if it is missing or stale."""
     if cfg.data.dataset == "SYNTHETIC":
         if dist.is_main_process():
-            ensure_synthetic(SyntheticSpec(**to_dict(cfg.data.synthetic)), cfg.data.root, cfg.data.metadata_root)
+            ensure_synthetic(cfg.data.synthetic, cfg.data.root, cfg.data.metadata_root)
         dist.barrier()
 
 

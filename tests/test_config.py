@@ -101,3 +101,8 @@ def test_every_experiment_file_loads_and_round_trips(path, tmp_path):
     again = load_config(write(tmp_path / "resolved.toml", text))
     assert again == cfg
     assert flatten(again)["optim.lr"] == 0.123
+
+
+def test_synthetic_spec_errors_name_the_config_key():
+    with pytest.raises(ConfigError, match="data.synthetic.image_size must be >= 32"):
+        load_config(overrides=["data.synthetic.image_size=8"])

@@ -80,16 +80,6 @@ def test_targets_must_not_nest(tmp_path):
         generate(small_spec(), tmp_path, tmp_path / "SYNTHETIC" / "meta")
 
 
-def test_default_spec_matches_config_defaults():
-    # The config's SyntheticCfg mirrors SyntheticSpec; same field names and defaults.
-    config = pytest.importorskip("acol.config")
-    if not hasattr(config, "SyntheticCfg"):
-        pytest.skip("acol.config.SyntheticCfg not present")
-    import dataclasses
-    cfg = dataclasses.asdict(config.SyntheticCfg())
-    assert cfg == SyntheticSpec().to_dict()
-
-
 # ---------------------------------------------------------------------------------------------
 # Class definitions
 # ---------------------------------------------------------------------------------------------

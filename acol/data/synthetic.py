@@ -130,8 +130,9 @@ _PART_RADIAL = (0.35, 1.0)       # part centre: fraction of the way from body ce
 # --------------------------------------------------------------------------------------------
 # Spec
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class SyntheticSpec:
+    """The generator's parameters; also the `[data.synthetic]` table of the experiment config."""
     num_classes: int = 8
     image_size: int = 64
     train_per_class: int = 150
