@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -100,12 +101,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
-             threshold: float | None = None) -> dict[str, float]:
-    """Classification and localization metrics of one split (all ranks' counts summed).
+def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
+                     scoremap_dir: Path | None = None) -> tuple[BoxEvaluator, MaskEvaluator | None]:
+    """Run the model over one split and return its evaluators (counts summed over all ranks).
 
     Maps are the GT class's localization maps (the WSOL protocol), upsampled to the input size and
-    normalised in float32. `threshold` is a box threshold chosen elsewhere (on `val`) to report at.
+    normalised in float32. With `scoremap_dir`, each map is also saved as
+    `<scoremap_dir>/<image_id without extension>.npy` (wsolevaluation's layout).
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     core.eval()
@@ -125,12 +127,26 @@ def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype 
         if masks_eval is not None:
             masks = batch["mask"].numpy()
             masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+        if scoremap_dir is not None:
+            for image_id, scoremap in zip(batch["image_id"], scoremaps):
+                path = scoremap_dir / Path(image_id).with_suffix(".npy")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, scoremap)
     boxes_eval.all_reduce()
-    metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
         masks_eval.all_reduce()
-        metrics.update(masks_eval.compute())
     core.train()
+    return boxes_eval, masks_eval
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
+             threshold: float | None = None) -> dict[str, float]:
+    """Classification and localization metrics of one split; `threshold` is a box threshold
+    chosen elsewhere (on `val`) to report at (the `@val` keys)."""
+    boxes_eval, masks_eval = accumulate_split(model, loader, device, dtype, cfg)
+    metrics = boxes_eval.compute(threshold)
+    if masks_eval is not None:
+        metrics.update(masks_eval.compute())
     return metrics
 
 

@@ -25,22 +25,12 @@ from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_t
 from acol.data.dataset import build_dataset, build_loader, collate
 from acol.data.synthetic import ensure_synthetic
 from acol.data.transforms import normalize_on_device
+from acol.evaluation.report import format_table, threshold_line
 from acol.engine import (amp_dtype, autocast, build_optimizer, evaluate, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.models import build_model
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_rows, tile
-
-# The metrics of the final table: (key in the evaluator's output, column title)
-SUMMARY = [
-    ("top1_cls", "top-1 cls"),
-    ("gt_known_loc@fixed", "GT-known loc @fixed"),
-    ("top1_loc@fixed", "top-1 loc @fixed"),
-    ("gt_known_loc@val", "GT-known loc @val"),
-    ("top1_loc@val", "top-1 loc @val"),
-    ("maxboxacc_v2", "MaxBoxAccV2 (oracle)"),
-]
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,17 +98,6 @@ def visualize(model: nn.Module, dataset, indices: list[int], device, dtype, thre
         maps["map"] = core.localization_map(out, labels)
     core.train()
     return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], threshold, "map"))
-
-
-def format_table(rows: list[tuple[str, dict]], columns=SUMMARY) -> str:
-    """A markdown table: one row per (label, metrics)."""
-    present = [(k, t) for k, t in columns if any(k in m for _, m in rows)]
-    lines = ["| split | " + " | ".join(t for _, t in present) + " |",
-             "|---|" + "---:|" * len(present)]
-    for label, metrics in rows:
-        lines.append(f"| {label} | " + " | ".join(
-            f"{metrics[k]:.2f}" if k in metrics else "-" for k, _ in present) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -208,7 +187,7 @@ def main(argv=None) -> dict:
                 grid = visualize(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
                 tracker.image("val/heatmaps", grid, step)
             logger.info(f"epoch {epoch + 1} val: " + " ".join(
-                f"{k}={val_metrics[k]:.2f}" for k, _ in SUMMARY if k in val_metrics))
+                f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epochs_done, "step": step, "best": best,
                  "config": to_dict(cfg), "rng": rng_state()}
@@ -236,9 +215,7 @@ def main(argv=None) -> dict:
     if main_process:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(f"\n{cfg.model.name} / {cfg.model.backbone} on {cfg.data.dataset} ({run_dir})\n"
-              f"box thresholds: fixed={cfg.eval.fixed_threshold}, "
-              f"val-chosen={val_metrics['best_cam_threshold']:.3f}; MaxBoxAccV2 takes each split's own best\n"
-              f"{table}\n", flush=True)
+              f"{threshold_line(test_metrics, cfg.eval.fixed_threshold)}\n{table}\n", flush=True)
     tracker.close()
     dist.cleanup()
     return results

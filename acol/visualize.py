@@ -71,3 +71,39 @@ def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: 
             row.append(tile_)
         rows.append(row)
     return rows
+
+
+CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def plot_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], marks: dict[str, float],
+                title: str, size: tuple[int, int] = (640, 420)) -> np.ndarray:
+    """A line chart (H, W, 3) uint8: accuracy in % (y, 0..100) vs box threshold (x, 0..1), one line
+    per curve, and a dashed vertical line with its label at each marked threshold."""
+    width, height = size
+    left, right, top, bottom = 50, 160, 30, 40
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    x_of = lambda t: int(round(left + t * (width - left - right)))                 # noqa: E731
+    y_of = lambda v: int(round(height - bottom - v / 100 * (height - top - bottom)))  # noqa: E731
+    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (150, 150, 150)
+    for tick in range(0, 101, 20):
+        cv2.line(canvas, (left, y_of(tick)), (x_of(1), y_of(tick)), (230, 230, 230), 1)
+        cv2.putText(canvas, str(tick), (left - 30, y_of(tick) + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for tick in np.arange(0, 1.01, 0.2):
+        cv2.putText(canvas, f"{tick:.1f}", (x_of(tick) - 10, height - bottom + 16), font, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.rectangle(canvas, (left, top), (x_of(1), height - bottom), (0, 0, 0), 1)
+    cv2.putText(canvas, "box threshold", (x_of(0.5) - 45, height - 8), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, title, (left, top - 10), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (name, values) in enumerate(curves.items()):
+        color = CURVE_COLORS[i % len(CURVE_COLORS)]
+        points = np.stack([[x_of(t) for t in thresholds], [y_of(v) for v in values]], 1).astype(np.int32)
+        cv2.polylines(canvas, [points], False, color, 2, cv2.LINE_AA)
+        cv2.putText(canvas, name, (x_of(1) + 10, top + 20 + 18 * i), font, 0.45, color, 1, cv2.LINE_AA)
+    for j, (name, tau) in enumerate(marks.items()):
+        for y in range(top, height - bottom, 8):
+            cv2.line(canvas, (x_of(tau), y), (x_of(tau), min(y + 4, height - bottom)), grey, 1)
+        cv2.putText(canvas, f"{name} {tau:.3f}", (x_of(1) + 10, height - bottom - 18 * j), font, 0.4, grey, 1,
+                    cv2.LINE_AA)
+        cv2.putText(canvas, name[0], (x_of(tau) - 3, top + 12 + 12 * j), font, 0.4, grey, 1, cv2.LINE_AA)
+    return canvas

@@ -23,7 +23,7 @@ def resized_shape(width: int, height: int, size: int, keep_aspect: bool) -> tupl
     return int(size * width / height), size
 
 
-def _scale_boxes(boxes: torch.Tensor, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> torch.Tensor:
+def scale_boxes(boxes: torch.Tensor, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> torch.Tensor:
     scale = torch.tensor([new_wh[0] / old_wh[0], new_wh[1] / old_wh[1]] * 2, dtype=torch.float64)
     return (boxes.double() * scale).long()  # truncation, as wsolevaluation's resize_bbox
 
@@ -58,7 +58,7 @@ class WSOLTransform:
         keep_aspect = self.keep_aspect if self.crop else False
         new_w, new_h = resized_shape(width, height, self.resize_size, keep_aspect)
         image = TF.resize(image, [new_h, new_w], antialias=True)
-        boxes = _scale_boxes(boxes, (width, height), (new_w, new_h))
+        boxes = scale_boxes(boxes, (width, height), (new_w, new_h))
         if mask is not None:
             mask = TF.resize(mask[None], [new_h, new_w], interpolation=InterpolationMode.NEAREST)[0]
         if self.crop:

@@ -1,0 +1,176 @@
+"""Evaluate localization maps under the WSOL protocol.
+
+A trained run (its config and checkpoint) on a split:
+
+    python -m acol.evaluate --run runs/synthetic_acol-s0 [--checkpoint last|best|PATH] [--split test]
+                            [--save-scoremaps] [key=value ...]
+
+A folder of score maps in wsolevaluation's layout (`<root>/<image_id without extension>.npy`, 2-D
+float in [0, 1], at the network input size) against any metadata:
+
+    python -m acol.evaluate --scoremaps DIR --dataset CUB --split test [--metadata-root data/metadata]
+                            [--data-root data] [--threshold 0.25] [key=value ...]
+
+The box threshold is reported under labelled policies: `@fixed` (eval.fixed_threshold), `@val`
+(chosen on the val split: evaluated first for a run, or given with --threshold) and `@oracle`
+(the split's own best). Outputs: a table on stdout, `<out>/eval_<split>.json`,
+`<out>/curves_<split>.png` (BoxAcc vs threshold at each IoU, thresholds marked) and the same curves
+in TensorBoard under `<out>/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from acol.config import ConfigError, load_config
+from acol.data.dataset import build_dataset, build_loader, load_mask
+from acol.data.metadata import read_metadata
+from acol.data.transforms import scale_boxes
+from acol.engine import accumulate_split, amp_dtype, load_checkpoint
+from acol.evaluation import BoxEvaluator, MaskEvaluator
+from acol.evaluation.report import format_table, threshold_line
+from acol.models import build_model
+from acol.tracking import Tracker
+from acol.visualize import plot_curves
+
+# metrics that need the classifier's predictions (absent when evaluating bare score maps)
+CLASSIFICATION_KEYS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a run directory written by python -m acol.train")
+    source.add_argument("--scoremaps", type=Path, help="a folder of <image_id>.npy score maps")
+    p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--threshold", type=float, help="box threshold chosen elsewhere, reported as @val")
+    p.add_argument("--save-scoremaps", action="store_true", help="with --run: save the maps as <out>/scoremaps/<image_id>.npy")
+    p.add_argument("--dataset", help="with --scoremaps: the metadata's data set name (e.g. CUB)")
+    p.add_argument("--metadata-root", default="data/metadata")
+    p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
+    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval or <scoremaps>_eval)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides (e.g. eval.cam_curve_interval=0.01)")
+    return p.parse_args(argv)
+
+
+def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
+    cfg = load_config(args.run / "config.toml", args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    dtype = amp_dtype(cfg.train.amp, device)
+    path = args.run / "checkpoints" / f"{args.checkpoint}.pt" if args.checkpoint in ("last", "best") \
+        else Path(args.checkpoint)
+    state = load_checkpoint(path)["model"]
+    num_classes = cfg.model.num_classes or json.loads((args.run / "meta.json").read_text())["num_classes"]
+    model = build_model(cfg, num_classes).to(device)
+    model.load_state_dict(state)
+
+    def run_split(split: str, scoremap_dir=None):
+        dataset = build_dataset(cfg, split, train=False)
+        return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg, scoremap_dir)
+
+    threshold = args.threshold
+    if threshold is None and args.split != "val":
+        threshold = run_split("val")[0].compute()["best_cam_threshold"]
+    boxes_eval, masks_eval = run_split(args.split, out / "scoremaps" if args.save_scoremaps else None)
+    metrics = boxes_eval.compute(threshold)
+    if masks_eval is not None:
+        metrics.update(masks_eval.compute())
+    return metrics, boxes_eval, cfg.eval.fixed_threshold
+
+
+def load_scoremap(path: Path) -> np.ndarray:
+    """A wsolevaluation score map: 2-D float in [0, 1]; anything else is an error naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"score map not found: {path}")
+    scoremap = np.load(path, allow_pickle=False)
+    if scoremap.ndim != 2 or not np.issubdtype(scoremap.dtype, np.floating):
+        raise ValueError(f"{path}: a score map must be a 2-D float array; got {scoremap.dtype} {scoremap.shape}")
+    if not np.isfinite(scoremap).all():
+        raise ValueError(f"{path}: score map values must lie in [0, 1]; it has NaN or infinite values")
+    if scoremap.min() < 0 or scoremap.max() > 1:
+        raise ValueError(f"{path}: score map values must lie in [0, 1] "
+                         f"(min {scoremap.min():.4g}, max {scoremap.max():.4g})")
+    return scoremap.astype(np.float32)
+
+
+def evaluate_scoremaps(args) -> tuple[dict, BoxEvaluator, float]:
+    if not args.dataset:
+        sys.exit("--scoremaps needs --dataset (the metadata folder's name, e.g. CUB)")
+    cfg = load_config(overrides=args.overrides)
+    meta = read_metadata(args.metadata_root, args.dataset, args.split)
+    boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
+    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if meta.masks else None
+    no = np.zeros(1, bool)
+    for image_id in meta.image_ids:
+        scoremap = load_scoremap(args.scoremaps / Path(image_id).with_suffix(".npy"))
+        height, width = scoremap.shape
+        if image_id in meta.boxes:
+            if image_id not in meta.sizes:
+                raise ValueError(f"{meta.split_dir / 'image_sizes.txt'}: no size for {image_id!r}, needed to "
+                                 "rescale its boxes to the score map")
+            boxes = scale_boxes(torch.tensor(meta.boxes[image_id]), meta.sizes[image_id], (width, height))
+            boxes_eval.accumulate(scoremap[None], [boxes.numpy()], no, no)
+        if masks_eval is not None:
+            image_root = Path(args.data_root) / args.dataset
+            masks = [load_mask(image_root / rel).numpy() for rel in meta.masks.get(image_id, [])]
+            fg = np.zeros((height, width), bool)
+            for m in masks:
+                fg |= cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+            ignore = np.zeros_like(fg)
+            if image_id in meta.ignore:
+                ig = load_mask(image_root / meta.ignore[image_id]).numpy()
+                ignore = cv2.resize(ig, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+            masks_eval.accumulate(scoremap[None], fg[None], ignore[None])
+    metrics = {}
+    if int(boxes_eval.state["num_images"]):
+        metrics = {k: v for k, v in boxes_eval.compute(args.threshold).items()
+                   if not k.startswith(CLASSIFICATION_KEYS)}
+    if masks_eval is not None:
+        metrics.update(masks_eval.compute())
+    return metrics, boxes_eval, cfg.eval.fixed_threshold
+
+
+def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path) -> None:
+    """BoxAcc vs threshold (V2 at each IoU, V1 GT-known) as a PNG and in TensorBoard."""
+    curves = boxes_eval.box_acc_curves()
+    lines = {f"IoU {d}": curves[f"box_acc_iou{d}"] for d in boxes_eval.iou_thresholds}
+    lines["GT-known (V1)"] = curves["gt_known"]
+    marks = {"fixed": metrics["fixed_cam_threshold"], "oracle": metrics["best_cam_threshold"]}
+    if "val_cam_threshold" in metrics:
+        marks["val"] = metrics["val_cam_threshold"]
+    image = plot_curves(curves["thresholds"], lines, marks, f"BoxAcc vs box threshold ({split})")
+    cv2.imwrite(str(out / f"curves_{split}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    tracker = Tracker(out, enabled=True)
+    for i, tau in enumerate(curves["thresholds"]):
+        tracker.scalars({f"{split}/box_acc_{name}": float(v[i]) for name, v in curves.items() if name != "thresholds"},
+                        step=int(round(tau * 1000)))
+    tracker.image(f"{split}/box_acc_curves", image, 0)
+    tracker.close()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = args.out or (args.run / "eval" if args.run else args.scoremaps.with_name(args.scoremaps.name + "_eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics, boxes_eval, fixed = evaluate_run(args, out) if args.run else evaluate_scoremaps(args)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    (out / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2))
+    if int(boxes_eval.state["num_images"]):
+        write_curves(boxes_eval, metrics, args.split, out)
+        print(threshold_line(metrics, fixed))
+    print(format_table([(args.split, metrics)]))
+    print(f"written to {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Text reports of evaluation results: the labelled summary table."""
+from __future__ import annotations
+
+# (metric key, column title); the threshold policy is part of the title
+SUMMARY = [
+    ("top1_cls", "top-1 cls"),
+    ("gt_known_loc@fixed", "GT-known loc @fixed"),
+    ("top1_loc@fixed", "top-1 loc @fixed"),
+    ("gt_known_loc@val", "GT-known loc @val"),
+    ("top1_loc@val", "top-1 loc @val"),
+    ("gt_known_loc@oracle", "GT-known loc @oracle"),
+    ("maxboxacc_v2", "MaxBoxAccV2 (oracle)"),
+    ("pxap", "PxAP"),
+]
+
+
+def format_table(rows: list[tuple[str, dict]], columns=SUMMARY) -> str:
+    """A markdown table, one row per (label, metrics); columns no row has are left out."""
+    present = [(k, t) for k, t in columns if any(k in m for _, m in rows)]
+    lines = ["| split | " + " | ".join(t for _, t in present) + " |",
+             "|---|" + "---:|" * len(present)]
+    for label, metrics in rows:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{metrics[k]:.2f}" if k in metrics else "-" for k, _ in present) + " |")
+    return "\n".join(lines)
+
+
+def threshold_line(metrics: dict, fixed: float) -> str:
+    """Which box threshold each policy used."""
+    parts = [f"fixed={fixed:g}"]
+    if "val_cam_threshold" in metrics:
+        parts.append(f"val-chosen={metrics['val_cam_threshold']:.3f}")
+    parts.append(f"oracle={metrics['best_cam_threshold']:.3f} (each split's own best, as MaxBoxAcc)")
+    return "box thresholds: " + ", ".join(parts)
