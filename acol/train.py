@@ -22,15 +22,14 @@ from torch import nn
 
 from acol import dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
-from acol.data.dataset import build_dataset, build_loader, collate
+from acol.data.dataset import build_dataset, build_loader
 from acol.data.synthetic import ensure_synthetic
-from acol.data.transforms import normalize_on_device
-from acol.evaluation.report import format_table, threshold_line
-from acol.engine import (amp_dtype, autocast, build_optimizer, evaluate, load_checkpoint, rng_state,
+from acol.engine import (amp_dtype, build_optimizer, evaluate, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
+from acol.evaluation.report import format_table, threshold_line
 from acol.models import build_model
 from acol.tracking import Tracker, setup_logging
-from acol.visualize import heatmap_rows, tile
+from acol.visualize import heatmap_grid
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,24 +79,6 @@ def prepare_data(cfg: Config) -> None:
         if dist.is_main_process():
             ensure_synthetic(cfg.data.synthetic, cfg.data.root, cfg.data.metadata_root)
         dist.barrier()
-
-
-def visualize(model: nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:
-    """The heatmap grid of fixed validation images: image | A | B | fused (ACoL) or image | map."""
-    batch = collate([dataset[i] for i in indices])
-    core = unwrap(model)
-    core.eval()
-    with torch.no_grad():
-        images = normalize_on_device(batch["image"], device)
-        labels = batch["label"].to(device)
-        with autocast(device, dtype):
-            out = core(images, labels)
-        maps = {}
-        if hasattr(core, "branch_maps"):
-            maps["A"], maps["B"] = core.branch_maps(out, labels)
-        maps["map"] = core.localization_map(out, labels)
-    core.train()
-    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], threshold, "map"))
 
 
 def main(argv=None) -> dict:
@@ -163,8 +144,10 @@ def main(argv=None) -> dict:
                 "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
                 "amp": str(dtype), "num_classes": num_classes, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "resumed_from": str(resume_path) if resume_path else None}
+        if resume_path and (run_dir / "meta.json").is_file():  # keep the first start's record
+            meta = json.loads((run_dir / "meta.json").read_text()) | {"last_resume": meta}
         (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-        tracker.text("config", "```toml\n" + to_toml(cfg) + "\n```\n\ngit: " + meta["git"])
+        tracker.text("config", "```toml\n" + to_toml(cfg) + "\n```\n\ngit: " + git_sha())
     logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
                 f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
                 f"device {device} x{world}, amp {dtype}")
@@ -184,7 +167,7 @@ def main(argv=None) -> dict:
             tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
             evals = (epoch + 1) // cfg.eval.every
             if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                grid = visualize(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
                 tracker.image("val/heatmaps", grid, step)
             logger.info(f"epoch {epoch + 1} val: " + " ".join(
                 f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))

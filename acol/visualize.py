@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import torch
 
-from acol.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from acol.data.dataset import collate
+from acol.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
+from acol.engine import autocast, unwrap
 from acol.evaluation import resize_and_normalize
 from acol.evaluation.boxes import contour_boxes, threshold_cuts, to_uint8
 
@@ -72,6 +74,24 @@ def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: 
         rows.append(row)
     return rows
 
+
+
+def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:
+    """The heatmap grid of fixed validation images: image | A | B | fused (ACoL) or image | map."""
+    batch = collate([dataset[i] for i in indices])
+    core = unwrap(model)
+    core.eval()
+    with torch.no_grad():
+        images = normalize_on_device(batch["image"], device)
+        labels = batch["label"].to(device)
+        with autocast(device, dtype):
+            out = core(images, labels)
+        maps = {}
+        if hasattr(core, "branch_maps"):
+            maps["A"], maps["B"] = core.branch_maps(out, labels)
+        maps["map"] = core.localization_map(out, labels)
+    core.train()
+    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], threshold, "map"))
 
 CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
