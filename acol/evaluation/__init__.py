@@ -1,0 +1,15 @@
+"""WSOL evaluation with wsolevaluation's protocol (clovaai): score maps, boxes, counts, metrics.
+
+- `maps`: `normalize_scoremap`, `resize_and_normalize` (cubic upsampling, then min-max, float32).
+- `boxes`: box extraction at every CAM threshold and the IoUs, by the per-threshold definition
+  (`box_ious_reference`) and by the equivalent component-tree method (`box_hits`).
+- `evaluators`: `BoxEvaluator` (GT-known / top-1 / top-5 loc at fixed, val-chosen and oracle
+  thresholds, MaxBoxAcc V1 and V2) and `MaskEvaluator` (PxAP); their state is int64 count
+  tensors, summed by `merge` and `all_reduce`. The metric keys are listed in `BoxEvaluator`.
+"""
+from acol.evaluation.boxes import box_hits, box_ious_reference, compute_iou, contour_boxes
+from acol.evaluation.evaluators import BoxEvaluator, MaskEvaluator
+from acol.evaluation.maps import normalize_scoremap, resize_and_normalize
+
+__all__ = ["BoxEvaluator", "MaskEvaluator", "box_hits", "box_ious_reference", "compute_iou", "contour_boxes",
+           "normalize_scoremap", "resize_and_normalize"]
