@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acol.data.synthetic import SyntheticSpec, validate_spec
+from acol.datasets.synthetic import SyntheticSpec, validate_spec
 
 
 @dataclass

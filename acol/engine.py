@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from acol.data.transforms import normalize_on_device
+from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process
 from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize
 

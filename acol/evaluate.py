@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from acol.config import ConfigError, load_config
-from acol.data.dataset import build_dataset, build_loader, load_mask
-from acol.data.metadata import read_metadata
-from acol.data.transforms import scale_boxes
+from acol.datasets.dataset import build_dataset, build_loader, load_mask
+from acol.datasets.metadata import read_metadata
+from acol.datasets.transforms import scale_boxes
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line

@@ -22,8 +22,8 @@ from torch import nn
 
 from acol import dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
-from acol.data.dataset import build_dataset, build_loader
-from acol.data.synthetic import ensure_synthetic
+from acol.datasets.dataset import build_dataset, build_loader
+from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (amp_dtype, build_optimizer, evaluate, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import format_table, threshold_line

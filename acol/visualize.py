@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import torch
 
-from acol.data.dataset import collate
-from acol.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
+from acol.datasets.dataset import collate
+from acol.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 from acol.engine import autocast, unwrap
 from acol.evaluation import resize_and_normalize
 from acol.evaluation.boxes import contour_boxes, threshold_cuts, to_uint8

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acol.data.synthetic import SyntheticSpec, ensure_synthetic
+from acol.datasets.synthetic import SyntheticSpec, ensure_synthetic
 
 TINY_SPEC = dict(num_classes=3, image_size=32, train_per_class=4, val_per_class=2, test_per_class=2,
                  multi_object_fraction=0.25, seed=0)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from acol.data.dataset import WSOLDataset, collate
-from acol.data.metadata import MetadataError, read_metadata
-from acol.data.transforms import WSOLTransform, normalize_on_device, resized_shape
+from acol.datasets.dataset import WSOLDataset, collate
+from acol.datasets.metadata import MetadataError, read_metadata
+from acol.datasets.transforms import WSOLTransform, normalize_on_device, resized_shape
 
 
 def write_split(root: Path, files: dict[str, str], split="train", dataset="TOY") -> Path:

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from acol.data import synthetic as syn
-from acol.data.synthetic import SyntheticSpec, ensure_synthetic, generate
+from acol.datasets import synthetic as syn
+from acol.datasets.synthetic import SyntheticSpec, ensure_synthetic, generate
 
 SMALL = dict(num_classes=4, image_size=40, train_per_class=3, val_per_class=2, test_per_class=3)
 

@@ -728,7 +728,7 @@ def _run_workers(spec: SyntheticSpec, units: list, data_dir: str, workers: int) 
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])           # the folder holding the acol package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-c", "from acol.data.synthetic import _worker; _worker()"]
+    cmd = [sys.executable, "-c", "from acol.datasets.synthetic import _worker; _worker()"]
     chunks = [list(range(w, len(units), workers)) for w in range(workers)]
     procs = []
     try:
@@ -934,7 +934,7 @@ def ensure_synthetic(spec: SyntheticSpec, data_root, metadata_root, verbose: boo
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     defaults = SyntheticSpec()
-    p = argparse.ArgumentParser(prog="python -m acol.data.synthetic",
+    p = argparse.ArgumentParser(prog="python -m acol.datasets.synthetic",
                                 description="Write the SYNTHETIC WSOL benchmark in the wsolevaluation format.")
     p.add_argument("--data-root", default="data", help="images go to <data-root>/SYNTHETIC/")
     p.add_argument("--metadata-root", default="data/metadata", help="metadata goes to <metadata-root>/SYNTHETIC/")

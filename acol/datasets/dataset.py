@@ -9,8 +9,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from acol.data.metadata import Metadata, read_metadata
-from acol.data.transforms import WSOLTransform
+from acol.datasets.metadata import Metadata, read_metadata
+from acol.datasets.transforms import WSOLTransform
 from acol.dist import InferenceSampler, get_rank, get_world_size
 
 
