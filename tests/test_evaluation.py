@@ -210,6 +210,14 @@ def _structured_maps(rng, count):
     return maps
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (2, 2), (2, 5), (3, 3)])
+def test_tiny_maps(shape):
+    rng = np.random.default_rng(sum(shape))
+    for trial in range(12):
+        cam = normalize_scoremap(rng.random(shape) > 0.5 if trial % 3 == 0 else rng.random(shape))
+        both_methods(cam, [[int(rng.integers(0, shape[1])), int(rng.integers(0, shape[0])), shape[1] - 1, shape[0] - 1]])
+
+
 def test_fast_counts_equal_the_per_threshold_definition():
     rng = np.random.default_rng(0)
     maps = _structured_maps(rng, 270)

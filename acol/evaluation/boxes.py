@@ -11,15 +11,23 @@ candidate boxes and its GT boxes, with the +1 pixel convention.
 Two implementations with identical results:
 
 * `box_ious_reference`: the definition, one `cv2.findContours` per threshold.
-* `box_hits`: the same decisions from a few passes over the map. The contours of a binary image
-  are the outer borders of its 8-connected foreground components (bounding box = the component's)
-  and the borders of its holes, the bounded 4-connected background components (bounding box = the
-  hole's, grown by one pixel). Across cuts these components form two trees (`_ComponentTree`),
-  built once per map, that give every component's and hole's box at every cut. Contour areas, for
-  V1, come from 2x2 windows: a component without holes has area Q4 + Q3 / 2 (its windows holding 4
-  or 3 of its pixels); any contour's area is at most its box's span; a component with positive
-  area outweighs its own holes. The Euler number per cut (bit-quad counts) says where holes exist.
-  A cut goes to `cv2.findContours` only where these bounds leave the V1 choice open.
+* `box_hits`: the same decisions from a few passes over the map (`_Decisions.run`):
+
+  1. Thresholds give at most 256 cuts, and cuts with no pixel value between them the same mask.
+  2. The contours of a mask are the outer borders of its 8-connected components (a contour's box
+     is its component's box) and the borders of its holes, the bounded 4-connected background
+     components. Above the second highest regional maximum (`_second_peak`) the mask is a single
+     component, whose box is the whole mask's. Below it, a few cuts take the definition; many
+     take the component tree (`_ComponentTree`), built once, which gives every component's box at
+     every cut.
+  3. Holes: the Euler number of each mask (bit-quad counts, `_Windows`) minus its component count
+     is its number of holes. Holes only add V2 candidates, so their boxes are read (from
+     `cv2.findContours`) only at cuts where no component already passes every IoU threshold.
+  4. V1 needs the contour of largest area. A component without holes has area Q4 + Q3 / 2 (its
+     2x2 windows holding 4 or 3 of its pixels, `_ComponentTree.areas`); any contour's area is at
+     most its box's span; a component with positive area outweighs each of its holes. Where these
+     bounds leave the choice open (ties between different boxes, nested holes), the cut takes the
+     definition.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import numpy as np
 _CONTOUR_INDEX = 1 if cv2.__version__.split(".")[0] == "3" else 0
 _NUM_LEVELS = 256
 _MAX_PIXELS = 1 << 22  # keys (value << bits(index)) | index must fit in int32
+_MAX_DIRECT_CUTS = 24  # below the second highest peak: up to this many cuts by the definition, else the tree
 _SCRATCH = threading.local()
 
 
@@ -124,9 +133,50 @@ def box_hits(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
     pixels = np.rint(cv2.calcHist([u8], [0], None, [_NUM_LEVELS], [0, _NUM_LEVELS]).ravel()).astype(np.int64)
     present = np.flatnonzero(pixels)
     cuts = np.where(cuts >= present[0], present[np.searchsorted(present, cuts, side="right") - 1], 0)
-    levels, inverse = np.unique(cuts, return_inverse=True)
-    v1, v2 = _Decisions(u8, gt, deltas).run(levels, pixels)
-    return v1[inverse], v2[:, inverse]
+    v1, v2 = _Decisions(u8, gt, deltas).run(np.unique(cuts), pixels)
+    return v1[cuts] >= 0.5, v2[cuts][None, :] >= deltas[:, None]
+
+
+def _keys(u8: np.ndarray) -> np.ndarray:
+    """(H + 2, W + 2) int32 scratch: the strict order key = (value << bits) | flat index inside,
+    -1 on the one-pixel margin."""
+    height, width = u8.shape
+    n = height * width
+    padded = _scratch("key", (height + 2, width + 2), np.int32)
+    padded[[0, -1], :] = -1
+    padded[:, [0, -1]] = -1
+    key = padded[1:-1, 1:-1]
+    np.left_shift(u8, max(1, (n - 1).bit_length()), out=key, dtype=np.int32)
+    np.bitwise_or(key, np.arange(n, dtype=np.int32).reshape(height, width), out=key)
+    return padded
+
+
+def _second_peak(u8: np.ndarray, steps: int = 10) -> int:
+    """An upper bound (exact when the plateaus are narrow) on the value of the second highest
+    regional maximum of u8 (an 8-connected plateau whose outside neighbours are all lower), or -1.
+    For cuts t >= it, `u8 > t` is a single component: each component holds a regional maximum
+    above t, its highest plateau.
+
+    Pixels with a higher neighbour are marked; the mark spreads to equal-valued neighbours (a pixel
+    without a higher neighbour whose highest marked neighbour has its value). Unmarked pixels are
+    regional maxima, or plateau pixels the `steps` spreading steps did not reach (which only
+    raises the bound)."""
+    ring = np.ones((3, 3), np.uint8)
+    ring[1, 1] = 0
+    marked = cv2.compare(u8, cv2.dilate(u8, ring), cv2.CMP_LT)
+    for _ in range(steps):
+        grown = cv2.bitwise_or(marked, cv2.compare(cv2.dilate(cv2.bitwise_and(u8, marked), ring), u8, cv2.CMP_EQ))
+        if np.array_equal(grown, marked):
+            break
+        marked = grown
+    # the plateau of the global maximum is not a second one
+    h, w = u8.shape
+    top = np.unravel_index(int(np.argmax(u8)), u8.shape)
+    plateau = np.zeros((h + 2, w + 2), np.uint8)
+    cv2.floodFill(u8, plateau, (int(top[1]), int(top[0])), 0, 0, 0,
+                  8 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (255 << 8))
+    others = u8[(cv2.bitwise_or(marked, plateau[1:-1, 1:-1]) == 0) & (u8 > 0)]
+    return int(others.max()) if len(others) else -1
 
 
 def _both(*masks: np.ndarray) -> np.ndarray:
@@ -165,12 +215,8 @@ class _ComponentTree:
         height, width = u8.shape
         n = height * width
         self.shift = max(1, (n - 1).bit_length())
-        padded = _scratch("key", (height + 2, width + 2), np.int32)
-        padded[[0, -1], :] = -1
-        padded[:, [0, -1]] = -1
+        padded = _keys(u8)
         key = padded[1:-1, 1:-1]
-        np.left_shift(u8, self.shift, out=key, dtype=np.int32)
-        np.bitwise_or(key, np.arange(n, dtype=np.int32).reshape(height, width), out=key)
         self.key = key
         left, right = padded[1:-1, :-2], padded[1:-1, 2:]
         row_max = _both(cv2.compare(key, left, cv2.CMP_GT), cv2.compare(key, right, cv2.CMP_GT))
@@ -400,14 +446,25 @@ class _Decisions:
         return np.stack([x0, y0, x1, y1], axis=1)
 
     def run(self, levels: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """levels: sorted distinct cuts; pixels: (256,) histogram of u8 -> (v1 (L,) bool, v2 (J, L) bool)."""
+        """levels: sorted distinct cuts; pixels: (256,) histogram of u8 -> (V1 IoU, best V2 IoU),
+        (256,) each, indexed by cut (the best V2 IoU may stop short of exact once above every delta)."""
         u8, deltas = self.u8, self.deltas
-        windows = _Windows(u8, pixels)
-        tree = _ComponentTree(u8)
-        count = tree.count()
-        holes = count - windows.euler
         v1 = np.full(_NUM_LEVELS, -1.0)  # V1 IoU per cut, -1 while undecided
         v2 = np.full(_NUM_LEVELS, -1.0)  # best IoU per cut over the contours seen so far
+        # Above the second highest local maximum only one root is alive: one component. Below it,
+        # a few cuts go to the definition; many call for the component tree.
+        second = _second_peak(u8)
+        below = levels[levels < second]
+        tree = None
+        if len(below) > _MAX_DIRECT_CUTS:
+            tree = _ComponentTree(u8)
+            count = tree.count()
+        else:
+            self._direct(below, v1, v2)
+            levels = levels[levels >= second]
+            count = np.ones(_NUM_LEVELS, np.int64)
+        windows = _Windows(u8, pixels)
+        holes = count - windows.euler
         single = count[levels] == 1
         iou_whole = self._iou(self._whole_boxes(levels[single]))
         v2[levels[single]] = iou_whole
@@ -422,10 +479,18 @@ class _Decisions:
         holey = levels[(holes[levels] > 0) & (v2[levels] < deltas.max())]
         if len(holey):
             self._holes(holey, v2)
-        for cut in undecided:
-            box1, _ = contour_boxes(u8, cut)
-            v1[cut] = self._iou(box1[None])[0]
-        return v1[levels] >= 0.5, v2[levels][None, :] >= deltas[:, None]
+        if undecided:
+            self._direct(np.array(sorted(undecided)), v1, np.full(_NUM_LEVELS, -1.0))
+        return v1, v2
+
+    def _direct(self, cuts: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> None:
+        """Set v1 and v2 at `cuts` by the definition (one contour pass each, IoUs in one go)."""
+        if len(cuts) == 0:
+            return
+        largest, every = zip(*(contour_boxes(self.u8, cut) for cut in cuts.tolist()))
+        v1[cuts] = self._iou(np.stack(largest))
+        starts = np.cumsum([0] + [len(boxes) for boxes in every[:-1]])
+        v2[cuts] = np.maximum.reduceat(self._iou(np.concatenate(every)), starts)
 
     def _components(self, tree: _ComponentTree, windows: _Windows, holes: np.ndarray, cuts: np.ndarray,
                     v1: np.ndarray, v2: np.ndarray) -> set[int]:
