@@ -23,6 +23,7 @@ from torch import nn
 from acol import dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
 from acol.datasets.dataset import build_dataset, build_loader
+from acol.datasets.metadata import MetadataError
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (amp_dtype, build_optimizer, evaluate, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
@@ -104,17 +105,18 @@ def main(argv=None) -> dict:
         resume_path = Path(args.resume)
     elif run_dir.exists() and any(run_dir.iterdir()):
         sys.exit(f"run directory {run_dir} already exists: pass --resume auto to continue it, or --name")
+    seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
+    dtype = amp_dtype(cfg.train.amp, device)
+    prepare_data(cfg)
+    try:
+        train_set, val_set, test_set = (build_dataset(cfg, split, train=split == "train")
+                                        for split in ("train", "val", "test"))
+    except MetadataError as e:
+        sys.exit(f"data error: {e}")
     dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(run_dir if main_process else None, main_process)
-    seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
-    dtype = amp_dtype(cfg.train.amp, device)
-
-    prepare_data(cfg)
-    train_set = build_dataset(cfg, "train", train=True)
-    val_set = build_dataset(cfg, "val", train=False)
-    test_set = build_dataset(cfg, "test", train=False)
     num_classes = cfg.model.num_classes or train_set.meta.num_classes
     train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
     val_loader = build_loader(cfg, val_set, train=False)

@@ -80,3 +80,9 @@ def test_torchrun_two_processes_on_gloo(tiny_overrides, tmp_path):
     assert json.loads((run_dir / "meta.json").read_text())["world_size"] == 2
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
     assert proc.stdout.count("| test |") == 1                     # one final table
+
+
+def test_missing_data_stops_before_the_run_directory_exists(tiny_overrides, tmp_path):
+    with pytest.raises(SystemExit, match=r"data error: metadata folder not found: .*NOPE/train"):
+        run(tiny_overrides + ["data.dataset=NOPE"], "--name", "nodata")
+    assert not (tmp_path / "runs" / "nodata").exists()
