@@ -86,3 +86,19 @@ def test_missing_data_stops_before_the_run_directory_exists(tiny_overrides, tmp_
     with pytest.raises(SystemExit, match=r"data error: metadata folder not found: .*NOPE/train"):
         run(tiny_overrides + ["data.dataset=NOPE"], "--name", "nodata")
     assert not (tmp_path / "runs" / "nodata").exists()
+
+
+def test_bf16_autocast_run_on_the_cpu(tiny_overrides, tmp_path):
+    """The autocast path end to end: losses, float32 maps and the evaluator under bf16."""
+    results = run(tiny_overrides + ["train.global_batch_size=6", "train.amp=bf16"], "--name", "bf16")
+    assert json.loads((tmp_path / "runs" / "bf16" / "meta.json").read_text())["amp"] == "torch.bfloat16"
+    assert 0 <= results["test"]["maxboxacc_v2"] <= 100
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_run(tiny_overrides, tmp_path):
+    results = run(tiny_overrides + ["train.global_batch_size=6", "train.device=cuda"], "--name", "gpu")
+    meta = json.loads((tmp_path / "runs" / "gpu" / "meta.json").read_text())
+    assert meta["device"].startswith("cuda")
+    assert meta["amp"] == ("torch.bfloat16" if torch.cuda.is_bf16_supported() else "None")  # train.amp=auto
+    assert results["step"] == 2
