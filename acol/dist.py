@@ -28,6 +28,13 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def device_type(setting: str) -> str:
+    """train.device -> "cuda" or "cpu"; "auto" picks CUDA when a GPU is present."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
 def init_distributed(device_type: str) -> torch.device:
     """Join the torchrun process group if launched by torchrun; return this process's device."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

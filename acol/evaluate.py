@@ -32,6 +32,7 @@ from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import read_metadata
 from acol.datasets.transforms import scale_boxes
+from acol.dist import device_type
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     cfg = load_config(args.run / "config.toml", args.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    device = torch.device(device_type(cfg.train.device))
     dtype = amp_dtype(cfg.train.amp, device)
     path = args.run / "checkpoints" / f"{args.checkpoint}.pt" if args.checkpoint in ("last", "best") \
         else Path(args.checkpoint)

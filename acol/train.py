@@ -92,8 +92,7 @@ def main(argv=None) -> dict:
         print(to_toml(cfg))
         return {}
 
-    device_type = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = dist.init_distributed(device_type)
+    device = dist.init_distributed(dist.device_type(cfg.train.device))
     rank, world, main_process = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
     name = args.name or default_run_name(args.config, args.overrides, cfg.train.seed)
     run_dir = Path(cfg.log.runs_dir) / name
