@@ -28,5 +28,9 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._builders)
 
+    def names_in_order(self) -> list[str]:
+        """The names in registration order."""
+        return list(self._builders)
+
     def __contains__(self, name: str) -> bool:
         return name in self._builders

@@ -65,6 +65,8 @@ class SingleBranch(WSOLModel):
     logits = GAP of the C-channel map, so the class map *is* the CAM of this model.
     """
 
+    default_cam_layer = "head_a.3"  # Grad-CAM: the ReLU before the 1x1 class conv
+
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
                  smooth_features: bool = True):
         super().__init__(backbone, smooth_features)
@@ -87,6 +89,8 @@ class ACoL(WSOLModel):
     The erasing label is the given label (erase_with="gt") or, without labels or with
     erase_with="pred", the argmax of A.
     """
+
+    default_cam_layer = "head_a.3"  # Grad-CAM: branch A's ReLU before its 1x1 class conv
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
                  smooth_features: bool = True, threshold: float = 0.6, erase_with: str = "gt",
@@ -134,6 +138,8 @@ class ACoL(WSOLModel):
 class GAPClassifierCAM(WSOLModel):
     """The CAM baseline (Zhou et al., CVPR 2016; wsolevaluation's VggCam): backbone -> Conv3x3 ->
     ReLU -> GAP -> Linear. CAM_c = sum_k w_k^c f_k(x, y), no bias, no ReLU, then min-max."""
+
+    default_cam_layer = "conv"  # Grad-CAM: the features the FC layer pools
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
                  smooth_features: bool = True):

@@ -1,0 +1,211 @@
+"""Localizers: every way of getting a class map from a model, behind one interface.
+
+    logits, maps = localizer(model, images, labels)
+
+images (B, 3, H, W) normalised; labels (B,) the GT classes; logits (B, C); maps (B, h, w) float32
+in [0, 1] (per-image min-max, a flat map gives zeros) of each image's target class: the GT label
+(target="gt", the WSOL protocol) or the predicted class (target="pred"). `localizer.raw(...)`
+gives the maps before normalisation. Every localizer runs the model in eval mode and restores each
+module's train/eval flag, works under a caller's `torch.no_grad()`, leaves no `.grad` on
+parameters and no hooks behind, and is batch-exact (an image's map does not depend on the rest of
+the batch). Maps are computed in float32, also under autocast.
+
+| name | map (DESIGN.md §3) | models |
+|---|---|---|
+| inforward | the model's own localization map, computed in the forward pass (ACoL: fused A/B) | 1x1-conv heads |
+| inforward_a, inforward_b | ACoL's branch A / B class map | acol |
+| cam | sum_k w_k^c f_k: the FC weights (GAP + FC) or the 1x1-conv class map (= inforward_a) | all |
+| gradcam | ReLU(sum_k alpha_k^c A^k), alpha = spatial mean of d logit_c / d A | all |
+| gradcam_pp | Grad-CAM++ (Chattopadhyay et al., 2018, eq. 19 closed form) | all |
+| guided_backprop | max over RGB of the guided-backprop input gradient, input resolution | all |
+| guided_gradcam | guided_backprop x Grad-CAM upsampled (bilinear) to the input | all |
+
+The gradient methods take the layer by name (`layer="head_a.3"`; default: the model's
+`default_cam_layer`, the last feature map before the class scores).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acol.cams.hooks import capture, eval_mode, guided_relus
+from acol.cams.ops import minmax_normalize, select_class
+from acol.registry import Registry
+
+LOCALIZERS = Registry("localizer")
+TARGETS = ("gt", "pred")
+
+
+class Localizer:
+    """Base: target choice, normalisation, applicability. Subclasses implement `raw`."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
+        self.target = target
+        self.layer = layer
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        logits, raw = self.raw(model, images, labels)
+        return logits, minmax_normalize(raw)
+
+    def raw(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        """(logits (B, C), unnormalised maps (B, h, w) float32)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return True
+
+    def classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose map each image gets."""
+        return labels if self.target == "gt" else logits.argmax(dim=1)
+
+    def forward_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """What the forward pass sees (ACoL erases with it): the GT, or nothing for "pred"."""
+        return labels if self.target == "gt" else None
+
+    def __repr__(self) -> str:
+        layer = f", layer={self.layer!r}" if self.layer else ""
+        return f"{type(self).__name__}(target={self.target!r}{layer})"
+
+
+def _has_class_maps(model: nn.Module) -> bool:
+    return hasattr(model, "head_a")
+
+
+class InForward(Localizer):
+    """The model's own map from its forward outputs (no backward pass)."""
+
+    branch: str | None = None  # None: the model's localization_map; "a" / "b": one ACoL branch
+
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        return _has_class_maps(model) if cls.branch is None else hasattr(model, "head_b")
+
+    def raw(self, model, images, labels):
+        with eval_mode(model), torch.no_grad():
+            out = model(images, self.forward_labels(labels))
+            classes = self.classes(out["logits"], labels)
+            if self.branch is None:
+                return out["logits"], model.localization_map(out, classes)
+            return out["logits"], select_class(out[f"cam_{self.branch}"], classes).float()
+
+
+@LOCALIZERS.register("inforward")
+class InForwardFused(InForward):
+    branch = None
+
+
+@LOCALIZERS.register("inforward_a")
+class InForwardA(InForward):
+    branch = "a"
+
+
+@LOCALIZERS.register("inforward_b")
+class InForwardB(InForward):
+    branch = "b"
+
+
+@LOCALIZERS.register("cam")
+class CAM(Localizer):
+    """CAM (Zhou et al., 2016): the class weights applied to the last features, no bias, no ReLU."""
+
+    def raw(self, model, images, labels):
+        with eval_mode(model), torch.no_grad():
+            out = model(images, self.forward_labels(labels))
+            classes = self.classes(out["logits"], labels)
+            if _has_class_maps(model):  # a 1x1-conv head: its class map is the CAM (linearity)
+                return out["logits"], select_class(out["cam_a"], classes).float()
+            return out["logits"], model.class_maps(out, classes)
+
+
+class _Gradients(Localizer):
+    """The target logits' gradients at a layer: (logits, activation, gradient), float32."""
+
+    def target_layer(self, model: nn.Module) -> nn.Module:
+        name = self.layer or getattr(model, "default_cam_layer", None)
+        if name is None:
+            raise ValueError(f"{type(model).__name__} has no default_cam_layer; give the layer by name")
+        try:
+            return model.get_submodule(name)
+        except AttributeError as e:
+            names = ", ".join(n for n, _ in model.named_modules() if n)
+            raise ValueError(f"{type(model).__name__} has no layer {name!r}; layers: {names}") from e
+
+    def gradients(self, model, images, labels):
+        with eval_mode(model), torch.enable_grad(), capture(self.target_layer(model)) as activation:
+            logits = model(images, self.forward_labels(labels))["logits"]
+            classes = self.classes(logits.detach(), labels)
+            score = logits.float().gather(1, classes[:, None]).sum()  # raw logits; images are independent
+            (grad,) = torch.autograd.grad(score, activation.value)
+        if activation.value.dim() != 4:
+            raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
+        return logits.detach(), activation.value.detach().float(), grad.float()
+
+
+@LOCALIZERS.register("gradcam")
+class GradCAM(_Gradients):
+    """Grad-CAM (Selvaraju et al., 2017): ReLU(sum_k mean_ij(d y^c / d A^k_ij) A^k)."""
+
+    def raw(self, model, images, labels):
+        logits, act, grad = self.gradients(model, images, labels)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        return logits, F.relu((weights * act).sum(dim=1))
+
+
+@LOCALIZERS.register("gradcam_pp")
+class GradCAMPlusPlus(_Gradients):
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018), the closed form of its eq. 19 with y = exp(S):
+    alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (0 where that is 0), w_k = sum_ij alpha relu(g)."""
+
+    def raw(self, model, images, labels):
+        logits, act, grad = self.gradients(model, images, labels)
+        g2 = grad.pow(2)
+        denominator = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * grad.pow(3)
+        alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1), 0)
+        weights = (alpha * F.relu(grad)).sum(dim=(2, 3), keepdim=True)
+        return logits, F.relu((weights * act).sum(dim=1))
+
+
+@LOCALIZERS.register("guided_backprop")
+class GuidedBackprop(Localizer):
+    """Guided Backprop (Springenberg et al., 2015): the input gradient of the target logit with
+    the guided rule at every ReLU, reduced to a map by the max over RGB of its absolute value."""
+
+    def input_gradient(self, model, images, labels):
+        with eval_mode(model), torch.enable_grad(), guided_relus(model):
+            x = images.detach().requires_grad_(True)
+            logits = model(x, self.forward_labels(labels))["logits"]
+            classes = self.classes(logits.detach(), labels)
+            (grad,) = torch.autograd.grad(logits.float().gather(1, classes[:, None]).sum(), x)
+        return logits.detach(), grad.float()
+
+    def raw(self, model, images, labels):
+        logits, grad = self.input_gradient(model, images, labels)
+        return logits, grad.abs().amax(dim=1)
+
+
+@LOCALIZERS.register("guided_gradcam")
+class GuidedGradCAM(_Gradients):
+    """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM, the latter upsampled
+    bilinearly (align_corners=False) to the input size; one map per image as guided_backprop."""
+
+    def raw(self, model, images, labels):
+        logits, cam = GradCAM(self.target, self.layer).raw(model, images, labels)
+        _, guided = GuidedBackprop(self.target).raw(model, images, labels)
+        cam = F.interpolate(cam[:, None], size=guided.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return logits, guided * cam
+
+
+def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> Localizer:
+    """A localizer by registered name (the error lists the valid names)."""
+    return LOCALIZERS.get(name)(target=target, layer=layer)
+
+
+def applicable_localizers(model: nn.Module) -> list[str]:
+    """The registered localizers that work on `model`, in registration order, without `cam` on
+    1x1-conv heads (there it is inforward_a, or inforward for a single branch)."""
+    return [name for name in LOCALIZERS.names_in_order() if LOCALIZERS.get(name).applies_to(model)
+            and not (name == "cam" and _has_class_maps(model))]
