@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process
 from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize
@@ -100,17 +101,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     return step
 
 
-@torch.no_grad()
 def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
-                     scoremap_dir: Path | None = None) -> tuple[BoxEvaluator, MaskEvaluator | None]:
-    """Run the model over one split and return its evaluators (counts summed over all ranks).
+                     scoremap_dir: Path | None = None,
+                     localizer: Localizer | None = None) -> tuple[BoxEvaluator, MaskEvaluator | None]:
+    """Run a localizer over one split and return its evaluators (counts summed over all ranks).
 
-    Maps are the GT class's localization maps (the WSOL protocol), upsampled to the input size and
-    normalised in float32. With `scoremap_dir`, each map is also saved as
-    `<scoremap_dir>/<image_id without extension>.npy` (wsolevaluation's layout).
+    Maps are the GT class's maps (the WSOL protocol) from `localizer` (default: the model's own
+    map, `default_localizer`), upsampled to the input size and normalised in float32. With
+    `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id without extension>.npy`
+    (wsolevaluation's layout).
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
-    core.eval()
+    localizer = localizer or default_localizer(core)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
                               cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if loader.dataset.load_masks else None
@@ -119,9 +121,9 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
         images = normalize_on_device(batch["image"], device)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, dtype):
-            out = core(images, labels)
-        scoremaps = resize_and_normalize(core.localization_map(out, labels).cpu(), size)
-        top5 = out["logits"].topk(min(5, out["logits"].shape[1]), dim=1).indices
+            logits, maps = localizer(core, images, labels)
+        scoremaps = resize_and_normalize(maps.cpu(), size)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = (top5 == labels[:, None]).cpu().numpy()
         boxes_eval.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], hits[:, 0], hits.any(1))
         if masks_eval is not None:
@@ -135,15 +137,14 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
     boxes_eval.all_reduce()
     if masks_eval is not None:
         masks_eval.all_reduce()
-    core.train()
     return boxes_eval, masks_eval
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
-             threshold: float | None = None) -> dict[str, float]:
+             threshold: float | None = None, localizer: Localizer | None = None) -> dict[str, float]:
     """Classification and localization metrics of one split; `threshold` is a box threshold
     chosen elsewhere (on `val`) to report at (the `@val` keys)."""
-    boxes_eval, masks_eval = accumulate_split(model, loader, device, dtype, cfg)
+    boxes_eval, masks_eval = accumulate_split(model, loader, device, dtype, cfg, localizer=localizer)
     metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())

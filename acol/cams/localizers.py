@@ -204,6 +204,11 @@ def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> 
     return LOCALIZERS.get(name)(target=target, layer=layer)
 
 
+def default_localizer(model: nn.Module) -> Localizer:
+    """The model's own map: in-forward for 1x1-conv heads, CAM for GAP + FC."""
+    return build_localizer("inforward" if InForward.applies_to(model) else "cam")
+
+
 def applicable_localizers(model: nn.Module) -> list[str]:
     """The registered localizers that work on `model`, in registration order, without `cam` on
     1x1-conv heads (there it is inforward_a, or inforward for a single branch)."""
