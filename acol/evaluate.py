@@ -3,7 +3,10 @@
 A trained run (its config and checkpoint) on a split:
 
     python -m acol.evaluate --run runs/synthetic_acol-s0 [--checkpoint last|best|PATH] [--split test]
+                            [--localizer gradcam [--layer NAME] [--target gt|pred]]
                             [--save-scoremaps] [key=value ...]
+
+(the localizer: the model's own map by default; `acol.cams.localizers` lists the others)
 
 A folder of score maps in wsolevaluation's layout (`<root>/<image_id without extension>.npy`, 2-D
 float in [0, 1], at the network input size) against any metadata:
@@ -28,6 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+from acol.cams import LOCALIZERS, build_localizer
+from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import read_metadata
@@ -52,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
     p.add_argument("--split", default="test")
     p.add_argument("--threshold", type=float, help="box threshold chosen elsewhere, reported as @val")
+    p.add_argument("--localizer", help=f"with --run: one of {', '.join(LOCALIZERS.names_in_order())} "
+                                       "(default: the model's own map)")
+    p.add_argument("--layer", help="with --localizer: the hooked layer's name (default: the model's default_cam_layer)")
+    p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
     p.add_argument("--save-scoremaps", action="store_true", help="with --run: save the maps as <out>/scoremaps/<image_id>.npy")
     p.add_argument("--dataset", help="with --scoremaps: the metadata's data set name (e.g. CUB)")
     p.add_argument("--metadata-root", default="data/metadata")
@@ -61,20 +70,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
-    cfg = load_config(args.run / "config.toml", args.overrides)
+def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
+    """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
+    checkpoint: "last", "best" or a path."""
+    cfg = load_config(run / "config.toml", list(overrides))
     device = torch.device(device_type(cfg.train.device))
-    dtype = amp_dtype(cfg.train.amp, device)
-    path = args.run / "checkpoints" / f"{args.checkpoint}.pt" if args.checkpoint in ("last", "best") \
-        else Path(args.checkpoint)
+    path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
     state = load_checkpoint(path)["model"]
-    num_classes = cfg.model.num_classes or json.loads((args.run / "meta.json").read_text())["num_classes"]
+    num_classes = cfg.model.num_classes or json.loads((run / "meta.json").read_text())["num_classes"]
     model = build_model(cfg, num_classes).to(device)
     model.load_state_dict(state)
+    return cfg, model, device, amp_dtype(cfg.train.amp, device)
+
+
+def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
+    cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
+    localizer = build_localizer(args.localizer, args.target, args.layer) if args.localizer else None
 
     def run_split(split: str, scoremap_dir=None):
         dataset = build_dataset(cfg, split, train=False)
-        return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg, scoremap_dir)
+        return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg, scoremap_dir,
+                                localizer)
 
     threshold = args.threshold
     if threshold is None and args.split != "val":
@@ -149,9 +165,7 @@ def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path)
     image = plot_curves(curves["thresholds"], lines, marks, f"BoxAcc vs box threshold ({split})")
     cv2.imwrite(str(out / f"curves_{split}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     tracker = Tracker(out, enabled=True)
-    for i, tau in enumerate(curves["thresholds"]):
-        tracker.scalars({f"{split}/box_acc_{name}": float(v[i]) for name, v in curves.items() if name != "thresholds"},
-                        step=int(round(tau * 1000)))
+    tracker.curves(f"{split}/box_acc_", curves)
     tracker.image(f"{split}/box_acc_curves", image, 0)
     tracker.close()
 

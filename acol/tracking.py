@@ -51,6 +51,13 @@ class Tracker:
         if self.writer:
             self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
+    def curves(self, prefix: str, curves: dict[str, np.ndarray]) -> None:
+        """Per-threshold curves (`BoxEvaluator.box_acc_curves`) as scalars `<prefix><name>`, the step
+        being the threshold in thousandths (TensorBoard's x axis is an integer step)."""
+        for i, tau in enumerate(curves["thresholds"]):
+            self.scalars({f"{prefix}{name}": float(v[i]) for name, v in curves.items() if name != "thresholds"},
+                         step=int(round(tau * 1000)))
+
     def text(self, tag: str, text: str) -> None:
         if self.writer:
             self.writer.add_text(tag, text)

@@ -55,10 +55,11 @@ def predicted_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
     return box
 
 
-def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: list, threshold: float,
-                 fused_key: str) -> list[list[np.ndarray]]:
-    """One row per image: the image with GT boxes, then each map's overlay; the `fused_key` map also
-    shows the predicted box (largest component at `threshold`, red) and the GT boxes (green)."""
+def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: list,
+                 boxed: dict[str, float]) -> list[list[np.ndarray]]:
+    """One row per image: the image with its GT boxes, then each map's overlay (maps (B, h, w) in
+    [0, 1], upsampled and normalised as the protocol does). The maps named in `boxed` also show
+    the GT boxes (green) and the predicted box (red: largest component at the given threshold)."""
     size = tuple(images.shape[-2:])
     pictures = denormalize(images)
     scoremaps = {k: resize_and_normalize(v.cpu(), size) for k, v in maps.items()}
@@ -67,13 +68,26 @@ def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: 
         row = [draw_boxes(picture, gt_boxes[i], GT_COLOR)]
         for key, sm in scoremaps.items():
             tile_ = overlay(picture, sm[i])
-            if key == fused_key:
+            if key in boxed:
                 tile_ = draw_boxes(tile_, gt_boxes[i], GT_COLOR)
-                tile_ = draw_boxes(tile_, predicted_box(sm[i], threshold), PRED_COLOR)
+                tile_ = draw_boxes(tile_, predicted_box(sm[i], boxed[key]), PRED_COLOR)
             row.append(tile_)
         rows.append(row)
     return rows
 
+
+def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2) -> np.ndarray:
+    """`tile(rows)` with each tile enlarged `scale` times (nearest) under a header of column titles
+    (two lines each where a title holds a ':')."""
+    big = [[cv2.resize(t, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for t in row] for row in rows]
+    grid = tile(big)
+    width = big[0][0].shape[1]
+    header = np.full((34, grid.shape[1], 3), 255, np.uint8)
+    for j, title in enumerate(titles):
+        for k, line in enumerate(title.split(":")[:2]):
+            cv2.putText(header, line[: max(4, width // 7)], (2 + j * (width + 2) + 2, 14 + 15 * k),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, grid])
 
 
 def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:
@@ -91,7 +105,8 @@ def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dt
             maps["A"], maps["B"] = core.branch_maps(out, labels)
         maps["map"] = core.localization_map(out, labels)
     core.train()
-    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], threshold, "map"))
+    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], {"map": threshold}))
+
 
 CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 

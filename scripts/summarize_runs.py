@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
+from acol.evaluation.report import mean_std  # noqa: E402
 
 COLUMNS = [
     ("val", "top1_cls", "val top-1 cls"),
@@ -24,12 +27,6 @@ COLUMNS = [
     ("test", "top1_loc@val", "top-1 loc @val τ"),
     ("test", "maxboxacc_v2", "MaxBoxAccV2"),
 ]
-
-
-def cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main(argv=None) -> str:
@@ -47,7 +44,7 @@ def main(argv=None) -> str:
     lines = ["| run | n | " + " | ".join(title for _, _, title in COLUMNS) + " |",
              "|---|---:|" + "---:|" * len(COLUMNS)]
     for name, results in groups.items():
-        cells = [cell([r[split][key] for r in results]) for split, key, _ in COLUMNS]
+        cells = [mean_std([r[split][key] for r in results]) for split, key, _ in COLUMNS]
         lines.append(f"| {name} | {len(results)} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

@@ -1,6 +1,8 @@
 """Text reports of evaluation results: the labelled summary table."""
 from __future__ import annotations
 
+import statistics
+
 # (metric key, column title); the threshold policy is part of the title
 SUMMARY = [
     ("top1_cls", "top-1 cls"),
@@ -32,3 +34,10 @@ def threshold_line(metrics: dict, fixed: float) -> str:
         parts.append(f"val-chosen={metrics['val_cam_threshold']:.3f}")
     parts.append(f"oracle={metrics['best_cam_threshold']:.3f} (each split's own best, as MaxBoxAcc)")
     return "box thresholds: " + ", ".join(parts)
+
+
+def mean_std(values: list[float]) -> str:
+    """"m ± s" (sample standard deviation) of several values, the value itself for one, 1 decimal."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"

@@ -1,0 +1,216 @@
+"""In-forward vs post-hoc maps: every applicable localizer of trained runs, under one protocol.
+
+    python -m acol.compare [RUN ...] [--methods inforward,cam,gradcam] [--target gt|pred]
+                           [--checkpoint last|best] [--out runs/compare] [--num-images 6] [key=value ...]
+
+Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
+`runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
+(`acol.cams.applicable_localizers`), the localizer's maps are evaluated on `val` (which chooses the
+box threshold) and on `test` (reported at the fixed threshold and at val's). Runs whose names
+differ only in `-s<seed>` form a group; the tables give mean ± std over a group's seeds.
+
+Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s),
+`results.md` and `results.csv` (the tables), `grid.png` (test images x methods: overlays with the GT
+boxes in green and the predicted box at val's threshold in red, from each group's first run), and
+TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
+seeds): `tensorboard --logdir runs/compare`.
+
+maps/s counts the localizer alone (forward, backward where the method needs one, map arithmetic)
+over the val and test passes, not the box evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from acol.cams import LOCALIZERS, applicable_localizers, build_localizer
+from acol.cams.localizers import TARGETS
+from acol.config import ConfigError
+from acol.datasets.dataset import build_dataset, build_loader, collate
+from acol.datasets.transforms import normalize_on_device
+from acol.engine import accumulate_split, autocast
+from acol.evaluate import load_run
+from acol.evaluation.report import mean_std
+from acol.tracking import Tracker
+from acol.visualize import heatmap_rows, titled_grid
+
+DEFAULT_RUNS = ("runs/synthetic_acol-s*", "runs/synthetic_cam-s*")
+# (split, metric key, column title)
+COLUMNS = [
+    ("test", "top1_cls", "top-1 cls"),
+    ("test", "gt_known_loc@fixed", "GT-known @fixed"),
+    ("test", "top1_loc@fixed", "top-1 loc @fixed"),
+    ("test", "gt_known_loc@val", "GT-known @val τ"),
+    ("test", "top1_loc@val", "top-1 loc @val τ"),
+    ("test", "maxboxacc_v2", "MaxBoxAccV2"),
+    ("test", "pxap", "PxAP"),
+    ("val", "maxboxacc_v2", "val MaxBoxAccV2"),
+    ("", "maps_per_s", "maps/s"),
+]
+
+
+class Timed:
+    """A localizer that counts its maps and the seconds spent in it (CUDA work included)."""
+
+    def __init__(self, localizer):
+        self.localizer, self.seconds, self.maps = localizer, 0.0, 0
+
+    def __call__(self, model, images, labels):
+        start = time.perf_counter()
+        logits, maps = self.localizer(model, images, labels)
+        if maps.is_cuda:
+            torch.cuda.synchronize(maps.device)
+        self.seconds += time.perf_counter() - start
+        self.maps += len(maps)
+        return logits, maps
+
+
+def group_name(run: Path) -> str:
+    return re.sub(r"-s\d+$", "", run.name)
+
+
+def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides) -> list[dict]:
+    """One record per localizer applicable to the run's model (and in `methods` when given)."""
+    cfg, model, device, dtype = load_run(run, checkpoint, overrides)
+    loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
+    names = [n for n in applicable_localizers(model) if methods is None or n in methods]
+    records = []
+    for name in names:
+        timed = Timed(build_localizer(name, target))
+        val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed)
+        val = val_boxes.compute()
+        test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed)
+        test = test_boxes.compute(threshold=val["best_cam_threshold"])
+        for metrics, masks in ((val, val_masks), (test, test_masks)):
+            if masks is not None:
+                metrics.update(masks.compute())
+        curves = {k: v.tolist() for k, v in test_boxes.box_acc_curves().items()}
+        records.append({"run": str(run), "group": group_name(run), "model": cfg.model.name, "method": name,
+                        "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
+                        "test_curves": curves})
+        print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
+              f"{test['gt_known_loc@val']:.2f}, {timed.maps / timed.seconds:.0f} maps/s", flush=True)
+    return records
+
+
+def value(record: dict, split: str, key: str) -> float | None:
+    return record[key] if not split else record[split].get(key)
+
+
+def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
+    """(markdown table, CSV rows): one row per group x method, mean ± std over the group's runs."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        cells.setdefault((r["group"], r["method"]), []).append(r)
+    present = [c for c in COLUMNS if any(value(r, c[0], c[1]) is not None for r in records)]
+    lines = ["| run group | method | n | " + " | ".join(t for _, _, t in present) + " |",
+             "|---|---|---:|" + "---:|" * len(present)]
+    rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]]
+    for (group, method), runs in cells.items():
+        values = [[value(r, split, key) for r in runs] for split, key, _ in present]
+        text = [mean_std(v) if key != "maps_per_s" else f"{statistics.mean(v):.0f}"
+                for v, (_, key, _) in zip(values, present)]
+        lines.append(f"| {group} | {method} | {len(runs)} | " + " | ".join(text) + " |")
+        rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" for v in values]
+                    + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" for v in values])
+    return "\n".join(lines), rows
+
+
+def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int) -> np.ndarray:
+    """Test images x methods: each group's first run, each method's map with its val threshold."""
+    rows, titles = None, ["image"]
+    first_runs: dict[str, str] = {}
+    for r in records:
+        first_runs.setdefault(r["group"], r["run"])
+    for run in first_runs.values():
+        chosen = [r for r in records if r["run"] == run]
+        cfg, model, device, dtype = load_run(Path(run), checkpoint, overrides)
+        dataset = build_dataset(cfg, "test", train=False)
+        indices = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).astype(int).tolist()
+        batch = collate([dataset[i] for i in indices])
+        images = normalize_on_device(batch["image"], device)
+        labels = batch["label"].to(device)
+        maps, boxed = {}, {}
+        for r in chosen:
+            with autocast(device, dtype):
+                maps[r["method"]] = build_localizer(r["method"], target)(model, images, labels)[1]
+            boxed[r["method"]] = r["test"]["val_cam_threshold"]
+            titles.append(f"{r['group']}:{r['method']}")
+        new = heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], boxed)
+        rows = new if rows is None else [old + row[1:] for old, row in zip(rows, new)]
+    return titled_grid(rows, titles)
+
+
+def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray) -> None:
+    tracker = Tracker(out, enabled=True)
+    tracker.image("compare/grid", grid, 0)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["group"], r["method"]), []).append(r)
+    for (group, method), runs in groups.items():
+        names = [k for k in runs[0]["test_curves"] if k != "thresholds"]
+        mean = {k: np.mean([r["test_curves"][k] for r in runs], axis=0) for k in names}
+        tracker.curves(f"test_curves/{group}/{method}/", {"thresholds": np.array(runs[0]["test_curves"]["thresholds"]),
+                                                           **mean})
+    tracker.close()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help=f"run directories (default: {' '.join(DEFAULT_RUNS)})")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(LOCALIZERS.names_in_order())}")
+    p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
+    p.add_argument("--checkpoint", default="last", help="last | best")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run (repeatable), e.g. eval.batch_size=64")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    runs = args.runs or [p for pattern in DEFAULT_RUNS for p in sorted(Path().glob(pattern))]
+    if not runs:
+        sys.exit("no runs given and none found under runs/: train them first, e.g. bash scripts/compare_cams.sh")
+    methods = args.methods.split(",") if args.methods else None
+    for name in methods or []:
+        LOCALIZERS.get(name)  # an unknown name stops here, with the valid ones
+    for run in runs:
+        if not (run / "config.toml").is_file() or not (run / "checkpoints" / f"{args.checkpoint}.pt").is_file():
+            sys.exit(f"{run}: not a finished run (needs config.toml and checkpoints/{args.checkpoint}.pt)")
+    try:
+        records = [r for run in runs for r in evaluate_methods(run, methods, args.target, args.checkpoint,
+                                                                 args.override)]
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    if not records:
+        sys.exit(f"none of the methods {methods} applies to these runs' models")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "results.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    table, rows = tables(records)
+    (args.out / "results.md").write_text(table + "\n")
+    with open(args.out / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    grid = figure(records, args.target, args.checkpoint, args.override, args.num_images)
+    cv2.imwrite(str(args.out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_tensorboard(args.out, records, grid)
+    print(f"\ntest split, box threshold chosen on val; mean ± std over seeds (target: {args.target})\n{table}")
+    print(f"written to {args.out}: results.md, results.csv, results.jsonl, grid.png, TensorBoard events")
+    return records
+
+
+if __name__ == "__main__":
+    main()

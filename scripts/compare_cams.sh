@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# In-forward ACoL maps vs post-hoc CAM and Grad-CAM-family maps on the synthetic benchmark.
+#
+#   bash scripts/compare_cams.sh                      # seeds 0 1 2: train what is missing, then compare
+#   SEEDS="0" bash scripts/compare_cams.sh            # one seed
+#   bash scripts/compare_cams.sh --methods inforward,cam,gradcam --target pred
+#
+# Trains runs/synthetic_acol-s<seed> and runs/synthetic_cam-s<seed> with scripts/train_acol.sh where
+# their results.json is missing, then runs `python -m acol.compare` on them (arguments are passed on)
+# and writes runs/compare/{results.md,results.csv,results.jsonl,grid.png} and TensorBoard events.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+RUNS=()
+for seed in ${SEEDS:-0 1 2}; do
+  for method in acol cam; do
+    run=runs/synthetic_${method}-s${seed}
+    if [[ ! -f $run/results.json ]]; then
+      if [[ -d $run ]]; then resume=(--resume auto); else resume=(); fi
+      bash scripts/train_acol.sh "experiments/synthetic_${method}.toml" "train.seed=${seed}" "${resume[@]}"
+    fi
+    RUNS+=("$run")
+  done
+done
+exec "$PYTHON" -m acol.compare "${RUNS[@]}" "$@"
