@@ -154,6 +154,11 @@ class Job:
     def done(self) -> bool:
         return (self.run_dir / "results.json").is_file()
 
+    @property
+    def console(self) -> Path:
+        """The training process's console output, next to its run folder."""
+        return self.run_dir.parent / f"{self.run_dir.name}.out"
+
 
 def plan(ablation: Ablation, runs_dir: Path) -> list[Job]:
     """One job per cell x seed (cells with a localizer share the run of their settings)."""
@@ -162,13 +167,13 @@ def plan(ablation: Ablation, runs_dir: Path) -> list[Job]:
 
 
 def train(job: Job, base: Path, overrides: list[str], env: dict) -> int:
-    """Train (or resume) one run in a subprocess; its console output goes to `<run_dir>.out`."""
+    """Train (or resume) one run in a subprocess; its console output goes to `job.console`."""
     command = [sys.executable, "-m", "acol.train", "--config", str(base), *job.cell.overrides, *overrides,
                f"train.seed={job.seed}", f"log.runs_dir={job.run_dir.parent}", "--name", job.run_dir.name]
     if job.run_dir.exists():
         command += ["--resume", "auto"]
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(job.run_dir.with_suffix(".out"), "a") as out:
+    with open(job.console, "a") as out:
         return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
 
 
@@ -196,7 +201,7 @@ def run_all(jobs: list[Job], base: Path, overrides: list[str], workers: int) -> 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for job, code in pool.map(one, todo):
             if code != 0:
-                print(f"FAILED ({code}): {job.run_dir} (see {job.run_dir.with_suffix('.out')})", flush=True)
+                print(f"FAILED ({code}): {job.run_dir} (see {job.console})", flush=True)
                 failed.append(job)
     return failed
 

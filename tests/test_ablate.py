@@ -43,6 +43,7 @@ def test_grid_killed_mid_way_completes_and_matches_the_runs(tiny_overrides, tmp_
 
     ablate.main([*args, "--jobs", "2"])
     assert len(list(folder.glob("*/results.json"))) == 8
+    assert len(list(folder.glob("*-s[01].out"))) == 8  # each run's console output, next to it
     for name, mtime in finished.items():  # runs finished before the kill were not trained again
         assert (folder / name / "results.json").stat().st_mtime_ns == mtime
     capsys.readouterr()
