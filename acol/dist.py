@@ -59,6 +59,15 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them only at
+    the start of each training forward, so after the last step every rank holds its own; an
+    evaluation that shards the data must use one model, the one rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if not is_distributed():

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
-from acol.dist import is_main_process
+from acol.dist import is_main_process, sync_buffers
 from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize
 
 
@@ -112,6 +112,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
     (wsolevaluation's layout).
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
+    sync_buffers(core)
     localizer = localizer or default_localizer(core)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
                               cfg.eval.fixed_threshold)

@@ -6,7 +6,10 @@ A trained run (its config and checkpoint) on a split:
                             [--localizer gradcam [--layer NAME] [--target gt|pred]]
                             [--save-scoremaps] [key=value ...]
 
-(the localizer: the model's own map by default; `acol.cams.localizers` lists the others)
+(the localizer: the model's own map by default; `acol.cams.localizers` lists the others). On several
+processes, each evaluating a shard (counts summed, rank 0 writes):
+
+    torchrun --nproc-per-node=4 -m acol.evaluate --run-dir runs/cub_acol_vgg16-s0
 
 A folder of score maps in wsolevaluation's layout (`<root>/<image_id without extension>.npy`, 2-D
 float in [0, 1], at the network input size) against any metadata:
@@ -37,7 +40,7 @@ from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import read_metadata
 from acol.datasets.transforms import scale_boxes
-from acol.dist import device_type
+from acol import dist
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line
@@ -52,7 +55,9 @@ CLASSIFICATION_KEYS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="a run directory written by python -m acol.train")
+    source.add_argument("--run", "--run-dir", dest="run", type=Path,
+                        help="a run directory written by python -m acol.train (under torchrun write --run-dir: "
+                             "torchrun's own parser reads --run as its --run-path)")
     source.add_argument("--scoremaps", type=Path, help="a folder of <image_id>.npy score maps")
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
     p.add_argument("--split", default="test")
@@ -74,7 +79,7 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
     checkpoint: "last", "best" or a path."""
     cfg = load_config(run / "config.toml", list(overrides))
-    device = torch.device(device_type(cfg.train.device))
+    device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
     state = load_checkpoint(path)["model"]
     num_classes = cfg.model.num_classes or json.loads((run / "meta.json").read_text())["num_classes"]
@@ -171,6 +176,7 @@ def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path)
 
 
 def main(argv=None) -> dict:
+    """Under `torchrun` (--run only) every rank evaluates its shard, counts are summed, rank 0 writes."""
     args = parse_args(argv)
     out = args.out or (args.run / "eval" if args.run else args.scoremaps.with_name(args.scoremaps.name + "_eval"))
     out.mkdir(parents=True, exist_ok=True)
@@ -178,12 +184,16 @@ def main(argv=None) -> dict:
         metrics, boxes_eval, fixed = evaluate_run(args, out) if args.run else evaluate_scoremaps(args)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if not dist.is_main_process():
+        dist.cleanup()
+        return metrics
     (out / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2))
     if int(boxes_eval.state["num_images"]):
         write_curves(boxes_eval, metrics, args.split, out)
         print(threshold_line(metrics, fixed))
     print(format_table([(args.split, metrics)]))
     print(f"written to {out}")
+    dist.cleanup()
     return metrics
 
 

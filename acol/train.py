@@ -64,6 +64,9 @@ def git_sha() -> str:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and torch in this process with `seed + rank` (ranks draw different
+    augmentations); deterministic mode also asks torch for deterministic kernels."""
+    seed += dist.get_rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -104,7 +107,7 @@ def main(argv=None) -> dict:
         resume_path = Path(args.resume)
     elif run_dir.exists() and any(run_dir.iterdir()):
         sys.exit(f"run directory {run_dir} already exists: pass --resume auto to continue it, or --name")
-    seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     dtype = amp_dtype(cfg.train.amp, device)
     prepare_data(cfg)
     try:
