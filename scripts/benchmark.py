@@ -1,0 +1,146 @@
+"""Throughput of one model in one run: training, evaluation and map extraction, with FLOPs and memory.
+
+    python scripts/benchmark.py                                   # ACoL on VGG16 at 224 px, batch 2
+    python scripts/benchmark.py --backbone resnet50 --batch 8 --device cuda --amp bf16
+    python scripts/benchmark.py --model cam --size 448 --steps 10
+
+Measures, on random input of the given size (the model alone: no data loading, no box evaluation):
+- training images/s: forward, loss, backward and SGD step (the train loop's work per batch);
+- evaluation images/s: a no-grad forward;
+- maps/s of each localizer (`acol.cams`): the in-forward maps, CAM, Grad-CAM and Grad-CAM++ at the
+  model's default layer, and guided backprop (a backward pass to the input), with each one's time
+  relative to the first listed;
+- FLOPs per image of a training step and of an evaluation forward (torch's FlopCounterMode: matrix
+  products and convolutions), so that a GPU user can read off utilisation = FLOP/s / peak FLOP/s;
+- peak memory: allocated CUDA memory per phase on a GPU, the process's peak RSS on the CPU.
+Every figure comes from the same process, after one untimed warm-up step of each phase.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
+from acol.cams import LOCALIZERS, build_localizer  # noqa: E402
+from acol.config import load_config  # noqa: E402
+from acol.dist import device_type  # noqa: E402
+from acol.engine import amp_dtype, autocast, build_optimizer  # noqa: E402
+from acol.models import build_model  # noqa: E402
+
+LOCALIZER_ORDER = ("inforward", "cam", "gradcam", "gradcam_pp", "guided_backprop")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, steps: int, device: torch.device) -> float:
+    """Seconds per call of `fn` over `steps` calls, after one untimed call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="acol", help="model.name: acol | single | cam")
+    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--classes", type=int, default=200)
+    p.add_argument("--steps", type=int, default=3, help="timed calls per phase")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--amp", default="auto", help="auto (bf16 on CUDA when supported) | bf16 | off")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (training and evaluation)")
+    p.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.large_feature_map=false")
+    args = p.parse_args(argv)
+
+    cfg = load_config(overrides=[f"model.name={args.model}", f"model.backbone={args.backbone}",
+                                 f"train.amp={args.amp}", *args.overrides])
+    device = torch.device(device_type(args.device))
+    dtype = amp_dtype(cfg.train.amp, device)
+    torch.manual_seed(0)
+    model = build_model(cfg, args.classes).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    runner = torch.compile(model) if args.compile else model
+    optimizer = build_optimizer(model, cfg)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+
+    def train_step():
+        with autocast(device, dtype):
+            out = runner(images, labels)
+        loss = model.loss(out, labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def eval_step():
+        with torch.no_grad(), autocast(device, dtype):
+            runner(images, labels)
+
+    rows = []
+    model.train()
+    train_flops = flops(train_step) / args.batch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(train_step, args.steps, device)
+    rows.append(("training", args.batch / seconds, train_flops, peak_memory(device)))
+    model.eval()
+    eval_flops = flops(eval_step) / args.batch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(eval_step, args.steps, device)
+    rows.append(("evaluation", args.batch / seconds, eval_flops, peak_memory(device)))
+    for name in [n for n in LOCALIZER_ORDER if LOCALIZERS.get(n).applies_to(model)]:
+        localizer = build_localizer(name)
+
+        def extract(localizer=localizer):
+            with autocast(device, dtype):
+                localizer(model, images, labels)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed(extract, args.steps, device)
+        rows.append((f"maps: {name}", args.batch / seconds, None, peak_memory(device)))
+
+    print(f"{args.model} on {args.backbone}, {args.size}x{args.size}, batch {args.batch}, {args.classes} classes, "
+          f"device {device} ({torch.get_num_threads()} threads), autocast {dtype}, "
+          f"{'channels_last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}; "
+          f"{args.steps} timed steps per phase")
+    first_map = next(rate for name, rate, _, _ in rows if name.startswith("maps"))
+    print(f"| phase | images/s | GFLOP / image | vs first map | peak memory |\n|---|---:|---:|---:|---:|")
+    for name, rate, flop, memory in rows:
+        ratio = f"{first_map / rate:.2f}x time" if name.startswith("maps") else ""
+        gflop = f"{flop / 1e9:.1f}" if flop is not None else ""
+        print(f"| {name} | {rate:.2f} | {gflop} | {ratio} | {memory} |")
+    return {name: rate for name, rate, _, _ in rows}
+
+
+if __name__ == "__main__":
+    main()
