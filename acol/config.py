@@ -39,12 +39,15 @@ class DataCfg:
 @dataclass
 class ModelCfg:
     name: str = "acol"                  # acol | single (ACoL without erasing) | cam (GAP + FC)
-    backbone: str = "vgg16"             # vgg16 | smallcnn
+    backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
-    large_feature_map: bool = True      # vgg16: 28x28 maps at 224 (official ACoL) instead of 14x14
-    smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL)
-    head_channels: int = 1024
+    large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14)
+    smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
+                                        # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
+    head_channels: int = 1024           # hidden channels of the ACoL heads and of the cam model's conv
+    cam_conv: bool = True               # cam: Conv3x3 to head_channels + ReLU before GAP + FC (wsolevaluation's
+                                        # VggCam); false: GAP + FC on the backbone features (its ResNetCam)
 
 
 @dataclass
@@ -238,7 +241,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"acol.threshold must be in (0, 1]; got {cfg.acol.threshold}")
     if cfg.data.crop_size > cfg.data.resize_size:
         raise ConfigError(f"data.crop_size ({cfg.data.crop_size}) exceeds data.resize_size ({cfg.data.resize_size})")
-    for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every"):
+    from acol.models.backbones import BACKBONES  # imported here: the models need torch, the schema does not
+
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES.names())}; got {cfg.model.backbone!r}")
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"model.num_classes must be >= 0 (0: from the dataset); got {cfg.model.num_classes}")
+    for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every",
+                "model.head_channels"):
         section, name = key.split(".")
         if flat[section][name] <= 0:
             raise ConfigError(f"{key} must be positive; got {flat[section][name]}")

@@ -1,3 +1,4 @@
+import re
 import urllib.error
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from acol.cams import build_localizer
 from acol.cams.ops import minmax_normalize, select_class
 from acol.config import load_config
 from acol.models import MODELS, build_model
@@ -25,16 +27,22 @@ def batch():
     return torch.randn(3, 3, 64, 64, generator=g), torch.tensor([0, 3, 4])
 
 
-# expected (h, w) of the maps at a 64x64 input
-MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
+# expected (h, w) of the maps at a 64x64 input, by (backbone, large_feature_map)
+MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("resnet50", True): 8, ("resnet50", False): 4,
+            ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
+
+# every registered model, and the cam model also without its conv (GAP + FC on the backbone)
+MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in MODELS.names()] + [
+    pytest.param("cam", ["model.cam_conv=false"], id="cam-no-conv")]
 
 
 @pytest.mark.parametrize("large", [True, False])
 @pytest.mark.parametrize("backbone", BACKBONES.names())
-@pytest.mark.parametrize("name", MODELS.names())
-def test_forward_shapes_for_every_model(name, backbone, large, batch):
+@pytest.mark.parametrize("name, variant", MODEL_VARIANTS)
+def test_forward_shapes_for_every_model(name, variant, backbone, large, batch):
     torch.manual_seed(0)
-    model = build_model(small_cfg(name, backbone, f"model.large_feature_map={str(large).lower()}"), NUM_CLASSES)
+    model = build_model(small_cfg(name, backbone, f"model.large_feature_map={str(large).lower()}", *variant),
+                        NUM_CLASSES)
     x, y = batch
     out = model(x, y)
     side = MAP_SIZE[(backbone, large)]
@@ -123,16 +131,33 @@ def test_in_forward_map_of_a_1x1_head_is_the_cam_of_its_weights(name, batch):
     assert torch.allclose(out["logits"], gap_fc, atol=1e-5)
 
 
-def test_cam_model_maps_average_to_its_logits(batch):
+@pytest.mark.parametrize("cam_conv", ["true", "false"])
+def test_cam_model_maps_average_to_its_logits(cam_conv, batch):
     x, y = batch
     torch.manual_seed(3)
-    model = build_model(small_cfg("cam"), NUM_CLASSES).eval()
+    model = build_model(small_cfg("cam", "smallcnn", f"model.cam_conv={cam_conv}"), NUM_CLASSES).eval()
     with torch.no_grad():
         out = model(x, y)
     for c in range(NUM_CLASSES):
         labels = torch.full((3,), c)
         mean_map = model.class_maps(out, labels).mean(dim=(1, 2))
         assert torch.allclose(mean_map + model.fc.bias[c], out["logits"][:, c], atol=1e-5)
+
+
+@pytest.mark.parametrize("smooth", ["true", "false"])
+@pytest.mark.parametrize("backbone", ["smallcnn", "resnet50"])
+def test_cam_without_conv_equals_gradcam_at_its_default_layer_up_to_relu(backbone, smooth, batch):
+    """GAP + FC straight on the (smoothed) backbone features (wsolevaluation's ResNetCam)."""
+    torch.manual_seed(4)
+    model = build_model(small_cfg("cam", backbone, "model.cam_conv=false", f"model.smooth_features={smooth}"),
+                        NUM_CLASSES)
+    assert model.conv is None and model.fc.in_features == model.backbone.out_channels
+    x, y = batch
+    _, cam = build_localizer("cam").raw(model, x, y)
+    _, grad_cam = build_localizer("gradcam").raw(model, x, y)  # at model.default_cam_layer
+    h, w = cam.shape[-2:]
+    torch.testing.assert_close(grad_cam, torch.relu(cam) / (h * w), atol=1e-6, rtol=1e-5)
+    assert (cam < 0).any()
 
 
 def test_flat_maps_normalise_to_zero_not_nan():
@@ -164,7 +189,7 @@ def test_vgg16_loads_a_local_torchvision_state_dict(tmp_path):
             assert torch.equal(model.backbone.features[i].bias, layer.bias)
 
 
-def test_bad_pretrained_sources_give_clear_errors(tmp_path, monkeypatch):
+def test_bad_pretrained_sources_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model(small_cfg("acol", "vgg16", f"model.pretrained={tmp_path / 'missing.pth'}"), 2)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "partial.pth")
@@ -173,16 +198,25 @@ def test_bad_pretrained_sources_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="smallcnn has no ImageNet weights"):
         build_model(small_cfg("acol", "smallcnn", "model.pretrained=imagenet"), 2)
 
+
+@pytest.mark.parametrize("backbone, weights, arch", [
+    ("vgg16", torchvision.models.VGG16_Weights, "VGG16"),
+    ("resnet50", torchvision.models.ResNet50_Weights, "ResNet-50"),
+    ("inception_v3", torchvision.models.Inception_V3_Weights, "Inception-v3"),
+])
+def test_imagenet_weights_offline_say_where_to_get_them(backbone, weights, arch, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models.VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="could not download.*model.pretrained=<path"):
-        build_model(small_cfg("acol", "vgg16", "model.pretrained=imagenet"), 2)
+    monkeypatch.setattr(weights, "get_state_dict", offline)  # only this backbone's weights enum
+    url = re.escape(weights.IMAGENET1K_V1.url)
+    with pytest.raises(RuntimeError, match=f"could not download the ImageNet {arch} weights from {url}.*"
+                                           "model.pretrained=<path"):
+        build_model(small_cfg("acol", backbone, "model.pretrained=imagenet"), 2)
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(KeyError, match="valid names: smallcnn, vgg16"):
+    with pytest.raises(KeyError, match="valid names: inception_v3, resnet50, smallcnn, vgg16"):
         BACKBONES.get("resnet9")
 
 

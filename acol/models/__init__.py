@@ -24,7 +24,8 @@ def single(backbone: nn.Module, num_classes: int, cfg) -> SingleBranch:
 
 @MODELS.register("cam")
 def cam(backbone: nn.Module, num_classes: int, cfg) -> GAPClassifierCAM:
-    return GAPClassifierCAM(backbone, num_classes, cfg.model.head_channels, cfg.model.smooth_features)
+    return GAPClassifierCAM(backbone, num_classes, cfg.model.head_channels, cfg.model.smooth_features,
+                            cam_conv=cfg.model.cam_conv)
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:

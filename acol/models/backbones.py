@@ -2,14 +2,29 @@
 
 Each builder takes `large_feature_map` and returns a module with an `out_channels` attribute and a
 `load_pretrained(source)` method, where source is "imagenet" (torchvision weights API) or the path of
-a local state dict in the same key layout.
+a local state dict in the same key layout (a torchvision state dict, or a whole model's state dict
+or checkpoint of ours, whose `backbone.` keys are taken). Keys of torchvision modules a backbone
+does not keep (classifiers, later blocks) are ignored; any other missing or unexpected key is an
+error naming it.
+
+| backbone | out_channels | stride (map at 224) large_feature_map | without |
+|---|---|---|---|
+| vgg16 | 512 | 8 (28x28) | 16 (14x14) |
+| resnet50 | 2048 | 8 (28x28) | 16 (14x14) |
+| inception_v3 | 768 | 8 (28x28) | 16 (14x14) |
+| smallcnn | 64 | 4 (56x56) | 8 (28x28) |
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models import get_weight
+from torchvision.models.inception import InceptionA, InceptionC
+from torchvision.models.resnet import Bottleneck
 
 from acol.registry import Registry
 
@@ -34,6 +49,15 @@ def _conv_stack(cfg: list, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _kaiming_init(module: nn.Module) -> None:
+    """Random init of every conv: Kaiming normal (fan_out, ReLU) weights, zero biases (torchvision's ResNet)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
@@ -43,6 +67,52 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     if isinstance(state.get("model"), dict):  # one of our checkpoints: take its model weights
         state = state["model"]
     return state
+
+
+def _imagenet_state_dict(weights_name: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, url) of the torchvision weights `weights_name` ("ResNet50_Weights.IMAGENET1K_V1")."""
+    weights = get_weight(weights_name)
+    try:
+        state = weights.get_state_dict(progress=True)
+    except OSError as e:  # URLError and socket errors are OSErrors
+        raise RuntimeError(
+            f"could not download the ImageNet {arch} weights from {weights.url} ({e}). "
+            "Download that file on a machine with internet access and set "
+            "model.pretrained=<path to the .pth file>."
+        ) from e
+    return state, weights.url
+
+
+def _key_list(keys: list[str]) -> str:
+    return f"{keys[:4]}{'...' if len(keys) > 4 else ''}"
+
+
+def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: str | None,
+                 ignored_prefixes: tuple[str, ...] = ()) -> None:
+    """Load `source` ("imagenet" or a state dict path) into `module` by key.
+
+    Keys starting with `ignored_prefixes` (torchvision modules the backbone drops) are skipped; the
+    rest must equal the module's keys (BatchNorm `num_batches_tracked` may be absent, as in older
+    torchvision files), else a KeyError names the missing and unexpected ones; a shape mismatch
+    raises load_state_dict's RuntimeError, which names the key.
+    """
+    if source == "imagenet":
+        if imagenet_weights is None:
+            raise ValueError(f"{arch} has no ImageNet weights; set model.pretrained to a local state dict path")
+        state, source_name = _imagenet_state_dict(imagenet_weights, arch)
+    else:
+        state, source_name = _load_state_dict_file(source), source
+    if any(k.startswith("backbone.") for k in state):  # a whole model's state dict
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith(ignored_prefixes)}
+    expected = set(module.state_dict())
+    missing = sorted(k for k in expected - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - expected)
+    problems = [f"{kind} {arch} keys {_key_list(keys)}"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if problems:
+        raise KeyError(f"{source_name}: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=False)  # strict apart from num_batches_tracked, checked above
 
 
 class VGG16Features(nn.Module):
@@ -64,28 +134,114 @@ class VGG16Features(nn.Module):
         return self.features(x)
 
     def load_pretrained(self, source: str) -> None:
-        if source == "imagenet":
-            from torchvision.models import VGG16_Weights
+        load_weights(self, source, "VGG16", "VGG16_Weights.IMAGENET1K_V1", ignored_prefixes=("classifier.",))
 
-            weights = VGG16_Weights.IMAGENET1K_V1
-            try:
-                state = weights.get_state_dict(progress=True)
-            except OSError as e:  # URLError and socket errors are OSErrors
-                raise RuntimeError(
-                    f"could not download the ImageNet VGG16 weights from {weights.url} ({e}). "
-                    "Download that file on a machine with internet access and set "
-                    "model.pretrained=<path to the .pth file>."
-                ) from e
-            source_name = weights.url
-        else:
-            state = _load_state_dict_file(source)
-            source_name = source
-        own = {k: v for k, v in state.items() if k.startswith("features.")}
-        expected = set(self.state_dict())
-        missing = sorted(expected - set(own))
-        if missing:
-            raise KeyError(f"{source_name}: missing VGG16 keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
-        self.load_state_dict({k: own[k] for k in expected})
+
+def _bottleneck_layer(in_channels: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """torchvision's ResNet `_make_layer` for Bottleneck blocks (stride on the 3x3 conv, v1.5)."""
+    out_channels = planes * Bottleneck.expansion
+    downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                               nn.BatchNorm2d(out_channels))
+    return nn.Sequential(Bottleneck(in_channels, planes, stride, downsample),
+                         *[Bottleneck(out_channels, planes) for _ in range(blocks - 1)])
+
+
+class ResNet50Features(nn.Sequential):
+    """ResNet-50 up to layer4 (2048 channels), wsolevaluation's variant (wsol/resnet.py).
+
+    torchvision's layout (conv1, bn1, relu, maxpool, layer1-layer4 of Bottleneck blocks) without
+    avgpool and fc; layer4 has stride 1, and layer3 too with `large_feature_map`: stride 8 (28x28 at
+    224) with it, 16 (14x14) without. Keys equal torchvision's resnet50 state dict minus fc.*.
+    """
+
+    def __init__(self, large_feature_map: bool = True):
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)),
+            ("bn1", nn.BatchNorm2d(64)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("maxpool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+            ("layer1", _bottleneck_layer(64, 64, 3, stride=1)),
+            ("layer2", _bottleneck_layer(256, 128, 4, stride=2)),
+            ("layer3", _bottleneck_layer(512, 256, 6, stride=1 if large_feature_map else 2)),
+            ("layer4", _bottleneck_layer(1024, 512, 3, stride=1)),
+        ]))
+        self.out_channels = 2048
+        _kaiming_init(self)
+
+    def load_pretrained(self, source: str) -> None:
+        load_weights(self, source, "ResNet-50", "ResNet50_Weights.IMAGENET1K_V1", ignored_prefixes=("fc.",))
+
+
+class BasicConv2d(nn.Module):
+    """torchvision's Inception BasicConv2d (conv without bias, BN eps 1e-3, ReLU) with the ReLU as a
+    module, so that post-hoc methods that act on `nn.ReLU` (guided backprop) see it."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class InceptionBStride1(nn.Module):
+    """torchvision's InceptionB (Mixed_6a, 288 -> 768 channels) at stride 1, as wsolevaluation:
+    its 3x3 convs and max pool have stride 1 and padding 1. Keys equal torchvision's InceptionB."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        double = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        pool = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return torch.cat([self.branch3x3(x), double, pool], dim=1)
+
+
+class InceptionV3Features(nn.Sequential):
+    """Inception-v3 up to Mixed_6e (768 channels), wsolevaluation's variant (wsol/inception.py).
+
+    torchvision's Inception3 modules up to Mixed_6e (AuxLogits and Mixed_7* dropped), changed as
+    wsolevaluation: Conv2d_1a_3x3 has padding 1; the stem pools are MaxPool(3, 2, 1, ceil_mode);
+    unless `large_feature_map`, an extra MaxPool(3, 2, ceil_mode) follows Mixed_5d (`maxpool_5d`,
+    an Identity with it); Mixed_6a has stride 1. Stride 8 (28x28 at 224) with `large_feature_map`,
+    16 (14x14) without (8x8 / 4x4 at 64). The smallest input is 11x11 with `large_feature_map` and
+    15x15 without (1x1 maps); below that a layer's input is smaller than its window. No
+    `transform_input`: inputs are ImageNet mean/std normalised like the other backbones (as in
+    wsolevaluation). Keys equal torchvision's inception_v3 state dict for the modules kept.
+    """
+
+    def __init__(self, large_feature_map: bool = True):
+        super().__init__(OrderedDict([
+            ("Conv2d_1a_3x3", BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)),
+            ("Conv2d_2a_3x3", BasicConv2d(32, 32, kernel_size=3)),
+            ("Conv2d_2b_3x3", BasicConv2d(32, 64, kernel_size=3, padding=1)),
+            ("maxpool1", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+            ("Conv2d_3b_1x1", BasicConv2d(64, 80, kernel_size=1)),
+            ("Conv2d_4a_3x3", BasicConv2d(80, 192, kernel_size=3)),
+            ("maxpool2", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+            ("Mixed_5b", InceptionA(192, pool_features=32, conv_block=BasicConv2d)),
+            ("Mixed_5c", InceptionA(256, pool_features=64, conv_block=BasicConv2d)),
+            ("Mixed_5d", InceptionA(288, pool_features=64, conv_block=BasicConv2d)),
+            ("maxpool_5d", nn.Identity() if large_feature_map else nn.MaxPool2d(kernel_size=3, stride=2,
+                                                                                 ceil_mode=True)),
+            ("Mixed_6a", InceptionBStride1(288)),
+            ("Mixed_6b", InceptionC(768, channels_7x7=128, conv_block=BasicConv2d)),
+            ("Mixed_6c", InceptionC(768, channels_7x7=160, conv_block=BasicConv2d)),
+            ("Mixed_6d", InceptionC(768, channels_7x7=160, conv_block=BasicConv2d)),
+            ("Mixed_6e", InceptionC(768, channels_7x7=192, conv_block=BasicConv2d)),
+        ]))
+        self.out_channels = 768
+        _kaiming_init(self)
+
+    def load_pretrained(self, source: str) -> None:
+        load_weights(self, source, "Inception-v3", "Inception_V3_Weights.IMAGENET1K_V1",
+                     ignored_prefixes=("AuxLogits.", "Mixed_7", "fc."))
 
 
 class SmallCNN(nn.Module):
@@ -102,26 +258,28 @@ class SmallCNN(nn.Module):
             cfg += ["M"]
         self.features = _conv_stack(cfg, batch_norm=True)
         self.out_channels = 4 * w
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        _kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def load_pretrained(self, source: str) -> None:
-        if source == "imagenet":
-            raise ValueError("smallcnn has no ImageNet weights; set model.pretrained to a local state dict path")
-        state = _load_state_dict_file(source)
-        if any(k.startswith("backbone.") for k in state):  # a whole model's state dict
-            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        self.load_state_dict(state)
+        load_weights(self, source, "smallcnn", imagenet_weights=None)
 
 
 @BACKBONES.register("vgg16")
 def vgg16(large_feature_map: bool = True) -> VGG16Features:
     return VGG16Features(large_feature_map)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(large_feature_map: bool = True) -> ResNet50Features:
+    return ResNet50Features(large_feature_map)
+
+
+@BACKBONES.register("inception_v3")
+def inception_v3(large_feature_map: bool = True) -> InceptionV3Features:
+    return InceptionV3Features(large_feature_map)
 
 
 @BACKBONES.register("smallcnn")

@@ -33,18 +33,17 @@ def class_activation_head(in_channels: int, hidden: int, num_classes: int) -> nn
 
 
 class WSOLModel(nn.Module):
-    """Shared plumbing: backbone (+ optional 3x3 average smoothing, official ACoL) and param groups."""
+    """Shared plumbing: backbone, then `smoothing` (AvgPool(3, 1, 1) as the official ACoL with
+    smooth_features, else Identity; a module so its output can be hooked), and param groups."""
 
     def __init__(self, backbone: nn.Module, smooth_features: bool):
         super().__init__()
         self.backbone = backbone
-        self.smooth_features = smooth_features
+        self.smoothing = nn.AvgPool2d(kernel_size=3, stride=1, padding=1) if smooth_features else nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone(x)
-        if self.smooth_features:
-            feat = F.avg_pool2d(feat, kernel_size=3, stride=1, padding=1)
-        return feat
+        """(B, out_channels, h, w): the (smoothed) backbone features the heads see."""
+        return self.smoothing(self.backbone(x))
 
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """{"backbone": [(name, p)], "head": [(name, p)]} by module role, not by name substring."""
@@ -136,22 +135,30 @@ class ACoL(WSOLModel):
 
 
 class GAPClassifierCAM(WSOLModel):
-    """The CAM baseline (Zhou et al., CVPR 2016; wsolevaluation's VggCam): backbone -> Conv3x3 ->
-    ReLU -> GAP -> Linear. CAM_c = sum_k w_k^c f_k(x, y), no bias, no ReLU, then min-max."""
+    """The CAM baseline (Zhou et al., CVPR 2016): features -> [Conv3x3 -> ReLU] -> GAP -> Linear.
 
-    default_cam_layer = "conv"  # Grad-CAM: the features the FC layer pools
+    With `cam_conv` the Conv3x3 (to head_channels) + ReLU is there (wsolevaluation's VggCam);
+    without it the FC pools the backbone features directly (its ResNetCam). CAM_c = sum_k w_k^c
+    f_k(x, y) over the pooled features f ("features" in the output), no bias, no ReLU, then min-max.
+    `default_cam_layer` is the module whose output the FC pools ("conv", or "smoothing" without
+    it), so CAM equals Grad-CAM there up to the ReLU and a 1/(h w) scale.
+    """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
-                 smooth_features: bool = True):
+                 smooth_features: bool = True, cam_conv: bool = True):
         super().__init__(backbone, smooth_features)
         self.conv = nn.Sequential(nn.Conv2d(backbone.out_channels, head_channels, 3, padding=1),
-                                  nn.ReLU(inplace=True))
-        self.fc = nn.Linear(head_channels, num_classes)
-        nn.init.xavier_uniform_(self.conv[0].weight)
-        nn.init.zeros_(self.conv[0].bias)
+                                  nn.ReLU(inplace=True)) if cam_conv else None
+        self.fc = nn.Linear(head_channels if cam_conv else backbone.out_channels, num_classes)
+        if self.conv is not None:
+            nn.init.xavier_uniform_(self.conv[0].weight)
+            nn.init.zeros_(self.conv[0].bias)
+        self.default_cam_layer = "conv" if cam_conv else "smoothing"  # Grad-CAM: the features the FC pools
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        feat = self.conv(self.features(x))
+        feat = self.features(x)
+        if self.conv is not None:
+            feat = self.conv(feat)
         return {"logits": self.fc(feat.mean(dim=(2, 3))), "features": feat}
 
     def class_maps(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
