@@ -105,18 +105,18 @@ def main(argv=None) -> dict:
             runner(images, labels)
 
     rows = []
+
+    def phase(name, fn, count_flops: bool):
+        flop = flops(fn) / args.batch if count_flops else None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed(fn, args.steps, device)
+        rows.append((name, args.batch / seconds, flop, peak_memory(device)))
+
     model.train()
-    train_flops = flops(train_step) / args.batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(train_step, args.steps, device)
-    rows.append(("training", args.batch / seconds, train_flops, peak_memory(device)))
+    phase("training", train_step, count_flops=True)
     model.eval()
-    eval_flops = flops(eval_step) / args.batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(eval_step, args.steps, device)
-    rows.append(("evaluation", args.batch / seconds, eval_flops, peak_memory(device)))
+    phase("evaluation", eval_step, count_flops=True)
     for name in [n for n in LOCALIZER_ORDER if LOCALIZERS.get(n).applies_to(model)]:
         localizer = build_localizer(name)
 
@@ -124,10 +124,7 @@ def main(argv=None) -> dict:
             with autocast(device, dtype):
                 localizer(model, images, labels)
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(extract, args.steps, device)
-        rows.append((f"maps: {name}", args.batch / seconds, None, peak_memory(device)))
+        phase(f"maps: {name}", extract, count_flops=False)
 
     print(f"{args.model} on {args.backbone}, {args.size}x{args.size}, batch {args.batch}, {args.classes} classes, "
           f"device {device} ({torch.get_num_threads()} threads), autocast {dtype}, "
