@@ -76,7 +76,10 @@ class TrainCfg:
     global_batch_size: int = 20         # split over processes under torchrun
     seed: int = 0
     device: str = "auto"                # auto (cuda when present) | cpu | cuda
-    amp: str = "auto"                   # auto (bf16 on CUDA when supported) | bf16 | off
+    amp: str = "auto"                   # auto (bf16 on CUDA when supported) | bf16 | fp16 (with a GradScaler) | off
+    channels_last: bool = False         # NHWC memory format for the model and its input (faster convs on GPUs)
+    compile: bool = False               # torch.compile the training forward (evaluation runs the plain model)
+    sync_bn: bool = False               # under DDP: BatchNorm statistics over all processes (SyncBatchNorm)
     deterministic: bool = False
     max_steps: int = 0                  # stop after this many optimizer steps in total (0: no limit)
 
@@ -224,7 +227,7 @@ _CHOICES = {
     "model.name": ("acol", "single", "cam"),
     "acol.erase_with": ("gt", "pred"),
     "acol.fuse": ("max", "mean", "a", "b"),
-    "train.amp": ("auto", "bf16", "off"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 

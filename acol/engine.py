@@ -23,18 +23,29 @@ class NonFiniteLossError(RuntimeError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DistributedDataParallel."""
+    """The bare model under torch.compile and DistributedDataParallel."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for train.amp: None means float32. "auto" is bf16 on CUDA devices that
-    support it; "bf16" forces it (also on the CPU)."""
+    support it; "bf16" and "fp16" force theirs (fp16 trains with a GradScaler, `grad_scaler`)."""
     if amp == "off":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast; a pass-through (enabled=False) for bf16 and float32."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def to_memory_format(images: torch.Tensor, cfg) -> torch.Tensor:
+    """The batch in the model's memory format (train.channels_last)."""
+    return images.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else images
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -65,15 +76,17 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
                            nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg, logger) -> int:
-    """One pass over `loader`; returns the global step after it (it stops early at train.max_steps)."""
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    device: torch.device, dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg,
+                    logger) -> int:
+    """One pass over `loader`; returns the global step after it (it stops early at train.max_steps).
+    `model` may be DDP-wrapped and compiled; the loss comes from the bare model."""
     model.train()
     loader.sampler.set_epoch(epoch)
     core = unwrap(model)
     seen, tick = 0, time.perf_counter()
     for batch in progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"):
-        images = normalize_on_device(batch["image"], device)
+        images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, dtype):
             out = model(images, labels)
@@ -82,8 +95,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1}, epoch "
                                      f"{epoch + 1}; batch images: {', '.join(batch['image_id'])}")
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
         step += 1
         seen += len(labels)
         if step % cfg.log.log_every == 0:
@@ -119,7 +133,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if loader.dataset.load_masks else None
     size = (cfg.data.crop_size, cfg.data.crop_size)
     for batch in progress(loader, "eval"):
-        images = normalize_on_device(batch["image"], device)
+        images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, dtype):
             logits, maps = localizer(core, images, labels)

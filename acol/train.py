@@ -25,7 +25,7 @@ from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_t
 from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.metadata import MetadataError
 from acol.datasets.synthetic import ensure_synthetic
-from acol.engine import (amp_dtype, build_optimizer, evaluate, load_checkpoint, rng_state,
+from acol.engine import (amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import format_table, threshold_line
 from acol.models import build_model
@@ -107,6 +107,9 @@ def main(argv=None) -> dict:
         resume_path = Path(args.resume)
     elif run_dir.exists() and any(run_dir.iterdir()):
         sys.exit(f"run directory {run_dir} already exists: pass --resume auto to continue it, or --name")
+    if cfg.train.sync_bn and device.type != "cuda":
+        sys.exit("config error: train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+                 "set train.sync_bn=false for CPU runs")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     dtype = amp_dtype(cfg.train.amp, device)
     prepare_data(cfg)
@@ -125,9 +128,14 @@ def main(argv=None) -> dict:
     test_loader = build_loader(cfg, test_set, train=False)
 
     model = build_model(cfg, num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if world > 1:
+        if cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg)
+    scaler = grad_scaler(device, dtype)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay_gamma)
 
     start_epoch, step, best = 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
@@ -136,6 +144,7 @@ def main(argv=None) -> dict:
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng"])
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
@@ -156,11 +165,13 @@ def main(argv=None) -> dict:
                 f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
                 f"device {device} x{world}, amp {dtype}")
 
+    runner = torch.compile(model) if cfg.train.compile else model  # the training forward; evaluation uses `model`
     vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
     val_metrics: dict = {}
     epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.train.epochs):
-        step = train_one_epoch(model, train_loader, optimizer, device, dtype, epoch, step, tracker, cfg, logger)
+        step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker, cfg,
+                               logger)
         epochs_done = epoch + 1
         scheduler.step()
         done = cfg.train.max_steps and step >= cfg.train.max_steps
@@ -176,7 +187,7 @@ def main(argv=None) -> dict:
             logger.info(f"epoch {epoch + 1} val: " + " ".join(
                 f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epochs_done, "step": step, "best": best,
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done, "step": step, "best": best,
                  "config": to_dict(cfg), "rng": rng_state()}
         if val_metrics and val_metrics[cfg.eval.best_metric] > best["value"]:
             best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}

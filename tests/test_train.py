@@ -88,3 +88,42 @@ def test_cuda_bf16_run(tiny_overrides, tmp_path):
     assert meta["device"].startswith("cuda")
     assert meta["amp"] == ("torch.bfloat16" if torch.cuda.is_bf16_supported() else "None")  # train.amp=auto
     assert results["step"] == 2
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_fp16_autocast_trains_with_a_grad_scaler(tiny_overrides, tmp_path):
+    results = run(tiny_overrides + ["train.global_batch_size=6", "train.amp=fp16"], "--name", "fp16")
+    run_dir = tmp_path / "runs" / "fp16"
+    assert json.loads((run_dir / "meta.json").read_text())["amp"] == "torch.float16"
+    scaler = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0  # the scaler's state is checkpointed
+    assert 0 <= results["test"]["maxboxacc_v2"] <= 100
+
+
+def test_channels_last_trains_as_nchw(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.global_batch_size=6"]
+    run(overrides, "--name", "nchw")
+    run(overrides + ["train.channels_last=true"], "--name", "nhwc")
+    nchw, nhwc = final_weights(tmp_path / "runs" / "nchw"), final_weights(tmp_path / "runs" / "nhwc")
+    conv = "backbone.features.0.weight"  # the model really ran in NHWC: its conv weights are stored so
+    assert nhwc[conv].is_contiguous(memory_format=torch.channels_last) and not nhwc[conv].is_contiguous()
+    for key, value in nchw.items():
+        torch.testing.assert_close(nhwc[key], value, atol=1e-4, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.global_batch_size=6"]
+    run(overrides, "--name", "eager")
+    run(overrides + ["train.compile=true"], "--name", "compiled")
+    eager, compiled = final_weights(tmp_path / "runs" / "eager"), final_weights(tmp_path / "runs" / "compiled")
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, atol=1e-3, rtol=1e-3, msg=key)
+
+
+def test_sync_bn_on_the_cpu_is_refused(tiny_overrides):
+    with pytest.raises(SystemExit, match="train.sync_bn needs CUDA"):
+        run(tiny_overrides + ["train.sync_bn=true", "train.device=cpu"], "--name", "syncbn")
