@@ -33,6 +33,7 @@ class DataCfg:
     keep_aspect: bool = False           # resize the shorter side (official ACoL) or to a square (wsolevaluation)
     eval_center_crop: bool = False      # eval: Resize+CenterCrop (official ACoL) or Resize((crop, crop)) (wsolevaluation)
     num_workers: int = -1               # -1: from the machine's core count
+    cache: str = "off"                  # train split decoded once: off | memory (RAM) | device (GPU; crops there)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # used when dataset = "SYNTHETIC"
 
 
@@ -228,6 +229,7 @@ _CHOICES = {
     "acol.erase_with": ("gt", "pred"),
     "acol.fuse": ("max", "mean", "a", "b"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
+    "data.cache": ("off", "memory", "device"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 

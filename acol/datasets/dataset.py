@@ -9,6 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from acol.datasets.cache import CachedTrainLoader
 from acol.datasets.metadata import Metadata, read_metadata
 from acol.datasets.transforms import WSOLTransform
 from acol.dist import InferenceSampler, get_rank, get_world_size
@@ -102,8 +103,9 @@ def build_dataset(cfg, split: str, train: bool) -> WSOLDataset:
     return WSOLDataset(cfg.data.root, meta, transform, load_masks=not train)
 
 
-def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataLoader:
-    """Train: shuffled, drop_last, per-process batch = global batch / world size.
+def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataLoader | CachedTrainLoader:
+    """Train: shuffled, drop_last, per-process batch = global batch / world size (with data.cache,
+    from decoded images kept in memory or on the GPU, `CachedTrainLoader`).
     Eval: contiguous shards without padding (evaluator counts are all-reduced)."""
     world = get_world_size()
     workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else default_num_workers()
@@ -115,6 +117,10 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
     if cfg.train.global_batch_size % world:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
                          f"the {world} processes")
+    if cfg.data.cache != "off":
+        on_gpu = cfg.data.cache == "device" and torch.cuda.is_available()
+        store = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        return CachedTrainLoader(dataset, cfg.train.global_batch_size // world, seed, store, workers)
     # One sampler for 1 or N processes: the order depends on (seed, epoch) only (set_epoch), so a
     # resumed run sees the same batches. Worker RNGs are seeded from the loader's generator.
     sampler = torch.utils.data.DistributedSampler(dataset, world, get_rank(), shuffle=True, seed=seed,

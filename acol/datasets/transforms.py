@@ -54,6 +54,14 @@ class WSOLTransform:
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None = None,
                  generator: torch.Generator | None = None):
         """image (3, H, W) uint8, boxes (K, 4), mask (H, W) uint8 or None -> transformed triple."""
+        image, boxes, mask = self.resize(image, boxes, mask)
+        if not self.crop:
+            return image.contiguous(), boxes, mask
+        top, left, flip = self.crop_params(*image.shape[-2:], generator)
+        return self.crop_and_flip(image, boxes, mask, top, left, flip)
+
+    def resize(self, image: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None = None):
+        """The deterministic first step (the part a cache can store)."""
         height, width = image.shape[-2:]
         keep_aspect = self.keep_aspect if self.crop else False
         new_w, new_h = resized_shape(width, height, self.resize_size, keep_aspect)
@@ -61,21 +69,28 @@ class WSOLTransform:
         boxes = scale_boxes(boxes, (width, height), (new_w, new_h))
         if mask is not None:
             mask = TF.resize(mask[None], [new_h, new_w], interpolation=InterpolationMode.NEAREST)[0]
-        if self.crop:
-            size = self.crop_size
-            if self.train:
-                top = int(torch.randint(0, new_h - size + 1, (1,), generator=generator))
-                left = int(torch.randint(0, new_w - size + 1, (1,), generator=generator))
-            else:
-                top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-            image = image[:, top:top + size, left:left + size]
-            boxes = _crop_boxes(boxes, left, top, size, size)
-            if mask is not None:
-                mask = mask[top:top + size, left:left + size]
-        if self.train and bool(torch.rand((), generator=generator) < 0.5):
+        return image, boxes, mask
+
+    def crop_params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, bool]:
+        """(top, left, flip) for a resized (height, width) image: random in training, centred otherwise."""
+        size = self.crop_size
+        if not self.train:
+            return int(round((height - size) / 2.0)), int(round((width - size) / 2.0)), False
+        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+        return top, left, bool(torch.rand((), generator=generator) < 0.5)
+
+    def crop_and_flip(self, image: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None, top: int,
+                      left: int, flip: bool):
+        """Crop a crop_size square at (top, left), then mirror it if `flip`; works on any device."""
+        size = self.crop_size
+        image = image[:, top:top + size, left:left + size]
+        boxes = _crop_boxes(boxes, left, top, size, size)
+        if mask is not None:
+            mask = mask[top:top + size, left:left + size]
+        if flip:
             image = image.flip(-1)
-            w = image.shape[-1]
-            boxes = torch.stack([w - 1 - boxes[:, 2], boxes[:, 1], w - 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+            boxes = torch.stack([size - 1 - boxes[:, 2], boxes[:, 1], size - 1 - boxes[:, 0], boxes[:, 3]], dim=1)
             if mask is not None:
                 mask = mask.flip(-1)
         return image.contiguous(), boxes, mask

@@ -1,0 +1,58 @@
+"""A training loader for small data sets (synthetic, CUB) that decodes and resizes every image once.
+
+`data.cache = "memory"` keeps the resized uint8 images in RAM, `"device"` on the training device
+(a GPU), where each batch is then cropped, flipped and stacked without a host-to-device copy. The
+images are decoded once by DataLoader workers; the batches are the same as `build_loader`'s in
+every respect but the random stream of the crops and flips: the order is DistributedSampler's
+(seed, epoch) order, and each crop and flip comes from a generator seeded by (seed, epoch, rank).
+Memory: images x 3 x resize_size^2 bytes (CUB at 256 px, aspect kept: about 1.6 GB).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from acol.dist import get_rank, get_world_size
+
+
+def _first(samples: list[dict]) -> dict:
+    return samples[0]
+
+
+class CachedTrainLoader:
+    """Iterates batches {"image": (B, 3, crop, crop) uint8 on the cache's device, "label", "boxes",
+    "mask": None, "image_id", "index"} like the training DataLoader (`sampler.set_epoch` as usual)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, store: torch.device, workers: int):
+        """dataset: the training WSOLDataset (its transform's random crop and flip are done here)."""
+        self.transform = dataset.transform
+        self.batch_size = batch_size
+        self.seed = seed
+        self.sampler = DistributedSampler(dataset, get_world_size(), get_rank(), shuffle=True, seed=seed,
+                                          drop_last=True)
+        resized = type(dataset)(dataset.image_root.parent, dataset.meta, self.transform.resize)
+        decode = DataLoader(resized, batch_size=1, num_workers=workers, collate_fn=_first)
+        self.images, self.boxes, self.labels, self.ids = [], [], [], []
+        for sample in decode:
+            self.images.append(sample["image"].to(store))
+            self.boxes.append(sample["boxes"])
+            self.labels.append(sample["label"])
+            self.ids.append(sample["image_id"])
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.sampler.epoch, get_rank())) % 2**63)
+        order = list(self.sampler)
+        for b in range(len(self)):
+            chosen = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images, boxes = [], []
+            for i in chosen:
+                top, left, flip = self.transform.crop_params(*self.images[i].shape[-2:], generator)
+                image, box, _ = self.transform.crop_and_flip(self.images[i], self.boxes[i], None, top, left, flip)
+                images.append(image)
+                boxes.append(box)
+            yield {"image": torch.stack(images), "label": torch.tensor([self.labels[i] for i in chosen]),
+                   "boxes": boxes, "mask": None, "image_id": [self.ids[i] for i in chosen],
+                   "index": torch.tensor(chosen)}
