@@ -83,6 +83,7 @@ class TrainCfg:
     sync_bn: bool = False               # under DDP: BatchNorm statistics over all processes (SyncBatchNorm)
     deterministic: bool = False
     max_steps: int = 0                  # stop after this many optimizer steps in total (0: no limit)
+    checkpoint_every_steps: int = 0     # also write checkpoints/last.pt every N steps, mid-epoch (0: epoch ends only)
 
 
 @dataclass

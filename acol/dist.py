@@ -68,6 +68,15 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (one small all-reduce), so all ranks act together."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == dist.Backend.NCCL else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if not is_distributed():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -78,22 +79,25 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     device: torch.device, dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg,
-                    logger) -> int:
-    """One pass over `loader`; returns the global step after it (it stops early at train.max_steps).
-    `model` may be DDP-wrapped and compiled; the loss comes from the bare model."""
+                    logger, skip: int = 0, after_step=None) -> int:
+    """One pass over `loader` from batch `skip` on (a run resumed mid-epoch); returns the global step
+    after it (it stops early at train.max_steps). `after_step(step, batches_done)` runs after every
+    optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
+    the loss comes from the bare model. A non-finite loss raises NonFiniteLossError before the step."""
     model.train()
-    loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
     core = unwrap(model)
     seen, tick = 0, time.perf_counter()
-    for batch in progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"):
+    for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
         images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, dtype):
             out = model(images, labels)
         losses = core.loss(out, labels)
         if not torch.isfinite(losses["loss"]):
-            raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1}, epoch "
-                                     f"{epoch + 1}; batch images: {', '.join(batch['image_id'])}")
+            raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1} (epoch "
+                                     f"{epoch + 1}, batch {batch_index + 1}); batch images: "
+                                     f"{', '.join(batch['image_id'])}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         scaler.step(optimizer)
@@ -110,6 +114,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             logger.info(f"epoch {epoch + 1} step {step} " + " ".join(
                 f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))
             seen, tick = 0, time.perf_counter()
+        if after_step is not None:
+            after_step(step, batch_index + 1)
         if cfg.train.max_steps and step >= cfg.train.max_steps:
             break
     return step
@@ -180,19 +186,27 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temporary file in the same folder, fsync, then rename over `path`."""
+    """Atomic: write a temporary file in the same folder, fsync, then rename over `path`. A write
+    that fails leaves `path` as it was (and no temporary file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint loaded safely (`weights_only=True`: tensors and plain containers only)."""
+    """A checkpoint loaded safely (`weights_only=True`: tensors and plain containers only); an
+    unreadable file is an error naming it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise RuntimeError(f"checkpoint {path} cannot be read (truncated or corrupt: {e}); the run's other "
+                           "checkpoint (best.pt / last.pt) may still load: pass it with --resume PATH") from None

@@ -12,7 +12,7 @@ processes, each evaluating a shard (counts summed, rank 0 writes):
     torchrun --nproc-per-node=4 -m acol.evaluate --run-dir runs/cub_acol_vgg16-s0
 
 A folder of score maps in wsolevaluation's layout (`<root>/<image_id without extension>.npy`, 2-D
-float in [0, 1], at the network input size) against any metadata:
+float in [0, 1], at the network input size: one shape for all) against any metadata:
 
     python -m acol.evaluate --scoremaps DIR --dataset CUB --split test [--metadata-root data/metadata]
                             [--data-root data] [--threshold 0.25] [key=value ...]
@@ -38,13 +38,14 @@ from acol.cams import LOCALIZERS, build_localizer
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
-from acol.datasets.metadata import read_metadata
+from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.transforms import scale_boxes
 from acol import dist
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line
 from acol.models import build_model
+from acol.registry import UnknownNameError
 from acol.tracking import Tracker
 from acol.visualize import plot_curves
 
@@ -107,13 +108,21 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     return metrics, boxes_eval, cfg.eval.fixed_threshold
 
 
-def load_scoremap(path: Path) -> np.ndarray:
-    """A wsolevaluation score map: 2-D float in [0, 1]; anything else is an error naming the file."""
+def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A wsolevaluation score map: 2-D float in [0, 1], of `shape` (H, W) when it is given; anything else
+    is an error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"score map not found: {path}")
-    scoremap = np.load(path, allow_pickle=False)
+    try:
+        scoremap = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy score map ({e})") from None
+    if not isinstance(scoremap, np.ndarray):
+        raise ValueError(f"{path}: a score map must be one .npy array, not an .npz archive")
     if scoremap.ndim != 2 or not np.issubdtype(scoremap.dtype, np.floating):
         raise ValueError(f"{path}: a score map must be a 2-D float array; got {scoremap.dtype} {scoremap.shape}")
+    if shape is not None and scoremap.shape != tuple(shape):
+        raise ValueError(f"{path}: the score map's shape is {scoremap.shape}, expected {tuple(shape)}")
     if not np.isfinite(scoremap).all():
         raise ValueError(f"{path}: score map values must lie in [0, 1]; it has NaN or infinite values")
     if scoremap.min() < 0 or scoremap.max() > 1:
@@ -130,9 +139,10 @@ def evaluate_scoremaps(args) -> tuple[dict, BoxEvaluator, float]:
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if meta.masks else None
     no = np.zeros(1, bool)
+    shape = None                # every map of a split has the first one's shape (the network input size)
     for image_id in meta.image_ids:
-        scoremap = load_scoremap(args.scoremaps / Path(image_id).with_suffix(".npy"))
-        height, width = scoremap.shape
+        scoremap = load_scoremap(args.scoremaps / Path(image_id).with_suffix(".npy"), shape)
+        shape = height, width = scoremap.shape
         if image_id in meta.boxes:
             if image_id not in meta.sizes:
                 raise ValueError(f"{meta.split_dir / 'image_sizes.txt'}: no size for {image_id!r}, needed to "
@@ -184,6 +194,10 @@ def main(argv=None) -> dict:
         metrics, boxes_eval, fixed = evaluate_run(args, out) if args.run else evaluate_scoremaps(args)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except MetadataError as e:
+        sys.exit(f"data error: {e}")
+    except UnknownNameError as e:
+        sys.exit(f"error: {e}")
     if not dist.is_main_process():
         dist.cleanup()
         return metrics

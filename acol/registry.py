@@ -4,6 +4,13 @@ from __future__ import annotations
 from typing import Callable
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])        # a plain KeyError would print its message in quotes
+
+
 class Registry:
     """Maps names to builders; unknown names raise with the list of valid ones."""
 
@@ -22,7 +29,7 @@ class Registry:
 
     def get(self, name: str) -> Callable:
         if name not in self._builders:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}")
         return self._builders[name]
 
     def names(self) -> list[str]:

@@ -10,7 +10,9 @@ import argparse
 import json
 import platform
 import random
+import contextlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,10 +25,11 @@ from torch import nn
 from acol import dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
 from acol.datasets.dataset import build_dataset, build_loader
-from acol.datasets.metadata import MetadataError
+from acol.datasets.check import check_data
+from acol.datasets.metadata import MetadataError, check_labels
 from acol.datasets.synthetic import ensure_synthetic
-from acol.engine import (amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state, train_one_epoch, unwrap)
+from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
+                         rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import format_table, threshold_line
 from acol.models import build_model
 from acol.tracking import Tracker, setup_logging
@@ -38,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", help="run name (default: config stem + overrides + seed)")
     p.add_argument("--resume", help="'auto' (the run's checkpoints/last.pt, if any) or a checkpoint path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--check-data", action="store_true",
+                   help="check every split of the configured data set (files, images, metadata), report every "
+                        "problem and exit")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. acol.threshold=0.7")
     return p.parse_args(argv)
 
@@ -61,6 +67,33 @@ def git_sha() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT arrived; a checkpoint of the state after `step` was written."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"signal {signum} at step {step}")
+        self.signum, self.step = signum, step
+
+
+class StopRequest:
+    """Catches SIGTERM and SIGINT while installed: the training loop finishes its step, writes a
+    checkpoint and exits (128 + the signal), instead of dying mid-write."""
+
+    signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -94,6 +127,9 @@ def main(argv=None) -> dict:
     if args.print_config:
         print(to_toml(cfg))
         return {}
+    if args.check_data:  # every problem of every split at once, then exit (1 if any)
+        prepare_data(cfg)
+        sys.exit(1 if check_data(cfg) else 0)
 
     device = dist.init_distributed(dist.device_type(cfg.train.device))
     rank, world, main_process = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
@@ -116,13 +152,14 @@ def main(argv=None) -> dict:
     try:
         train_set, val_set, test_set = (build_dataset(cfg, split, train=split == "train")
                                         for split in ("train", "val", "test"))
+        num_classes = cfg.model.num_classes or train_set.meta.num_classes
+        check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
     except MetadataError as e:
         sys.exit(f"data error: {e}")
     dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(run_dir if main_process else None, main_process)
-    num_classes = cfg.model.num_classes or train_set.meta.num_classes
     train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
     val_loader = build_loader(cfg, val_set, train=False)
     test_loader = build_loader(cfg, test_set, train=False)
@@ -138,16 +175,20 @@ def main(argv=None) -> dict:
     scaler = grad_scaler(device, dtype)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay_gamma)
 
-    start_epoch, step, best = 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
+    start_epoch, skip, step, best = 0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
+        try:
+            ckpt = load_checkpoint(resume_path)
+        except (FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"cannot resume: {e}")
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
-        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        start_epoch, skip, step, best = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng"])
-        logger.info(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
+        logger.info(f"resumed from {resume_path} at epoch {start_epoch + (skip > 0)}, step {step}"
+                    + (f" (batch {skip} of the epoch)" if skip else ""))
 
     tracker = Tracker(run_dir, main_process, purge_step=step if resume_path else None)
     if main_process:
@@ -167,38 +208,74 @@ def main(argv=None) -> dict:
 
     runner = torch.compile(model) if cfg.train.compile else model  # the training forward; evaluation uses `model`
     vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
+    last_path = run_dir / "checkpoints" / "last.pt"
+
+    def checkpoint(epochs_done: int, batches: int, step: int, best: dict, also_best: bool = False) -> None:
+        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch."""
+        if not main_process:
+            return
+        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
+                 "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng_state()}
+        if also_best:
+            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        save_checkpoint(last_path, state)
+
+    if main_process:  # a process killed while writing (SIGKILL, power loss) leaves its temporary file
+        for stale in (run_dir / "checkpoints").glob(".*.pt.tmp*"):
+            stale.unlink()
+    stop = StopRequest()
     val_metrics: dict = {}
     epochs_done = start_epoch
-    for epoch in range(start_epoch, cfg.train.epochs):
-        step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker, cfg,
-                               logger)
-        epochs_done = epoch + 1
-        scheduler.step()
-        done = cfg.train.max_steps and step >= cfg.train.max_steps
-        last_epoch = epoch + 1 == cfg.train.epochs or done
-        if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
-            val_metrics = evaluate(model, val_loader, device, dtype, cfg)
-            tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
-            tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
-            evals = (epoch + 1) // cfg.eval.every
-            if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
-                tracker.image("val/heatmaps", grid, step)
-            logger.info(f"epoch {epoch + 1} val: " + " ".join(
-                f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))
-        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done, "step": step, "best": best,
-                 "config": to_dict(cfg), "rng": rng_state()}
-        if val_metrics and val_metrics[cfg.eval.best_metric] > best["value"]:
-            best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
-            state["best"] = best
-            if main_process:
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-        if main_process:
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-        tracker.flush()
-        if done:
-            break
+    with stop.installed():
+        for epoch in range(start_epoch, cfg.train.epochs):
+            def after_step(step: int, batches: int, epoch: int = epoch) -> None:
+                every = cfg.train.checkpoint_every_steps
+                if dist.any_rank(stop.signum is not None):
+                    checkpoint(epoch, batches, step, best)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
+                if every and step % every == 0:
+                    checkpoint(epoch, batches, step, best)
+
+            skip_now = skip if epoch == start_epoch else 0
+            try:
+                step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker,
+                                       cfg, logger, skip=skip_now, after_step=after_step)
+            except NonFiniteLossError as e:
+                kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
+                    "no checkpoint had been written yet"
+                logger.error(f"stopped: {e}; {kept}")
+                sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
+            except TrainingInterrupted as e:
+                logger.info(f"stopped by signal {e.signum} at step {e.step}: checkpoint written to {last_path}; "
+                            "continue with --resume auto")
+                tracker.close()
+                dist.cleanup()
+                sys.exit(128 + e.signum)
+            epochs_done = epoch + 1
+            scheduler.step()
+            done = cfg.train.max_steps and step >= cfg.train.max_steps
+            last_epoch = epoch + 1 == cfg.train.epochs or done
+            if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
+                val_metrics = evaluate(model, val_loader, device, dtype, cfg)
+                tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
+                tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
+                evals = (epoch + 1) // cfg.eval.every
+                if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
+                    grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                    tracker.image("val/heatmaps", grid, step)
+                logger.info(f"epoch {epoch + 1} val: " + " ".join(
+                    f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))
+            improved = bool(val_metrics) and val_metrics[cfg.eval.best_metric] > best["value"]
+            if improved:
+                best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
+            checkpoint(epochs_done, 0, step, best, also_best=improved)
+            tracker.flush()
+            if done:
+                break
+    if stop.signum is not None:  # arrived after the last step: the epoch's checkpoint is written
+        logger.info(f"stopped by signal {stop.signum} after the last step; continue with --resume auto")
+        sys.exit(128 + stop.signum)
 
     # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
     if not val_metrics:  # resumed after the last epoch

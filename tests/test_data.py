@@ -36,9 +36,10 @@ def test_metadata_round_trip_with_multi_box_images(tmp_path):
 
 
 def test_mask_localization_lines(tmp_path):
-    files = dict(GOOD, **{"localization.txt": "a/1.png,a/1_m0.png,a/1_ignore.png\na/1.png,a/1_m1.png,\n"})
+    files = dict(GOOD, **{"localization.txt": "a/1.png,a/1_m0.png,a/1_ignore.png\na/1.png,a/1_m1.png,\n"
+                                              "a/2.png,a/2_m.png,\n"})
     meta = read_metadata(write_split(tmp_path, files), "TOY", "train")
-    assert meta.masks == {"a/1.png": ["a/1_m0.png", "a/1_m1.png"]}
+    assert meta.masks == {"a/1.png": ["a/1_m0.png", "a/1_m1.png"], "a/2.png": ["a/2_m.png"]}
     assert meta.ignore == {"a/1.png": "a/1_ignore.png"}
     assert meta.boxes == {}
 
@@ -51,7 +52,7 @@ def test_mask_localization_lines(tmp_path):
     ("image_ids.txt", "a/1.png\na/2.png\na/1.png\n", r"image_ids.txt:3: duplicate image id 'a/1.png' \(first on line 1\)"),
     ("image_ids.txt", "\n", r"image_ids.txt: the split 'train' has no images"),
     ("image_sizes.txt", "a/1.png,40\n", r"image_sizes.txt:1: expected 'path,W,H'"),
-    ("localization.txt", "a/1.png,5,2,1,12\n", r"localization.txt:1: box \(5,2,1,12\) has x1 < x0"),
+    ("localization.txt", "a/1.png,5,2,1,12\n", r"localization.txt:1: box \(5,2,1,12\) does not have 0 <= x0 <= x1"),
     ("localization.txt", "a/2.png,0,0,25,10\n", r"localization.txt:1: box \(0,0,25,10\) lies outside the 20x20"),
     ("localization.txt", "a/1.png,1,2,3\n", r"localization.txt:1: expected 'path,x0,y0,x1,y1' or"),
 ])

@@ -127,3 +127,12 @@ def test_compiled_training_matches_eager(tiny_overrides, tmp_path):
 def test_sync_bn_on_the_cpu_is_refused(tiny_overrides):
     with pytest.raises(SystemExit, match="train.sync_bn needs CUDA"):
         run(tiny_overrides + ["train.sync_bn=true", "train.device=cpu"], "--name", "syncbn")
+
+
+def test_check_data_flag_reports_and_exits(tiny_overrides, capsys):
+    with pytest.raises(SystemExit) as done:
+        run(tiny_overrides, "--check-data")
+    assert done.value.code == 0 and "no problems found" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as failed:
+        run(tiny_overrides + ["model.num_classes=2"], "--check-data")  # the tiny set has labels 0..2
+    assert failed.value.code == 1 and "class_labels.txt:" in capsys.readouterr().out

@@ -10,9 +10,9 @@ Memory: images x 3 x resize_size^2 bytes (CUB at 256 px, aspect kept: about 1.6 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from acol.dist import get_rank, get_world_size
+from acol.dist import get_rank
 
 
 def _first(samples: list[dict]) -> dict:
@@ -23,13 +23,13 @@ class CachedTrainLoader:
     """Iterates batches {"image": (B, 3, crop, crop) uint8 on the cache's device, "label", "boxes",
     "mask": None, "image_id", "index"} like the training DataLoader (`sampler.set_epoch` as usual)."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, store: torch.device, workers: int):
-        """dataset: the training WSOLDataset (its transform's random crop and flip are done here)."""
+    def __init__(self, dataset, sampler, batch_size: int, seed: int, store: torch.device, workers: int):
+        """dataset: the training WSOLDataset (its transform's random crop and flip are done here);
+        sampler: its `ResumableSampler`."""
         self.transform = dataset.transform
         self.batch_size = batch_size
         self.seed = seed
-        self.sampler = DistributedSampler(dataset, get_world_size(), get_rank(), shuffle=True, seed=seed,
-                                          drop_last=True)
+        self.sampler = sampler
         resized = type(dataset)(dataset.image_root.parent, dataset.meta, self.transform.resize)
         decode = DataLoader(resized, batch_size=1, num_workers=workers, collate_fn=_first)
         self.images, self.boxes, self.labels, self.ids = [], [], [], []
@@ -43,13 +43,17 @@ class CachedTrainLoader:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self):
+        """The epoch's batches from the sampler's start on; the crops and flips of the skipped
+        samples are drawn too, so that a resumed epoch continues the same random stream."""
         generator = torch.Generator().manual_seed(hash((self.seed, self.sampler.epoch, get_rank())) % 2**63)
-        order = list(self.sampler)
-        for b in range(len(self)):
+        order = self.sampler.full_order()
+        for b in range(len(order) // self.batch_size):
             chosen = order[b * self.batch_size:(b + 1) * self.batch_size]
+            params = [self.transform.crop_params(*self.images[i].shape[-2:], generator) for i in chosen]
+            if (b + 1) * self.batch_size <= self.sampler.start:
+                continue
             images, boxes = [], []
-            for i in chosen:
-                top, left, flip = self.transform.crop_params(*self.images[i].shape[-2:], generator)
+            for i, (top, left, flip) in zip(chosen, params):
                 image, box, _ = self.transform.crop_and_flip(self.images[i], self.boxes[i], None, top, left, flip)
                 images.append(image)
                 boxes.append(box)

@@ -1,39 +1,28 @@
 """A Dataset for any data set in wsolevaluation metadata format, its collate, and its loaders."""
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from acol.datasets.cache import CachedTrainLoader
+from acol.datasets.images import read_mask, read_rgb
 from acol.datasets.metadata import Metadata, read_metadata
 from acol.datasets.transforms import WSOLTransform
 from acol.dist import InferenceSampler, get_rank, get_world_size
 
 
 def load_rgb(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8; grayscale, palette, CMYK and alpha images are converted to RGB."""
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    """(3, H, W) uint8 (`images.read_rgb`: other 8-bit modes converted, errors name the file)."""
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
 
 
-def load_mask(path: Path) -> torch.Tensor:
-    """(H, W) uint8 in {0, 1}: pixels > 127 of a grayscale PNG."""
-    try:
-        with Image.open(path) as img:
-            return torch.from_numpy((np.asarray(img.convert("L")) > 127).astype(np.uint8))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"mask not found: {path}") from None
+def load_mask(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(H, W) uint8 in {0, 1} (`images.read_mask`); size: its image's (W, H), which it must have."""
+    return torch.from_numpy(read_mask(path, size))
 
 
 class WSOLDataset(Dataset):
@@ -56,9 +45,9 @@ class WSOLDataset(Dataset):
     def _mask(self, image_id: str, height: int, width: int) -> torch.Tensor:
         mask = torch.zeros(height, width, dtype=torch.uint8)
         for rel in self.meta.masks.get(image_id, []):
-            mask |= load_mask(self.image_root / rel)
+            mask |= load_mask(self.image_root / rel, (width, height))
         if image_id in self.meta.ignore:
-            ignore = load_mask(self.image_root / self.meta.ignore[image_id]).bool() & (mask == 0)
+            ignore = load_mask(self.image_root / self.meta.ignore[image_id], (width, height)).bool() & (mask == 0)
             mask[ignore] = 255
         return mask
 
@@ -74,6 +63,28 @@ class WSOLDataset(Dataset):
         image, boxes, mask = self.transform(image, boxes, mask)
         return {"image": image, "label": self.meta.labels[image_id], "boxes": boxes, "mask": mask,
                 "image_id": image_id, "index": index}
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (shuffled, drop_last; the order depends on (seed, epoch) only) whose epoch
+    can begin after its first `start` samples: a run resumed mid-epoch sees the batches it had not
+    seen yet, in the same order."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def full_order(self) -> list[int]:
+        """This rank's indices of the whole epoch."""
+        return list(super().__iter__())
+
+    def __iter__(self):
+        return itertools.islice(self.full_order(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
 
 
 def collate(samples: list[dict]) -> dict:
@@ -120,10 +131,11 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
     if cfg.data.cache != "off":
         on_gpu = cfg.data.cache == "device" and torch.cuda.is_available()
         store = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-        return CachedTrainLoader(dataset, cfg.train.global_batch_size // world, seed, store, workers)
+        return CachedTrainLoader(dataset, ResumableSampler(dataset, world, get_rank(), shuffle=True, seed=seed,
+                                                           drop_last=True),
+                                 cfg.train.global_batch_size // world, seed, store, workers)
     # One sampler for 1 or N processes: the order depends on (seed, epoch) only (set_epoch), so a
     # resumed run sees the same batches. Worker RNGs are seeded from the loader's generator.
-    sampler = torch.utils.data.DistributedSampler(dataset, world, get_rank(), shuffle=True, seed=seed,
-                                                  drop_last=True)
+    sampler = ResumableSampler(dataset, world, get_rank(), shuffle=True, seed=seed, drop_last=True)
     return DataLoader(dataset, batch_size=cfg.train.global_batch_size // world, sampler=sampler,
                       drop_last=True, generator=torch.Generator().manual_seed(seed), **common)

@@ -8,10 +8,12 @@
                      or path,mask.png,ignore.png  one line per mask (ignore given once per image)
   mask_localization.txt path,mask.png,ignore.png  optional masks next to box localization
 Paths are relative to `<data_root>/<DATASET>/`. Every problem raises MetadataError naming the file
-and the line.
+and the line. `acol.datasets.prepare.check_dataset` applies the same rules but reports every problem
+at once.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,23 @@ class Metadata:
     @property
     def num_classes(self) -> int:
         return max(self.labels.values()) + 1
+
+
+def box_problem(box, size: tuple[int, int] | None) -> str | None:
+    """Why a box breaks 0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H, or None when it does not."""
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0 or x1 < x0 or y1 < y0:
+        return f"box ({x0},{y0},{x1},{y1}) does not have 0 <= x0 <= x1 and 0 <= y0 <= y1"
+    if size is not None and (x1 > size[0] or y1 > size[1]):
+        return f"box ({x0},{y0},{x1},{y1}) lies outside the {size[0]}x{size[1]} image"
+    return None
+
+
+def label_problem(label: int, num_classes: int) -> str | None:
+    """Why a label is not a class index 0..num_classes-1, or None when it is."""
+    if not 0 <= label < num_classes:
+        return f"label {label} is out of range for {num_classes} classes (0..{num_classes - 1})"
+    return None
 
 
 def _lines(path: Path, required: bool = True):
@@ -63,6 +82,21 @@ def _known(image_id: str, ids: set[str], path: Path, lineno: int) -> None:
         raise MetadataError(f"{path}:{lineno}: {image_id!r} is not listed in image_ids.txt")
 
 
+def _once(image_id: str, first_lines: dict[str, int], path: Path, lineno: int, what: str) -> None:
+    """Record the line of `image_id`'s `what`; a second one is an error."""
+    if image_id in first_lines:
+        raise MetadataError(f"{path}:{lineno}: a second {what} for {image_id!r} (first on line "
+                            f"{first_lines[image_id]})")
+    first_lines[image_id] = lineno
+
+
+def _every(image_ids: list[str], covered, path: Path, what: str) -> None:
+    """Every image must have a line in the file at `path`."""
+    missing = [i for i in image_ids if i not in covered]
+    if missing:
+        raise MetadataError(f"{path}: no {what} for {len(missing)} images, e.g. {missing[0]!r}")
+
+
 def read_metadata(metadata_root: str | Path, dataset: str, split: str) -> Metadata:
     """Parse and cross-check one split's metadata files."""
     split_dir = Path(metadata_root) / dataset / split
@@ -83,22 +117,28 @@ def read_metadata(metadata_root: str | Path, dataset: str, split: str) -> Metada
 
     path = split_dir / "class_labels.txt"
     labels = {}
+    label_lines: dict[str, int] = {}
     for lineno, line in _lines(path):
         image_id, label = _fields(line, 2, path, lineno, "path,label")
         _known(image_id, ids, path, lineno)
+        _once(image_id, label_lines, path, lineno, "label")
         labels[image_id] = _int(label, path, lineno, "label")
         if labels[image_id] < 0:
             raise MetadataError(f"{path}:{lineno}: negative label {labels[image_id]}")
-    missing = [i for i in image_ids if i not in labels]
-    if missing:
-        raise MetadataError(f"{path}: no label for {len(missing)} images, e.g. {missing[0]!r}")
+    _every(image_ids, labels, path, "label")
 
     path = split_dir / "image_sizes.txt"
     sizes = {}
+    size_lines: dict[str, int] = {}
     for lineno, line in _lines(path, required=False):
         image_id, w, h = _fields(line, 3, path, lineno, "path,W,H")
         _known(image_id, ids, path, lineno)
+        _once(image_id, size_lines, path, lineno, "size")
         sizes[image_id] = (_int(w, path, lineno, "width"), _int(h, path, lineno, "height"))
+        if min(sizes[image_id]) <= 0:
+            raise MetadataError(f"{path}:{lineno}: size {w}x{h} is not positive")
+    if sizes:                   # may be empty (OpenImages), else it lists every image
+        _every(image_ids, sizes, path, "size")
 
     meta = Metadata(split_dir, image_ids, labels, sizes)
     _read_localization(meta, split_dir / "localization.txt", ids)
@@ -107,26 +147,50 @@ def read_metadata(metadata_root: str | Path, dataset: str, split: str) -> Metada
 
 
 def _read_localization(meta: Metadata, path: Path, ids: set[str]) -> None:
+    """Boxes or masks; when the file lists any image, it must list every one."""
+    covered = set()
     for lineno, line in _lines(path, required=False):
         parts = line.split(",")
+        image_id = parts[0]
         if len(parts) == 5:
-            image_id = parts[0]
             _known(image_id, ids, path, lineno)
-            x0, y0, x1, y1 = (_int(v, path, lineno, "box coordinate") for v in parts[1:])
-            if x1 < x0 or y1 < y0:
-                raise MetadataError(f"{path}:{lineno}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
-            if image_id in meta.sizes:
-                w, h = meta.sizes[image_id]
-                if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-                    raise MetadataError(f"{path}:{lineno}: box ({x0},{y0},{x1},{y1}) lies outside the "
-                                        f"{w}x{h} image")
-            meta.boxes.setdefault(image_id, []).append((x0, y0, x1, y1))
+            box = tuple(_int(v, path, lineno, "box coordinate") for v in parts[1:])
+            problem = box_problem(box, meta.sizes.get(image_id))
+            if problem:
+                raise MetadataError(f"{path}:{lineno}: {problem}")
+            meta.boxes.setdefault(image_id, []).append(box)
         elif len(parts) == 3:
-            image_id, mask, ignore = parts
+            _, mask, ignore = parts
             _known(image_id, ids, path, lineno)
+            if not mask:
+                raise MetadataError(f"{path}:{lineno}: empty mask path")
             meta.masks.setdefault(image_id, []).append(mask)
             if ignore:
                 meta.ignore[image_id] = ignore
         else:
             raise MetadataError(f"{path}:{lineno}: expected 'path,x0,y0,x1,y1' or 'path,mask,ignore', "
                                 f"got {line!r}")
+        covered.add(image_id)
+    if covered:
+        _every(meta.image_ids, covered, path, "box or mask")
+
+
+def check_labels(train: Metadata, evaluated: Iterable[Metadata], num_classes: int) -> None:
+    """Every label of train and of the `evaluated` splits (val, test) must be in 0..num_classes-1, and
+    every evaluated label must be one that some train image has; else MetadataError naming
+    class_labels.txt and the line."""
+    train_classes = set(train.labels.values())
+    for meta in (train, *evaluated):
+        for image_id in meta.image_ids:
+            label = meta.labels[image_id]
+            problem = label_problem(label, num_classes)
+            if problem is None and meta is not train and label not in train_classes:
+                problem = f"label {label}, which no train image has ({train.split_dir / 'class_labels.txt'})"
+            if problem:
+                path = meta.split_dir / "class_labels.txt"
+                raise MetadataError(f"{path}:{_label_line(path, image_id)}: {problem}")
+
+
+def _label_line(path: Path, image_id: str) -> int:
+    """The line of class_labels.txt that labels `image_id` (looked up for an error message only)."""
+    return next(lineno for lineno, line in _lines(path) if line.split(",")[0] == image_id)

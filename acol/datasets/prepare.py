@@ -5,7 +5,7 @@
                                            --val-annotations VAL_XML_DIR
                                            [--val-source imagenetv2-threshold0.7 --val-metadata DIR]
     python -m acol.datasets.prepare openimages --source OpenImages --metadata wsolevaluation/metadata/OpenImages
-    python -m acol.datasets.prepare check --dataset CUB [--split test]
+    python -m acol.datasets.prepare check --dataset CUB [--split test] [--decode]
 
 What a command writes (the format of acol/datasets/metadata.py; paths are relative to <data-root>/<DATASET>/):
     <metadata-root>/<DATASET>/<split>/image_ids.txt, class_labels.txt, image_sizes.txt, localization.txt
@@ -61,13 +61,15 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
 from PIL import Image
 
-from acol.datasets.metadata import MetadataError, read_metadata
+from acol.datasets.images import DECODE_ERRORS, read_mask, read_rgb
+from acol.datasets.metadata import MetadataError, box_problem, label_problem, read_metadata
 
 SPLITS = ("train", "val", "test")
 METADATA_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
@@ -98,16 +100,6 @@ def image_size(path: Path) -> tuple[int, int]:
     """(W, H) from the image header (nothing is decoded); OSError when it is missing or unreadable."""
     with Image.open(path) as img:
         return img.size
-
-
-def box_problem(box, size: tuple[int, int] | None) -> str | None:
-    """Why a box breaks 0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H, or None when it does not."""
-    x0, y0, x1, y1 = box
-    if x0 < 0 or y0 < 0 or x1 < x0 or y1 < y0:
-        return f"box ({x0},{y0},{x1},{y1}) does not have 0 <= x0 <= x1 and 0 <= y0 <= y1"
-    if size is not None and (x1 > size[0] or y1 > size[1]):
-        return f"box ({x0},{y0},{x1},{y1}) lies outside the {size[0]}x{size[1]} image"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,10 +393,12 @@ class SplitScan:
     split_dir: Path
     image_ids: dict[str, int] = field(default_factory=dict)                # id -> line in image_ids.txt
     labels: dict[str, int] = field(default_factory=dict)
+    label_lines: dict[str, int] = field(default_factory=dict)              # id -> line in class_labels.txt
     sizes: dict[str, tuple[int, int, int]] = field(default_factory=dict)   # id -> (W, H, line)
     boxes: int = 0
     masks: int = 0
     files: dict[str, str] = field(default_factory=dict)     # every listed image and mask -> "file:line"
+    mask_images: dict[str, str] = field(default_factory=dict)   # mask (instance or ignore) -> its image id
     problems: list[str] = field(default_factory=list)
 
 
@@ -484,16 +478,15 @@ def _scan_image_ids(scan: SplitScan) -> bool:
 
 def _scan_labels(scan: SplitScan) -> None:
     path = scan.split_dir / "class_labels.txt"
-    first_line: dict[str, int] = {}
     for lineno, (image_id, label) in _rows(scan, "class_labels.txt", (2,), "path,label", required=True):
         value = _ints([label], f"{path}:{lineno}", "label", scan.problems)
-        if image_id in first_line:
+        if image_id in scan.label_lines:
             scan.problems.append(f"{path}:{lineno}: a second label for {image_id!r} (first on line "
-                                 f"{first_line[image_id]})")
+                                 f"{scan.label_lines[image_id]})")
         elif value is not None and value[0] < 0:
             scan.problems.append(f"{path}:{lineno}: negative label {value[0]}")
         elif value is not None:
-            first_line[image_id] = lineno
+            scan.label_lines[image_id] = lineno
             scan.labels[image_id] = value[0]
     if path.is_file():
         _uncovered(scan, "class_labels.txt", scan.labels)
@@ -527,9 +520,9 @@ def _scan_localization(scan: SplitScan, name: str) -> None:
                 scan.problems.append(f"{where}: empty mask path")
             else:
                 scan.masks += 1
-                scan.files.setdefault(mask, where)
-            if ignore:
-                scan.files.setdefault(ignore, where)
+            for rel in filter(None, (mask, ignore)):
+                scan.files.setdefault(rel, where)
+                scan.mask_images.setdefault(rel, image_id)
             continue
         box = _ints(fields[1:], where, "box coordinate", scan.problems)
         if box is None:
@@ -543,27 +536,80 @@ def _scan_localization(scan: SplitScan, name: str) -> None:
         _uncovered(scan, name, covered)
 
 
-def check_files(scan: SplitScan, image_root: Path, check_sizes: bool = True) -> None:
-    """Every listed image and mask must exist under image_root; with check_sizes, the image headers must
-    match image_sizes.txt."""
+def check_files(scan: SplitScan, image_root: Path, check_sizes: bool = True, decode: bool = False) -> None:
+    """Every listed image and mask must exist under image_root. With check_sizes, the image headers must
+    match image_sizes.txt; with decode, every image and mask is decoded in full instead, as training
+    reads it: truncated and unreadable files are found, the decoded sizes must match image_sizes.txt,
+    and each mask must have its image's size."""
+    present = set()
     for rel, where in scan.files.items():
         path = image_root / rel
-        if not path.is_file():
+        if path.is_file():
+            present.add(rel)
+        else:
             scan.problems.append(f"{where}: {'broken link' if path.is_symlink() else 'file not found'}: {path}")
-    if not check_sizes:
+    if decode:
+        sizes = _decoded_sizes(scan, image_root, present)
+    elif check_sizes:
+        sizes = _header_sizes(scan, image_root, present)
+    else:
         return
     sizes_path = scan.split_dir / "image_sizes.txt"
     for image_id, (w, h, lineno) in scan.sizes.items():
-        path = image_root / image_id
-        if not path.is_file():
-            continue                                    # reported above
-        try:
-            actual = image_size(path)
-        except OSError as e:
-            scan.problems.append(f"{sizes_path}:{lineno}: cannot read image {path}: {e}")
-            continue
-        if actual != (w, h):
-            scan.problems.append(f"{sizes_path}:{lineno}: says {w}x{h} but {path} is {actual[0]}x{actual[1]}")
+        actual = sizes.get(image_id)
+        if actual is not None and actual != (w, h):
+            scan.problems.append(f"{sizes_path}:{lineno}: says {w}x{h} but {image_root / image_id} is "
+                                 f"{actual[0]}x{actual[1]}")
+
+
+def _header_sizes(scan: SplitScan, image_root: Path, present: set[str]) -> dict[str, tuple[int, int]]:
+    """(W, H) from the header of each present image listed in image_sizes.txt."""
+    sizes = {}
+    for image_id, (_, _, lineno) in scan.sizes.items():
+        if image_id in present:
+            path = image_root / image_id
+            try:
+                sizes[image_id] = image_size(path)
+            except DECODE_ERRORS as e:
+                scan.problems.append(f"{scan.split_dir / 'image_sizes.txt'}:{lineno}: cannot read image {path}: {e}")
+    return sizes
+
+
+def _decoded_size(path: Path) -> tuple[int, int] | str:
+    """(W, H) of the image decoded in full, or why it cannot be."""
+    try:
+        height, width = read_rgb(path).shape[:2]
+    except DECODE_ERRORS as e:
+        return str(e)
+    return width, height
+
+
+def _mask_problem(path: Path, size: tuple[int, int] | None) -> str | None:
+    """Why the mask cannot be decoded or does not have its image's size (W, H), or None."""
+    try:
+        read_mask(path, size)
+    except DECODE_ERRORS as e:
+        return str(e)
+    return None
+
+
+def _decoded_sizes(scan: SplitScan, image_root: Path, present: set[str]) -> dict[str, tuple[int, int]]:
+    """Decode every present image, then every present mask against its image's size (in threads: PIL
+    decodes without the GIL). Returns the images' (W, H)."""
+    images = [i for i in scan.image_ids if i in present]
+    masks = [m for m in scan.mask_images if m in present]
+    sizes = {}
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        for image_id, size in zip(images, pool.map(_decoded_size, [image_root / i for i in images])):
+            if isinstance(size, str):
+                scan.problems.append(f"{scan.files[image_id]}: {size}")
+            else:
+                sizes[image_id] = size
+        expected = [sizes.get(scan.mask_images[m]) for m in masks]
+        for mask, problem in zip(masks, pool.map(_mask_problem, [image_root / m for m in masks], expected)):
+            if problem:
+                scan.problems.append(f"{scan.files[mask]}: {problem}")
+    return sizes
 
 
 @dataclass
@@ -607,16 +653,20 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(dataset: str, data_root, metadata_root, splits=SPLITS, check_sizes: bool = True) -> CheckReport:
-    """Validate the metadata and files of a data set, collecting every problem."""
+def check_dataset(dataset: str, data_root, metadata_root, splits=SPLITS, check_sizes: bool = True,
+                  decode: bool = False, num_classes: int = 0, required: bool = False) -> CheckReport:
+    """Validate the metadata and files of a data set, collecting every problem. decode: decode every
+    image and mask in full (`check_files`); num_classes: the model's class count, which every label
+    must be below (0: not checked); required: a missing split is a problem, not a note."""
     report = CheckReport(dataset, Path(data_root) / dataset, Path(metadata_root) / dataset)
     scans = {}
     for split in splits:
         if (report.metadata_dir / split).is_dir():
             scans[split] = scan_split(report.metadata_dir / split)
-            check_files(scans[split], report.image_root, check_sizes)
+            check_files(scans[split], report.image_root, check_sizes, decode)
         else:
-            report.notes.append(f"{split} is missing: no folder {report.metadata_dir / split}")
+            (report.problems if required else report.notes).append(
+                f"{split} is missing: no folder {report.metadata_dir / split}")
     if not scans:
         report.problems.append(f"{report.metadata_dir}: no split folder ({', '.join(splits)})")
     for split, scan in scans.items():
@@ -628,9 +678,21 @@ def check_dataset(dataset: str, data_root, metadata_root, splits=SPLITS, check_s
                 report.problems.append(str(e))
         report.counts[split] = SplitCounts(len(scan.image_ids), scan.boxes, scan.masks,
                                            len(set(scan.labels.values())))
+    if num_classes:
+        _check_num_classes(scans, report, num_classes)
     _check_across_splits(scans, report)
     _compare_with_full_size(report)
     return report
+
+
+def _check_num_classes(scans: dict[str, SplitScan], report: CheckReport, num_classes: int) -> None:
+    """Every label below the model's class count."""
+    for scan in scans.values():
+        for image_id, label in scan.labels.items():
+            problem = label_problem(label, num_classes)
+            if problem:
+                report.problems.append(f"{scan.split_dir / 'class_labels.txt'}:{scan.label_lines[image_id]}: "
+                                       f"{problem} (model.num_classes)")
 
 
 def _check_across_splits(scans: dict[str, SplitScan], report: CheckReport) -> None:
@@ -899,6 +961,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[roots], help="validate a prepared data set and count it")
     check.add_argument("--dataset", required=True, help="CUB, ILSVRC, OpenImages, SYNTHETIC, ...")
     check.add_argument("--split", choices=SPLITS, help="only this split (default: all three)")
+    check.add_argument("--decode", action="store_true",
+                       help="decode every image and mask in full (finds truncated files; slower)")
     return parser
 
 
@@ -907,7 +971,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "check":
             report = check_dataset(args.dataset, args.data_root, args.metadata_root,
-                                   (args.split,) if args.split else SPLITS, not args.skip_size_check)
+                                   (args.split,) if args.split else SPLITS, not args.skip_size_check, args.decode)
         else:
             dataset, plan = DATASETS[args.command]
             notes: list[str] = []

@@ -1,0 +1,139 @@
+"""Interrupted runs and numerical faults: SIGKILL mid-epoch and SIGTERM, then --resume auto, reach the
+uninterrupted run's weights; checkpoint writes are atomic; a non-finite loss stops the run cleanly."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from acol import train
+from acol.engine import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "experiments" / "synthetic_acol.toml")
+# 12 train images, batch 2: 6 steps an epoch, a checkpoint after every step
+LONG = ["train.global_batch_size=2", "train.epochs=5", "train.checkpoint_every_steps=1", "train.deterministic=true",
+        "model.head_channels=32"]
+
+
+def start(overrides, name, *flags) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "acol.train", "--config", CONFIG, "--name", name, *flags,
+                             *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(overrides, name, *flags) -> str:
+    proc = start(overrides, name, *flags)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for_mid_epoch_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int = 4) -> dict:
+    """Poll last.pt until it is a mid-epoch checkpoint at min_step or later."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        try:
+            ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            if ckpt["batch"] > 0 and ckpt["step"] >= min_step:
+                return ckpt
+        except (FileNotFoundError, RuntimeError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError("no mid-epoch checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    """The reference: the same run without interruption (its final weights, and the overrides)."""
+    runs = tmp_path_factory.mktemp("reference")
+    data_root, metadata_root = tiny_data
+    from tests.conftest import TINY_SPEC
+    synthetic = [f"data.synthetic.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_SPEC.items()]
+    overrides = [f"data.root={data_root}", f"data.metadata_root={metadata_root}", *synthetic, "data.resize_size=36",
+                 "data.crop_size=32", "data.num_workers=0", "model.backbone=smallcnn", "optim.lr=0.01",
+                 "optim.head_lr_mult=1.0", "eval.batch_size=4", "eval.cam_curve_interval=0.01", "log.log_every=1",
+                 "log.vis_num=2", f"log.runs_dir={runs}", *LONG]
+    finish(overrides, "straight")
+    return overrides, torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"], runs
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(uninterrupted):
+    overrides, reference, runs = uninterrupted
+    proc = start(overrides, "killed")
+    seen = wait_for_mid_epoch_checkpoint(runs / "killed", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (runs / "killed" / "results.json").exists()
+    assert seen["batch"] > 0  # it died inside an epoch
+    out = finish(overrides, "killed", "--resume", "auto")
+    assert "resumed from" in out and "of the epoch" in out
+    assert_same_weights(torch.load(runs / "killed" / "checkpoints" / "last.pt", weights_only=True)["model"], reference)
+    assert not list((runs / "killed" / "checkpoints").glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_then_resumes(uninterrupted):
+    overrides, reference, runs = uninterrupted
+    proc = start(overrides, "termed")
+    wait_for_mid_epoch_checkpoint(runs / "termed", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert "stopped by signal 15" in out and "--resume auto" in out
+    ckpt = load_checkpoint(runs / "termed" / "checkpoints" / "last.pt")
+    assert ckpt["step"] > 0
+    finish(overrides, "termed", "--resume", "auto")
+    assert_same_weights(torch.load(runs / "termed" / "checkpoints" / "last.pt", weights_only=True)["model"], reference)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle this")
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.ones(1000)})
+    with pytest.raises(RuntimeError, match="cannot pickle"):  # the write dies half way
+        save_checkpoint(path, {"step": 2, "weights": torch.zeros(1000), "bad": Unpicklable()})
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_a_truncated_checkpoint_is_named_and_resume_refuses_it(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.global_batch_size=6"]
+    train.main(["--config", CONFIG, "--name", "cut", *overrides])
+    last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match=r"last.pt cannot be read \(truncated or corrupt"):
+        load_checkpoint(last)
+    with pytest.raises(SystemExit, match="cannot resume: checkpoint .*last.pt cannot be read"):
+        train.main(["--config", CONFIG, "--name", "cut", *overrides, "train.epochs=2", "--resume", "auto"])
+    assert load_checkpoint(tmp_path / "runs" / "cut" / "checkpoints" / "best.pt")["step"] == 2  # the other one loads
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_images_and_keeps_the_last_checkpoint(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.global_batch_size=2", "train.epochs=3", "optim.lr=1e12",
+                                  "train.checkpoint_every_steps=1"]
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--config", CONFIG, "--name", "nan", *overrides])
+    message = str(stopped.value)
+    assert "non-finite loss" in message and "at step" in message and "batch images: " in message
+    assert "train/" in message  # the batch's image ids (paths under the split's folder)
+    last = tmp_path / "runs" / "nan" / "checkpoints" / "last.pt"
+    assert f"the last good checkpoint, {last}, is kept" in message
+    failed_step = int(message.split("at step ")[1].split(" ")[0])
+    assert load_checkpoint(last)["step"] == failed_step - 1
