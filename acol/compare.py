@@ -95,7 +95,7 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
         val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed)
         val = val_boxes.compute()
         test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed)
-        test = test_boxes.compute(threshold=val["best_cam_threshold"])
+        test = test_boxes.compute(threshold=val.get("best_cam_threshold"))
         for metrics, masks in ((val, val_masks), (test, test_masks)):
             if masks is not None:
                 metrics.update(masks.compute())
@@ -149,7 +149,7 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
         for r in chosen:
             with autocast(device, dtype):
                 maps[r["method"]] = build_localizer(r["method"], target)(model, images, labels)[1]
-            boxed[r["method"]] = r["test"]["val_cam_threshold"]
+            boxed[r["method"]] = r["test"].get("val_cam_threshold", cfg.eval.fixed_threshold)
             titles.append(f"{r['group']}:{r['method']}")
         new = heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], boxed)
         rows = new if rows is None else [old + row[1:] for old, row in zip(rows, new)]

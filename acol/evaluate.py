@@ -100,7 +100,7 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
 
     threshold = args.threshold
     if threshold is None and args.split != "val":
-        threshold = run_split("val")[0].compute()["best_cam_threshold"]
+        threshold = run_split("val")[0].compute().get("best_cam_threshold")
     boxes_eval, masks_eval = run_split(args.split, out / "scoremaps" if args.save_scoremaps else None)
     metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
@@ -161,7 +161,7 @@ def evaluate_scoremaps(args) -> tuple[dict, BoxEvaluator, float]:
                 ignore = cv2.resize(ig, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
             masks_eval.accumulate(scoremap[None], fg[None], ignore[None])
     metrics = {}
-    if int(boxes_eval.state["num_images"]):
+    if int(boxes_eval.state["num_boxed"]):
         metrics = {k: v for k, v in boxes_eval.compute(args.threshold).items()
                    if not k.startswith(CLASSIFICATION_KEYS)}
     if masks_eval is not None:
@@ -202,9 +202,9 @@ def main(argv=None) -> dict:
         dist.cleanup()
         return metrics
     (out / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2))
-    if int(boxes_eval.state["num_images"]):
+    if int(boxes_eval.state["num_boxed"]):
         write_curves(boxes_eval, metrics, args.split, out)
-        print(threshold_line(metrics, fixed))
+    print(threshold_line(metrics, fixed))
     print(format_table([(args.split, metrics)]))
     print(f"written to {out}")
     dist.cleanup()

@@ -35,6 +35,9 @@ from acol.models import build_model
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_grid
 
+HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="experiment TOML file (defaults apply without one)")
@@ -265,7 +268,11 @@ def main(argv=None) -> dict:
                     grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
                     tracker.image("val/heatmaps", grid, step)
                 logger.info(f"epoch {epoch + 1} val: " + " ".join(
-                    f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2")))
+                    f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
+                    if k in val_metrics))
+            if val_metrics and cfg.eval.best_metric not in val_metrics:
+                sys.exit(f"config error: eval.best_metric={cfg.eval.best_metric!r} is not among the val metrics "
+                         f"({', '.join(sorted(val_metrics))}); for a masks-only data set use pxap")
             improved = bool(val_metrics) and val_metrics[cfg.eval.best_metric] > best["value"]
             if improved:
                 best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
@@ -280,12 +287,11 @@ def main(argv=None) -> dict:
     # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
     if not val_metrics:  # resumed after the last epoch
         val_metrics = evaluate(model, val_loader, device, dtype, cfg)
-    test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics["best_cam_threshold"])
+    test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics.get("best_cam_threshold"))
     results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
     tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
     tracker.scalars({f"test/{k}": v for k, v in test_metrics.items()}, step)
-    tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in ("top1_cls", "top1_loc@val",
-                                                                            "gt_known_loc@val", "maxboxacc_v2")})
+    tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in HPARAM_METRICS if k in test_metrics})
     table = format_table([("val", val_metrics), ("test", test_metrics)])
     if main_process:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -252,8 +252,8 @@ def test_v1_and_v2_metrics_differ_on_two_blobs():
 def test_threshold_policies_and_classification():
     evaluator = BoxEvaluator(0.25, (30, 50), fixed_threshold=0.25)  # taus 0, .25, .5, .75
     evaluator.load_state_dict({
-        "num_images": torch.tensor(4), "top1_cls": torch.tensor(3), "top5_cls": torch.tensor(4),
-        "gt_known": torch.tensor([1, 3, 2, 0]), "top1_loc": torch.tensor([1, 2, 2, 0]),
+        "num_images": torch.tensor(4), "num_boxed": torch.tensor(4), "top1_cls": torch.tensor(3),
+        "top5_cls": torch.tensor(4), "gt_known": torch.tensor([1, 3, 2, 0]), "top1_loc": torch.tensor([1, 2, 2, 0]),
         "top5_loc": torch.tensor([1, 3, 2, 0]), "box_v2": torch.tensor([[2, 4, 3, 1], [1, 1, 3, 0]])})
     m = evaluator.compute(threshold=0.5)
     assert (m["top1_cls"], m["top5_cls"], m["num_images"]) == (75.0, 100.0, 4.0)
@@ -299,7 +299,7 @@ def test_input_validation():
     for maps in (good + 2, np.full((1, 5, 5), np.nan, np.float32), np.zeros((5, 5), np.float32)):
         with pytest.raises(ValueError):
             evaluator.accumulate(maps, [np.array([[0, 0, 1, 1]])], flags, flags)
-    for boxes in (np.zeros((0, 4)), np.array([[3, 0, 1, 1]]), np.array([[-1, 0, 1, 1]])):
+    for boxes in (np.array([[3, 0, 1, 1]]), np.array([[-1, 0, 1, 1]])):  # no box at all is allowed: see below
         with pytest.raises(ValueError):
             evaluator.accumulate(good, [boxes], flags, flags)
     with pytest.raises(ValueError):
@@ -410,3 +410,18 @@ def test_all_reduce_without_process_group_is_a_no_op():
     before = box.state_dict()
     box.all_reduce()
     assert all(torch.equal(before[k], v) for k, v in box.state.items())
+
+
+def test_images_without_boxes_count_for_classification_only():
+    cam = blank(8, 8)
+    cam[2:5, 2:5] = 1.0
+    evaluator = BoxEvaluator(0.1)
+    evaluator.accumulate(np.stack([cam, cam]), [np.array([[2, 2, 5, 5]]), np.zeros((0, 4))],
+                         np.array([True, False]), np.array([True, True]))
+    metrics = evaluator.compute()
+    assert metrics["num_images"] == 2 and metrics["num_boxed"] == 1
+    assert metrics["top1_cls"] == 50 and metrics["top5_cls"] == 100
+    assert metrics["gt_known_loc@fixed"] == 100 and metrics["top1_loc@fixed"] == 100  # over the boxed image
+    masks_only = BoxEvaluator(0.1)
+    masks_only.accumulate(cam[None], [np.zeros((0, 4))], np.array([True]), np.array([True]))
+    assert masks_only.compute() == {"num_images": 1.0, "top1_cls": 100.0, "top5_cls": 100.0}  # no box metrics

@@ -87,7 +87,8 @@ class BoxEvaluator(_CountState):
     - `@val` when `threshold` (a tau chosen on another split, e.g. val's `best_cam_threshold`) is
       given: `gt_known_loc@val`, `top1_loc@val`, `top5_loc@val` at `val_cam_threshold` (the grid
       tau nearest to `threshold`).
-    - `num_images`.
+    - `num_images`; `num_boxed`, the images with GT boxes: the box metrics are over those, and left
+      out when there are none (a masks-only split, as OpenImages: its localization metric is PxAP).
 
     method: "fast" (`box_hits`, the default) or "reference" (`box_ious_reference`, one
     `cv2.findContours` per threshold); both give identical counts.
@@ -105,7 +106,7 @@ class BoxEvaluator(_CountState):
         self._deltas = np.array([d / 100 for d in self.iou_thresholds])
         num = len(self.thresholds)
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.int64)  # noqa: E731
-        self.state = {"num_images": zeros(), "top1_cls": zeros(), "top5_cls": zeros(),
+        self.state = {"num_images": zeros(), "num_boxed": zeros(), "top1_cls": zeros(), "top5_cls": zeros(),
                       "gt_known": zeros(num), "top1_loc": zeros(num), "top5_loc": zeros(num),
                       "box_v2": zeros(len(self.iou_thresholds), num)}
 
@@ -126,10 +127,14 @@ class BoxEvaluator(_CountState):
             raise ValueError("scoremaps, gt_boxes, top1_correct and top5_correct differ in length")
         v1 = np.zeros((len(maps), len(self.thresholds)), bool)
         v2 = np.zeros(self.state["box_v2"].shape, np.int64)
+        boxed = 0
         for i, (scoremap, boxes) in enumerate(zip(maps, gt_boxes)):
             boxes = _as_numpy(boxes).astype(np.int64).reshape(-1, 4)
-            if len(boxes) == 0 or (boxes < 0).any() or (boxes[:, 2:] < boxes[:, :2]).any():
-                raise ValueError(f"image {i}: GT boxes must be non-empty x0y0x1y1 with 0 <= x0 <= x1, y0 <= y1")
+            if len(boxes) == 0:  # no GT box (a masks-only data set): classification counts only
+                continue
+            if (boxes < 0).any() or (boxes[:, 2:] < boxes[:, :2]).any():
+                raise ValueError(f"image {i}: GT boxes must be x0y0x1y1 with 0 <= x0 <= x1, y0 <= y1; got {boxes.tolist()}")
+            boxed += 1
             if self.method == "fast":
                 v1[i], hits = box_hits(scoremap, boxes, self.thresholds, self._deltas)
             else:
@@ -138,6 +143,7 @@ class BoxEvaluator(_CountState):
             v2 += hits
         add = lambda name, x: self.state[name].add_(torch.from_numpy(np.asarray(x, np.int64)))  # noqa: E731
         add("num_images", len(maps))
+        add("num_boxed", boxed)
         add("top1_cls", top1.sum())
         add("top5_cls", top5.sum())
         add("gt_known", v1.sum(0))
@@ -153,7 +159,7 @@ class BoxEvaluator(_CountState):
     def box_acc_curves(self) -> dict[str, np.ndarray]:
         """Per-tau curves in percent: `thresholds` (T,), `gt_known`, `top1_loc`, `top5_loc` (V1)
         and `box_acc_iou{d}` (V2, one per IoU threshold)."""
-        scale = 100.0 / max(int(self.state["num_images"]), 1)
+        scale = 100.0 / max(int(self.state["num_boxed"]), 1)
         curves = {"thresholds": self.thresholds.copy()}
         for name in ("gt_known", "top1_loc", "top5_loc"):
             curves[name] = self.state[name].numpy() * scale
@@ -167,6 +173,9 @@ class BoxEvaluator(_CountState):
         curves = self.box_acc_curves()
         metrics = {"num_images": float(n), "top1_cls": 100.0 * int(self.state["top1_cls"]) / max(n, 1),
                    "top5_cls": 100.0 * int(self.state["top5_cls"]) / max(n, 1)}
+        if int(self.state["num_boxed"]) == 0 and n > 0:  # nothing to localize with boxes
+            return metrics
+        metrics["num_boxed"] = float(int(self.state["num_boxed"]))
         # (policy, key of its tau, tau index)
         policies = [("fixed", "fixed_cam_threshold", self._index(self.fixed_threshold)),
                     ("oracle", "best_cam_threshold", int(np.argmax(curves["gt_known"])))]

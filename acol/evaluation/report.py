@@ -28,7 +28,9 @@ def format_table(rows: list[tuple[str, dict]], columns=SUMMARY) -> str:
 
 
 def threshold_line(metrics: dict, fixed: float) -> str:
-    """Which box threshold each policy used."""
+    """Which box threshold each policy used (none without GT boxes: a masks-only split)."""
+    if "best_cam_threshold" not in metrics:
+        return "box thresholds: none (no GT boxes; the localization metric is PxAP)"
     parts = [f"fixed={fixed:g}"]
     if "val_cam_threshold" in metrics:
         parts.append(f"val-chosen={metrics['val_cam_threshold']:.3f}")
