@@ -153,26 +153,6 @@ def test_the_dataset_names_a_mask_of_the_wrong_size(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Metadata
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, text, message", [
-    ("image_ids.txt", "", r"image_ids.txt: the split 'train' has no images"),
-    ("image_ids.txt", "a/1.png\na/2.png\na/2.png\n", r"image_ids.txt:3: duplicate image id 'a/2.png' \(first on line 2\)"),
-    ("class_labels.txt", "a/1.png,0\na/2.png,-1\n", r"class_labels.txt:2: negative label -1"),
-    ("class_labels.txt", "a/2.png,1\n", r"class_labels.txt: no label for 1 images, e.g. 'a/1.png'"),
-    ("class_labels.txt", "a/1.png,0\na/2.png,1\nb/9.png,1\n", r"class_labels.txt:3: 'b/9.png' is not listed in image_ids"),
-    ("class_labels.txt", "a/1.png,0\na/2.png,1\na/1.png,2\n", r"class_labels.txt:3: a second label for 'a/1.png' \(first on line 1\)"),
-    ("image_sizes.txt", "a/1.png,40,30\nb/9.png,5,5\n", r"image_sizes.txt:2: 'b/9.png' is not listed in image_ids"),
-    ("image_sizes.txt", "a/1.png,40,30\n", r"image_sizes.txt: no size for 1 images, e.g. 'a/2.png'"),
-    ("image_sizes.txt", "a/1.png,40,30\na/2.png,20,20\na/2.png,20,21\n", r"image_sizes.txt:3: a second size for 'a/2.png'"),
-    ("image_sizes.txt", "a/1.png,40,0\na/2.png,20,20\n", r"image_sizes.txt:1: size 40x0 is not positive"),
-    ("localization.txt", "a/1.png,1,2,10,12\nb/9.png,0,0,1,1\n", r"localization.txt:2: 'b/9.png' is not listed in image_ids"),
-    ("localization.txt", "a/1.png,1,2,10,12\n", r"localization.txt: no box or mask for 1 images, e.g. 'a/2.png'"),
-    ("localization.txt", "a/1.png,1,2,10,12\na/2.png,0,0,21,5\n", r"localization.txt:2: box \(0,0,21,5\) lies outside the 20x20 image"),
-    ("localization.txt", "a/1.png,1,2,10,12\na/2.png,6,0,5,5\n", r"localization.txt:2: box \(6,0,5,5\) does not have 0 <= x0 <= x1"),
-    ("localization.txt", "a/1.png,1,2,10,12\na/2.png,a/2_m.png,\na/2.png,,\n", r"localization.txt:3: empty mask path"),
-])
-def test_bad_metadata_is_named_with_file_and_line(tmp_path, name, text, message):
-    with pytest.raises(MetadataError, match=message):
-        read_metadata(write_split(tmp_path, dict(GOOD, **{name: text})), "TOY", "train")
 
 
 def test_a_box_with_a_negative_corner_is_an_error_without_image_sizes(tmp_path):
