@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from acol.cams import LOCALIZERS
-from acol.config import ConfigError, _toml_value, load_config
+from acol.config import ConfigError, toml_value, load_config
 from acol.evaluation.report import mean_std
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "experiments" / "ablations"
@@ -74,7 +74,7 @@ class Cell:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"{key}={_toml_value(value)}" for key, value in self.settings.items()]
+        return [f"{key}={toml_value(value)}" for key, value in self.settings.items()]
 
     @property
     def run_stem(self) -> str:
