@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from acol.cams import LOCALIZERS
-from acol.config import ConfigError, toml_value, load_config
+from acol.config import ConfigError, load_config, toml_value
 from acol.evaluation.report import mean_std
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "experiments" / "ablations"
