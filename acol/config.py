@@ -271,6 +271,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def toml_value(value: Any) -> str:
+    """A config value (bool, number, string or list of them) spelled in TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
