@@ -85,7 +85,6 @@ class Cell:
 @dataclass
 class Ablation:
     name: str
-    path: Path
     description: str
     base: Path
     seeds: list[int]
@@ -140,7 +139,7 @@ def load_ablation(name_or_path: str) -> Ablation:
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise _error(path, "seeds must be a non-empty list of integers")
-    return Ablation(path.stem, path, data.get("description", ""), (path.parent / data["base"]).resolve(), seeds,
+    return Ablation(path.stem, data.get("description", ""), (path.parent / data["base"]).resolve(), seeds,
                     data.get("select", "maxboxacc_v2"), cells)
 
 

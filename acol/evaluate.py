@@ -34,13 +34,13 @@ import cv2
 import numpy as np
 import torch
 
+from acol import dist
 from acol.cams import LOCALIZERS, build_localizer
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.transforms import scale_boxes
-from acol import dist
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line

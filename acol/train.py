@@ -7,10 +7,10 @@ metrics.jsonl, TensorBoard events, checkpoints/{last,best}.pt and results.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
-import contextlib
 import re
 import signal
 import subprocess
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
         sys.exit(1 if check_data(cfg) else 0)
 
     device = dist.init_distributed(dist.device_type(cfg.train.device))
-    rank, world, main_process = dist.get_rank(), dist.get_world_size(), dist.is_main_process()
+    world, main_process = dist.get_world_size(), dist.is_main_process()
     name = args.name or default_run_name(args.config, args.overrides, cfg.train.seed)
     run_dir = Path(cfg.log.runs_dir) / name
     resume_path = None

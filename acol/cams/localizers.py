@@ -66,10 +66,6 @@ class Localizer:
         """What the forward pass sees (ACoL erases with it): the GT, or nothing for "pred"."""
         return labels if self.target == "gt" else None
 
-    def __repr__(self) -> str:
-        layer = f", layer={self.layer!r}" if self.layer else ""
-        return f"{type(self).__name__}(target={self.target!r}{layer})"
-
 
 def _has_class_maps(model: nn.Module) -> bool:
     return hasattr(model, "head_a")
@@ -188,7 +184,7 @@ class GuidedBackprop(Localizer):
 
 
 @LOCALIZERS.register("guided_gradcam")
-class GuidedGradCAM(_Gradients):
+class GuidedGradCAM(Localizer):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM, the latter upsampled
     bilinearly (align_corners=False) to the input size; one map per image as guided_backprop."""
 

@@ -128,14 +128,12 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
     if cfg.train.global_batch_size % world:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
                          f"the {world} processes")
-    if cfg.data.cache != "off":
-        on_gpu = cfg.data.cache == "device" and torch.cuda.is_available()
-        store = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-        return CachedTrainLoader(dataset, ResumableSampler(dataset, world, get_rank(), shuffle=True, seed=seed,
-                                                           drop_last=True),
-                                 cfg.train.global_batch_size // world, seed, store, workers)
     # One sampler for 1 or N processes: the order depends on (seed, epoch) only (set_epoch), so a
     # resumed run sees the same batches. Worker RNGs are seeded from the loader's generator.
     sampler = ResumableSampler(dataset, world, get_rank(), shuffle=True, seed=seed, drop_last=True)
+    if cfg.data.cache != "off":
+        on_gpu = cfg.data.cache == "device" and torch.cuda.is_available()
+        store = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        return CachedTrainLoader(dataset, sampler, cfg.train.global_batch_size // world, seed, store, workers)
     return DataLoader(dataset, batch_size=cfg.train.global_batch_size // world, sampler=sampler,
                       drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
