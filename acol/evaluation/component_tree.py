@@ -1,0 +1,530 @@
+"""Every contour box of a uint8 score map at every cut, from two component trees (numba).
+
+A cut t gives the mask `u8 > t`; its contours (`cv2.findContours`, RETR_TREE) are the outer
+borders of the mask's 8-connected components, whose boxes are the components' boxes, and the
+borders of its holes (4-connected components of `u8 <= t` that do not touch the image border),
+whose boxes are the holes' boxes grown by one pixel. `cut_ious` finds all of them at every cut with
+two component trees, one of the map (8-connected) and one of the inverted map (4-connected), built
+in a few passes over the pixels:
+
+1. Key order: value, then flat index (a strict order). Each pixel climbs along its row to a row
+   maximum (its row *segment*, the pixels of a segment above any t form one run), and each row
+   maximum climbs to its highest neighbour in the rows above and below; the local maxima so
+   reached are the *basins*. Climbs go uphill, so a pixel above t is in its basin's component.
+2. Basins are joined by edges of weight min(u8) over adjacent pixel pairs: they are in the same
+   component of `u8 > t` for t < weight. Only pairs at segment starts, vertical pairs and (for 8-
+   connectivity) diagonal pairs of 2x2 windows whose other two pixels are lower can matter.
+3. Boxes: a component's top and bottom rows hold row maxima of it, its left and right columns
+   column maxima (climbing along a row or column stays in the component). A sweep over the values,
+   highest first, unites basins at their edges' weights (union-find) and widens each component's
+   box by its row and column maxima; at each needed cut it reads every component's box.
+
+V1 needs the contour of largest `cv2.contourArea`. A component without holes has area (2 Q4 +
+Q3) / 2, Q_k its 2x2 windows holding k of its pixels; a contour's area is at most the span of its
+box (between pixel centres); a component with positive area outweighs each of its holes. The
+number of holes at each cut is the component count minus the Euler number (Gray's bit quads).
+At each cut the span bounds decide V1 in one step; where they do not, exact areas (one pass over
+the windows for all such cuts); where neither decides (equal areas with different IoUs, or holes
+that could tie), the cut is left UNDECIDED for the caller to settle by the definition.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+NUM_LEVELS = 256
+UNDECIDED = -2.0  # a V1 IoU left to the definition
+
+_jit = njit(cache=True, nogil=True)
+
+
+@_jit
+def _iou(bx0, by0, bx1, by1, gt):
+    """Best IoU of the box (x0, y0, x1, y1) over the GT boxes gt (K, 4), +1 pixel convention."""
+    best = 0.0
+    for g in range(gt.shape[0]):
+        gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
+        inter = max(0, min(bx1, gx1) - max(bx0, gx0) + 1) * max(0, min(by1, gy1) - max(by0, gy0) + 1)
+        union = (bx1 - bx0 + 1) * (by1 - by0 + 1) + (gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
+        iou = inter / union if union > 0 else 0.0
+        best = max(best, iou)
+    return best
+
+
+@_jit
+def _find(parent, x):
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@_jit
+def _row_segments(u8, seg, seg_peak, starts):
+    """Fill seg (n,) with every pixel's segment number (segments in raster order), seg_peak with
+    each segment's row maximum (flat index), starts with the flat index of every segment that
+    does not begin its row. Returns (number of segments, number of starts)."""
+    height, width = u8.shape
+    row = np.empty(width + 2, np.int16)  # the row between two sentinels below every value
+    row[0] = row[width + 1] = -1
+    nseg = nst = 0
+    for y in range(height):
+        row[1:width + 1] = u8[y]
+        base = y * width
+        nseg += 1
+        prev_climbs_right = True
+        for x in range(width):
+            v, left, right = row[x + 1], row[x], row[x + 2]
+            is_max = (v >= left) & (v > right)  # on equal values the later pixel is higher
+            right_higher = right >= left
+            if (not prev_climbs_right) & (is_max | right_higher):  # a new segment starts here
+                starts[nst] = base + x
+                nst += 1
+                nseg += 1
+            seg[base + x] = nseg - 1
+            if is_max:
+                seg_peak[nseg - 1] = base + x
+            prev_climbs_right = (not is_max) & right_higher
+    return nseg, nst
+
+
+@_jit
+def _basins(u8, seg, seg_peak, nseg, eight, label):
+    """Fill label (n,) with every pixel's basin; return (basin of each segment, flat index of each
+    basin's maximum). A row maximum climbs to its highest neighbour above or below (three of
+    each with 8-connectivity, one without); basins are numbered in raster order of their maxima."""
+    height, width = u8.shape
+    span = 1 if eight else 0
+    up = np.empty(nseg, np.int32)
+    count = 0
+    for s in range(nseg):
+        p = seg_peak[s]
+        y, x = divmod(p, width)
+        best_v, best = np.int32(u8[y, x]), p
+        for yy in (y - 1, y + 1):
+            if 0 <= yy < height:
+                for xx in range(max(x - span, 0), min(x + span + 1, width)):
+                    vq, q = np.int32(u8[yy, xx]), yy * width + xx
+                    if vq > best_v or (vq == best_v and q > best):
+                        best_v, best = vq, q
+        up[s] = seg[best]
+        count += up[s] == s
+    basin_of = np.full(nseg, -1, np.int32)
+    peak = np.empty(count, np.int32)
+    count = 0
+    for s in range(nseg):
+        if up[s] == s:
+            basin_of[s] = count
+            peak[count] = seg_peak[s]
+            count += 1
+    path = np.empty(nseg, np.int32)
+    for s in range(nseg):
+        depth, q = 0, s
+        while basin_of[q] < 0:
+            path[depth] = q
+            depth += 1
+            q = up[q]
+        for i in range(depth):
+            basin_of[path[i]] = basin_of[q]
+    for p in range(height * width):
+        label[p] = basin_of[seg[p]]
+    return basin_of, peak
+
+
+@_jit
+def _edges(u8, label, starts, nst, eight):
+    """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
+    horizontal pairs at segment starts (a segment lies in one basin), vertical pairs (a run of the
+    same two basins along a row keeps its strongest pair) and, with 8-connectivity, diagonal pairs
+    of the 2x2 windows whose other two pixels are both lower (otherwise either of those joins the
+    pair whenever the pair is in the mask)."""
+    height, width = u8.shape
+    flat = u8.ravel()
+    cap = nst + 2 * height * width
+    ea, eb, ew = np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.uint8)
+    m = 0
+    for k in range(nst):
+        p = starts[k]
+        w = min(flat[p - 1], flat[p])
+        if label[p - 1] != label[p] and w > 0:
+            ea[m], eb[m], ew[m] = label[p - 1], label[p], w
+            m += 1
+    for y in range(height - 1):
+        l0, l1 = label[y * width:(y + 1) * width], label[(y + 1) * width:(y + 2) * width]
+        r0, r1 = u8[y], u8[y + 1]
+        last_a = last_b = -1
+        for x in range(width):
+            a, b = l0[x], l1[x]
+            w = min(r0[x], r1[x])
+            if a == b or w == 0:
+                continue
+            if a == last_a and b == last_b:
+                ew[m - 1] = max(ew[m - 1], w)
+                continue
+            ea[m], eb[m], ew[m] = a, b, w
+            last_a, last_b = a, b
+            m += 1
+        if not eight:
+            continue
+        for x in range(width - 1):
+            tl, tr, bl, br = r0[x], r0[x + 1], r1[x], r1[x + 1]
+            if min(tl, br) > max(tr, bl):
+                a, b, w = l0[x], l1[x + 1], min(tl, br)
+            elif min(tr, bl) > max(tl, br):
+                a, b, w = l0[x + 1], l1[x], min(tr, bl)
+            else:
+                continue
+            if a != b:
+                ea[m], eb[m], ew[m] = a, b, w
+                m += 1
+    return ea[:m], eb[:m], ew[:m]
+
+
+@_jit
+def _column_maxima(u8, label):
+    """(basin, value, x) of every column maximum, in the same key order as the row maxima."""
+    height, width = u8.shape
+    basin, value, column = np.empty(height * width, np.int32), np.empty(height * width, np.uint8), np.empty(height * width, np.int32)
+    k = 0
+    for y in range(height):
+        for x in range(width):
+            v = u8[y, x]
+            if (y == 0 or v >= u8[y - 1, x]) and (y == height - 1 or v > u8[y + 1, x]):
+                basin[k], value[k], column[k] = label[y * width + x], v, x
+                k += 1
+    return basin[:k], value[:k], column[:k]
+
+
+@_jit
+def _window_counts(u8, pixels):
+    """For every cut t, over the 2x2 windows of the zero-padded map: (euler (256,), the Euler
+    number of the 8-connected `u8 > t`, components minus holes; area2 (256,), 2 Q4 + Q3).
+
+    s1 >= s2 >= s3 >= s4 are a window's sorted values and G_k(t) = #{s_k > t}; Q1 = G1 - G2,
+    Q3 = G3 - G4, G1 + G2 + G3 + G4 = 4 x pixels, QD the windows whose two mask pixels are
+    diagonal; 4 E = Q1 - Q3 - 2 QD, 2 Q4 + Q3 = G3 + G4. pixels: the (256,) histogram of u8."""
+    height, width = u8.shape
+    g2, g3, g4, g2d, g3d = (np.zeros(NUM_LEVELS, np.int64), np.zeros(NUM_LEVELS, np.int64), np.zeros(NUM_LEVELS, np.int64),
+                            np.zeros(NUM_LEVELS, np.int64), np.zeros(NUM_LEVELS, np.int64))
+    row = max(width - 1, 1)
+    s2, s3, s4, diagonal = np.empty(row, np.uint8), np.empty(row, np.uint8), np.empty(row, np.uint8), np.empty(row, np.bool_)
+    for y in range(height - 1):
+        r0, r1 = u8[y], u8[y + 1]
+        for x in range(width - 1):  # a sorting network; branch-free, vectorised
+            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
+            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
+            s2[x] = max(min(hi_ad, hi_bc), max(lo_ad, lo_bc))
+            s3[x] = min(max(lo_ad, lo_bc), min(hi_ad, hi_bc))
+            s4[x] = min(lo_ad, lo_bc)
+            diagonal[x] = (lo_ad > hi_bc) | (lo_bc > hi_ad)
+        for x in range(width - 1):
+            g2[s2[x]] += 1
+            g3[s3[x]] += 1
+            g4[s4[x]] += 1
+            if diagonal[x]:
+                g2d[s2[x]] += 1
+                g3d[s3[x]] += 1
+    # windows over the padding hold at most two pixels, side by side: they count in s2 only
+    for x in range(width - 1):
+        g2[min(u8[0, x], u8[0, x + 1])] += 1
+        g2[min(u8[height - 1, x], u8[height - 1, x + 1])] += 1
+    for y in range(height - 1):
+        g2[min(u8[y, 0], u8[y + 1, 0])] += 1
+        g2[min(u8[y, width - 1], u8[y + 1, width - 1])] += 1
+    euler, area2 = np.empty(NUM_LEVELS, np.int64), np.empty(NUM_LEVELS, np.int64)
+    above_pixels = above_quads = above_area = 0
+    for t in range(NUM_LEVELS - 1, -1, -1):
+        euler[t] = above_pixels - above_quads // 2
+        area2[t] = above_area
+        above_pixels += pixels[t]
+        above_quads += g2[t] + g3[t] + g2d[t] - g3d[t]
+        above_area += g3[t] + g4[t]
+    return euler, area2
+
+
+@_jit
+def _by_value(values):
+    """(order, start): indices of the uint8 `values` grouped by value, value v at start[v]:start[v + 1]."""
+    start = np.zeros(NUM_LEVELS + 1, np.int64)
+    for v in values:
+        start[v + 1] += 1
+    for v in range(NUM_LEVELS):
+        start[v + 1] += start[v]
+    slot = start[:NUM_LEVELS].copy()
+    order = np.empty(len(values), np.int32)
+    for i in range(len(values)):
+        order[slot[values[i]]] = i
+        slot[values[i]] += 1
+    return order, start
+
+
+@_jit
+def _tree(u8, eight):
+    """The component tree's events, grouped by value (see the module docstring): a tuple of
+    (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
+    edge_a, edge_b, edge_order, edge_start)."""
+    n = u8.size
+    seg, seg_peak, starts = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32)
+    nseg, nst = _row_segments(u8, seg, seg_peak, starts)
+    seg_peak = seg_peak[:nseg]
+    label = np.empty(n, np.int32)
+    basin_of, peak = _basins(u8, seg, seg_peak, nseg, eight, label)
+    ea, eb, ew = _edges(u8, label, starts, nst, eight)
+    col_basin, col_value, col_x = _column_maxima(u8, label)
+    flat = u8.ravel()
+    seg_order, seg_start = _by_value(flat[seg_peak])
+    col_order, col_start = _by_value(col_value)
+    edge_order, edge_start = _by_value(ew)
+    return (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
+            ea, eb, edge_order, edge_start)
+
+
+@_jit
+def _new_sweep(num_basins, height, width):
+    """Union-find state: (parent, x0, y0, x1, y1, border, dirty, live, num_live (1,))."""
+    r = num_basins
+    return (np.arange(r).astype(np.int32), np.full(r, width, np.int32), np.full(r, height, np.int32),
+            np.full(r, -1, np.int32), np.full(r, -1, np.int32), np.zeros(r, np.bool_), np.zeros(r, np.bool_),
+            np.empty(r, np.int32), np.zeros(1, np.int64))
+
+
+@_jit
+def _advance(u8, tree, state, v, border_basin, border_start):
+    """Add the events of value v: basins born, row and column maxima widening boxes, unions at
+    edges (the basin with the higher maximum stays the root), border pixels marking their
+    component (the hole tree only; border_basin grouped by value like the other events)."""
+    (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
+     ea, eb, edge_order, edge_start) = tree
+    parent, x0, y0, x1, y1, border, dirty, live, num_live = state
+    width = u8.shape[1]
+    flat = u8.ravel()
+    for k in range(seg_start[v], seg_start[v + 1]):
+        s = seg_order[k]
+        b = basin_of[s]
+        if peak[b] == seg_peak[s]:
+            live[num_live[0]] = b
+            num_live[0] += 1
+        r = _find(parent, b)
+        y = seg_peak[s] // width
+        if y < y0[r] or y > y1[r]:
+            y0[r], y1[r], dirty[r] = min(y0[r], y), max(y1[r], y), True
+    for k in range(col_start[v], col_start[v + 1]):
+        i = col_order[k]
+        r = _find(parent, col_basin[i])
+        x = col_x[i]
+        if x < x0[r] or x > x1[r]:
+            x0[r], x1[r], dirty[r] = min(x0[r], x), max(x1[r], x), True
+    for k in range(border_start[v], border_start[v + 1]):
+        border[_find(parent, border_basin[k])] = True
+    for k in range(edge_start[v], edge_start[v + 1]):
+        i = edge_order[k]
+        a, b = _find(parent, ea[i]), _find(parent, eb[i])
+        if a == b:
+            continue
+        if flat[peak[a]] < flat[peak[b]] or (flat[peak[a]] == flat[peak[b]] and peak[a] < peak[b]):
+            a, b = b, a
+        parent[b] = a
+        x0[a], y0[a] = min(x0[a], x0[b]), min(y0[a], y0[b])
+        x1[a], y1[a] = max(x1[a], x1[b]), max(y1[a], y1[b])
+        border[a] |= border[b]
+        dirty[a] = True
+
+
+@_jit
+def _live_roots(state):
+    """Compact the live list to the current roots; return their number."""
+    parent, live, num_live = state[0], state[7], state[8]
+    j = 0
+    for k in range(num_live[0]):
+        if parent[live[k]] == live[k]:
+            live[j] = live[k]
+            j += 1
+    num_live[0] = j
+    return j
+
+
+@_jit
+def _grow(a, size):
+    out = np.empty((size,) + a.shape[1:], a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
+@_jit
+def _exact_v1(u8, label, cuts, snap, roots, ious, spans, counts, holes, v1):
+    """Settle V1 at `cuts` (descending) from exact hole-free areas: each window holding 3 (4)
+    pixels of a component adds 1 (2) to its 2 x area, counted for the basin of the window's
+    highest pixel. snap[k]: every basin's root at cuts[k]; roots, ious, spans[k, :counts[k]]: its
+    components."""
+    height, width = u8.shape
+    num_cuts, num_basins = len(cuts), snap.shape[1]
+    below = np.zeros(NUM_LEVELS, np.int64)  # how many of the cuts lie below each value
+    for v in range(NUM_LEVELS):
+        for c in cuts:
+            below[v] += c < v
+    # windows[b, j]: windows of basin b with j cuts below s3 (s4); from j on they count at cuts[num_cuts - j]
+    windows = np.zeros((num_basins, num_cuts + 1), np.int32)
+    for y in range(height - 1):
+        r0, r1 = u8[y], u8[y + 1]
+        l0, l1 = label[y * width:(y + 1) * width], label[(y + 1) * width:(y + 2) * width]
+        for x in range(width - 1):
+            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
+            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
+            j3 = below[min(max(lo_ad, lo_bc), min(hi_ad, hi_bc))]
+            if j3 == 0:
+                continue
+            top_left = l0[x + 1] if r0[x + 1] >= r0[x] else l0[x]
+            top_right = l1[x + 1] if r1[x + 1] >= r1[x] else l1[x]
+            top = top_right if max(r1[x], r1[x + 1]) >= max(r0[x], r0[x + 1]) else top_left
+            windows[top, j3] += 1
+            windows[top, below[min(lo_ad, lo_bc)]] += 1
+    for b in range(num_basins):  # windows[b, j]: those counting at cuts[num_cuts - j]
+        for j in range(num_cuts - 1, 0, -1):
+            windows[b, j] += windows[b, j + 1]
+    area2 = np.zeros(num_basins, np.int64)
+    for k in range(num_cuts):
+        for i in range(counts[k]):
+            area2[roots[k, i]] = 0
+        for b in range(num_basins):
+            area2[snap[k, b]] += windows[b, num_cuts - k]
+        best = -1
+        for i in range(counts[k]):
+            best = max(best, area2[roots[k, i]])
+        num_best, lo, hi, other = 0, np.inf, -np.inf, 0
+        for i in range(counts[k]):
+            if area2[roots[k, i]] == best:
+                num_best += 1
+                lo, hi = min(lo, ious[k, i]), max(hi, ious[k, i])
+            else:
+                other = max(other, 2 * spans[k, i])
+        c = cuts[k]
+        # without holes the largest area wins, ties are harmless if their IoUs agree; with holes
+        # a component is sure to be the largest only alone at the top and above every other span
+        if (lo == hi) if holes[c] == 0 else (num_best == 1 and best > other and best > 0):
+            v1[c] = hi
+
+
+@_jit
+def _component_ious(u8, gt, need, pixels, v1, v2, holes):
+    """Fill v1 (V1 IoU or UNDECIDED), v2 (best IoU over the outer contours) and holes (count) at
+    every cut with need, from the 8-connected component tree of u8."""
+    height, width = u8.shape
+    tree = _tree(u8, True)
+    label, num_basins = tree[0], len(tree[3])
+    state = _new_sweep(num_basins, height, width)
+    parent, x0, y0, x1, y1, _, dirty, live, _ = state
+    euler, area2 = _window_counts(u8, pixels)
+    no_basin, no_start = np.zeros(0, np.int32), np.zeros(NUM_LEVELS + 1, np.int64)  # no border events
+    iou, span = np.zeros(num_basins), np.zeros(num_basins, np.int64)
+    # the cuts the span bounds leave open, with their components, for `_exact_v1`
+    open_cuts, num_open = np.empty(NUM_LEVELS, np.int64), 0
+    snap, roots = np.empty((0, num_basins), np.int32), np.empty((0, num_basins), np.int32)
+    ious, spans, counts = np.empty((0, num_basins)), np.empty((0, num_basins), np.int64), np.empty(NUM_LEVELS, np.int64)
+    if need[NUM_LEVELS - 1]:  # above every value: the empty mask
+        v1[NUM_LEVELS - 1] = v2[NUM_LEVELS - 1] = _iou(0, 0, 0, 0, gt)
+    for v in range(NUM_LEVELS - 1, 0, -1):
+        _advance(u8, tree, state, v, no_basin, no_start)
+        c = v - 1
+        if not need[c]:
+            continue
+        count = _live_roots(state)
+        holes[c] = count - euler[c]
+        if count == 0:  # an empty mask: the box (0, 0, 0, 0)
+            v1[c] = v2[c] = _iou(0, 0, 0, 0, gt)
+            continue
+        best, top_span, second_span, total_span, top_iou = -1.0, -1, -1, 0, 0.0
+        for k in range(count):
+            r = live[k]
+            if dirty[r]:
+                iou[r] = _iou(x0[r], y0[r], min(x1[r] + 1, width - 1), min(y1[r] + 1, height - 1), gt)
+                span[r] = (x1[r] - x0[r]) * (y1[r] - y0[r])
+                dirty[r] = False
+            best = max(best, iou[r])
+            total_span += span[r]
+            if span[r] > top_span:
+                second_span, top_span, top_iou = top_span, span[r], iou[r]
+            else:
+                second_span = max(second_span, span[r])
+        v2[c] = best
+        # the widest component is the largest if its area (at least the total minus the other
+        # spans) beats the second span; a lone one unless it has zero area and holes could tie
+        lower2 = area2[c] - 2 * (total_span - top_span)
+        if (holes[c] == 0 or area2[c] > 0) if count == 1 else (lower2 > 2 * second_span and lower2 > 0):
+            v1[c] = top_iou
+            continue
+        v1[c] = UNDECIDED
+        if num_open == len(snap):
+            size = max(4, 2 * num_open)
+            snap, roots, ious, spans = _grow(snap, size), _grow(roots, size), _grow(ious, size), _grow(spans, size)
+        for b in range(num_basins):
+            snap[num_open, b] = _find(parent, b)
+        for k in range(count):
+            roots[num_open, k], ious[num_open, k], spans[num_open, k] = live[k], iou[live[k]], span[live[k]]
+        open_cuts[num_open], counts[num_open] = c, count
+        num_open += 1
+    if num_open:
+        _exact_v1(u8, label, open_cuts[:num_open], snap, roots, ious, spans, counts, holes, v1)
+
+
+@_jit
+def _hole_ious(u8, gt, need, v2):
+    """Raise v2 at the cuts with need by the IoUs of the holes' contours, from the 4-connected
+    component tree of the inverted map: the holes at cut t are its components above 254 - t
+    holding no border pixel; a hole's contour box is its box grown by one pixel."""
+    height, width = u8.shape
+    inverted = np.empty_like(u8)
+    for y in range(height):
+        for x in range(width):
+            inverted[y, x] = 255 - u8[y, x]
+    tree = _tree(inverted, False)
+    label = tree[0]
+    state = _new_sweep(len(tree[3]), height, width)
+    parent, x0, y0, x1, y1, border, _, live, _ = state
+    on_border = np.zeros(u8.size, np.bool_)
+    on_border[:width] = on_border[-width:] = True
+    for y in range(height):
+        on_border[y * width] = on_border[y * width + width - 1] = True
+    pixels = np.flatnonzero(on_border)
+    order, start = _by_value(inverted.ravel()[pixels])
+    border_basin = label[pixels[order]]
+    for v in range(NUM_LEVELS - 1, 0, -1):
+        _advance(inverted, tree, state, v, border_basin, start)
+        t = 255 - v  # the cut v - 1 of the inverted map: u8 <= t
+        if not need[t]:
+            continue
+        for k in range(_live_roots(state)):
+            r = live[k]
+            if not border[r]:
+                v2[t] = max(v2[t], _iou(x0[r] - 1, y0[r] - 1, min(x1[r] + 2, width - 1), min(y1[r] + 2, height - 1), gt))
+
+
+@_jit
+def cut_ious(u8, gt, cuts, max_delta):
+    """u8 (H, W) uint8 map; gt (K >= 1, 4) int64 x0y0x1y1 boxes; cuts (T,) int64 in 0..255 (mask:
+    u8 > cut). Returns (v1 (T,), V1 IoU of the largest contour or UNDECIDED; v2 (T,), the best
+    IoU over all contours, exact up to max_delta: hole contours are only looked at where no outer
+    contour reaches it)."""
+    pixels = np.zeros(NUM_LEVELS, np.int64)
+    for v in u8.ravel():
+        pixels[v] += 1
+    # a cut and the highest present value at or below it give the same mask (cuts under every
+    # value: the cut 0 is as good); evaluate each mask once
+    same = np.zeros(NUM_LEVELS, np.int64)
+    last = 0
+    for c in range(NUM_LEVELS):
+        if pixels[c]:
+            last = c
+        same[c] = last
+    need = np.zeros(NUM_LEVELS, np.bool_)
+    for c in cuts:
+        need[same[c]] = True
+    v1, v2, holes = np.full(NUM_LEVELS, -1.0), np.full(NUM_LEVELS, -1.0), np.zeros(NUM_LEVELS, np.int64)
+    _component_ious(u8, gt, need, pixels, v1, v2, holes)
+    for c in range(NUM_LEVELS):
+        need[c] &= holes[c] > 0 and v2[c] < max_delta
+    if need.any():
+        _hole_ious(u8, gt, need, v2)
+    out1, out2 = np.empty(len(cuts)), np.empty(len(cuts))
+    for i in range(len(cuts)):
+        out1[i], out2[i] = v1[same[cuts[i]]], v2[same[cuts[i]]]
+    return out1, out2
