@@ -36,9 +36,10 @@ NUM_LEVELS = 256
 UNDECIDED = -2.0  # a V1 IoU left to the definition
 
 _jit = njit(cache=True, nogil=True)
+_inline = njit(cache=True, nogil=True, inline="always")  # small helpers called per event or per cut
 
 
-@_jit
+@_inline
 def _iou(bx0, by0, bx1, by1, gt):
     """Best IoU of the box (x0, y0, x1, y1) over the GT boxes gt (K, 4), +1 pixel convention."""
     best = 0.0
@@ -51,7 +52,7 @@ def _iou(bx0, by0, bx1, by1, gt):
     return best
 
 
-@_jit
+@_inline
 def _find(parent, x):
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -60,55 +61,81 @@ def _find(parent, x):
 
 
 @_jit
-def _row_segments(u8, seg, seg_peak, starts):
-    """Fill seg (n,) with every pixel's segment number (segments in raster order), seg_peak with
-    each segment's row maximum (flat index), starts with the flat index of every segment that
-    does not begin its row. Returns (number of segments, number of starts)."""
+def _row_segments(u8):
+    """Segments: every pixel climbs along its row towards its higher neighbour to a row maximum;
+    a segment is the run of pixels reaching one maximum (on equal values the later pixel is
+    higher). Returns (seg_x0 (S,), first column; seg_peak (S,), flat index of the maximum;
+    row_first (H + 1,), the first segment of each row), segments in raster order."""
     height, width = u8.shape
-    row = np.empty(width + 2, np.int16)  # the row between two sentinels below every value
-    row[0] = row[width + 1] = -1
-    nseg = nst = 0
+    seg_x0, seg_peak = np.empty(u8.size + 1, np.int32), np.empty(u8.size + 1, np.int32)
+    row_first = np.empty(height + 1, np.int64)
+    row = np.empty(width + 3, np.int16)  # row[x + 2] = u8[y, x], between sentinels below every value
+    row[0] = row[1] = row[width + 2] = -1
+    flag = np.empty(width, np.uint8)
+    s = k = 0
     for y in range(height):
-        row[1:width + 1] = u8[y]
-        base = y * width
-        nseg += 1
-        prev_climbs_right = True
-        for x in range(width):
-            v, left, right = row[x + 1], row[x], row[x + 2]
-            is_max = (v >= left) & (v > right)  # on equal values the later pixel is higher
-            right_higher = right >= left
-            if (not prev_climbs_right) & (is_max | right_higher):  # a new segment starts here
-                starts[nst] = base + x
-                nst += 1
-                nseg += 1
-            seg[base + x] = nseg - 1
-            if is_max:
-                seg_peak[nseg - 1] = base + x
-            prev_climbs_right = (not is_max) & right_higher
-    return nseg, nst
+        row[2:width + 2] = u8[y]
+        for x in range(width):  # bit 0: a segment starts at x; bit 1: x is a row maximum
+            left2, left, v, right = row[x], row[x + 1], row[x + 2], row[x + 3]
+            is_max = (v >= left) & (v > right)
+            prev_climbs_right = (v >= left2) & ((left >= left2) & (left > v) ^ True)
+            starts = (prev_climbs_right ^ True) & (is_max | (right >= left))
+            flag[x] = np.uint8(starts) | (np.uint8(is_max) << 1)
+        flag[0] |= 1
+        row_first[y] = s
+        for x in range(width):  # branch-free compaction
+            seg_x0[s] = x
+            s += flag[x] & 1
+            seg_peak[k] = y * width + x
+            k += flag[x] >> 1
+    row_first[height] = s
+    return seg_x0[:s], seg_peak[:s], row_first
 
 
 @_jit
-def _basins(u8, seg, seg_peak, nseg, eight, label):
-    """Fill label (n,) with every pixel's basin; return (basin of each segment, flat index of each
-    basin's maximum). A row maximum climbs to its highest neighbour above or below (three of
-    each with 8-connectivity, one without); basins are numbered in raster order of their maxima."""
+def _segment_at(seg_x0, row_first, y, x):
+    """The segment holding pixel (y, x)."""
+    first = row_first[y]
+    return first + np.searchsorted(seg_x0[first:row_first[y + 1]], x, side="right") - 1
+
+
+@_jit
+def _basins(u8, seg_x0, seg_peak, row_first, eight):
+    """Every row maximum climbs to its highest neighbour in the rows above and below (three of
+    each with 8-connectivity, one without); the local maxima so reached are the basins, numbered
+    in raster order. Returns (basin of each segment (S,), flat index of each basin's maximum)."""
     height, width = u8.shape
-    span = 1 if eight else 0
+    span, nseg = 1 if eight else 0, len(seg_x0)
     up = np.empty(nseg, np.int32)
     count = 0
-    for s in range(nseg):
-        p = seg_peak[s]
-        y, x = divmod(p, width)
-        best_v, best = np.int32(u8[y, x]), p
-        for yy in (y - 1, y + 1):
-            if 0 <= yy < height:
-                for xx in range(max(x - span, 0), min(x + span + 1, width)):
-                    vq, q = np.int32(u8[yy, xx]), yy * width + xx
-                    if vq > best_v or (vq == best_v and q > best):
-                        best_v, best = vq, q
-        up[s] = seg[best]
-        count += up[s] == s
+    for y in range(height):
+        above, below = row_first[max(y - 1, 0)], row_first[min(y + 1, height - 1)]  # walk each row once
+        for s in range(row_first[y], row_first[y + 1]):
+            x = seg_peak[s] - y * width
+            lo, hi = max(x - span, 0), min(x + span, width - 1)
+            # candidates in raster order, so that `>=` lets the later pixel win ties
+            best, by, bx = -1, 0, 0
+            if y > 0:
+                for xx in range(lo, hi + 1):
+                    if u8[y - 1, xx] >= best:
+                        best, by, bx = u8[y - 1, xx], y - 1, xx
+            if u8[y, x] >= best:
+                best, by, bx = u8[y, x], y, x
+            if y + 1 < height:
+                for xx in range(lo, hi + 1):
+                    if u8[y + 1, xx] >= best:
+                        best, by, bx = u8[y + 1, xx], y + 1, xx
+            if by == y:
+                up[s] = s
+                count += 1
+            elif by < y:
+                while above + 1 < row_first[y] and seg_x0[above + 1] <= bx:
+                    above += 1
+                up[s] = above
+            else:
+                while below + 1 < row_first[y + 2] and seg_x0[below + 1] <= bx:
+                    below += 1
+                up[s] = below
     basin_of = np.full(nseg, -1, np.int32)
     peak = np.empty(count, np.int32)
     count = 0
@@ -126,72 +153,111 @@ def _basins(u8, seg, seg_peak, nseg, eight, label):
             q = up[q]
         for i in range(depth):
             basin_of[path[i]] = basin_of[q]
-    for p in range(height * width):
-        label[p] = basin_of[seg[p]]
     return basin_of, peak
 
 
 @_jit
-def _edges(u8, label, starts, nst, eight):
+def _segment_end(seg_x0, row_first, y, s, width):
+    return seg_x0[s + 1] - 1 if s + 1 < row_first[y + 1] else width - 1
+
+
+@_jit
+def _edges(u8, seg_x0, row_first, basin_of, eight):
     """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
-    horizontal pairs at segment starts (a segment lies in one basin), vertical pairs (a run of the
-    same two basins along a row keeps its strongest pair) and, with 8-connectivity, diagonal pairs
-    of the 2x2 windows whose other two pixels are both lower (otherwise either of those joins the
-    pair whenever the pair is in the mask)."""
+    horizontal pairs where segments meet, the strongest vertical pair under each two overlapping
+    segments of different basins, and (8-connectivity) diagonal pairs of the 2x2 windows whose
+    other two pixels are both lower (otherwise either of those joins the pair whenever the pair
+    is in the mask)."""
     height, width = u8.shape
-    flat = u8.ravel()
-    cap = nst + 2 * height * width
+    nseg = len(seg_x0)
+    cap = 3 * nseg + u8.size
     ea, eb, ew = np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.uint8)
     m = 0
-    for k in range(nst):
-        p = starts[k]
-        w = min(flat[p - 1], flat[p])
-        if label[p - 1] != label[p] and w > 0:
-            ea[m], eb[m], ew[m] = label[p - 1], label[p], w
-            m += 1
-    for y in range(height - 1):
-        l0, l1 = label[y * width:(y + 1) * width], label[(y + 1) * width:(y + 2) * width]
-        r0, r1 = u8[y], u8[y + 1]
-        last_a = last_b = -1
-        for x in range(width):
-            a, b = l0[x], l1[x]
-            w = min(r0[x], r1[x])
-            if a == b or w == 0:
-                continue
-            if a == last_a and b == last_b:
-                ew[m - 1] = max(ew[m - 1], w)
-                continue
-            ea[m], eb[m], ew[m] = a, b, w
-            last_a, last_b = a, b
-            m += 1
+    quad = np.zeros((width + 7) // 8 * 8, np.uint8)
+    words = quad.view(np.uint64)
+    for y in range(height):
+        r0 = u8[y]
+        for s in range(row_first[y] + 1, row_first[y + 1]):
+            x = seg_x0[s]
+            w = min(r0[x - 1], r0[x])
+            if basin_of[s - 1] != basin_of[s] and w > 0:
+                ea[m], eb[m], ew[m] = basin_of[s - 1], basin_of[s], w
+                m += 1
+        if y + 1 == height:
+            break
+        r1 = u8[y + 1]
+        i, j = row_first[y], row_first[y + 1]
+        while i < row_first[y + 1] and j < row_first[y + 2]:
+            end_i, end_j = _segment_end(seg_x0, row_first, y, i, width), _segment_end(seg_x0, row_first, y + 1, j, width)
+            if basin_of[i] != basin_of[j]:
+                w = 0
+                for x in range(max(seg_x0[i], seg_x0[j]), min(end_i, end_j) + 1):
+                    w = max(w, min(r0[x], r1[x]))
+                if w > 0:
+                    ea[m], eb[m], ew[m] = basin_of[i], basin_of[j], w
+                    m += 1
+            if end_i <= end_j:
+                i += 1
+            if end_j <= end_i:
+                j += 1
         if not eight:
             continue
-        for x in range(width - 1):
-            tl, tr, bl, br = r0[x], r0[x + 1], r1[x], r1[x + 1]
-            if min(tl, br) > max(tr, bl):
-                a, b, w = l0[x], l1[x + 1], min(tl, br)
-            elif min(tr, bl) > max(tl, br):
-                a, b, w = l0[x + 1], l1[x], min(tr, bl)
-            else:
+        for x in range(width - 1):  # windows with only a diagonal pair on top
+            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
+            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
+            quad[x] = (lo_ad > hi_bc) | (lo_bc > hi_ad)
+        for word in range(len(words)):
+            if words[word] == 0:
                 continue
-            if a != b:
-                ea[m], eb[m], ew[m] = a, b, w
-                m += 1
+            for x in range(8 * word, min(8 * word + 8, width - 1)):
+                if quad[x] == 0:
+                    continue
+                if min(r0[x], r1[x + 1]) > max(r0[x + 1], r1[x]):
+                    a = basin_of[_segment_at(seg_x0, row_first, y, x)]
+                    b = basin_of[_segment_at(seg_x0, row_first, y + 1, x + 1)]
+                    w = min(r0[x], r1[x + 1])
+                else:
+                    a = basin_of[_segment_at(seg_x0, row_first, y, x + 1)]
+                    b = basin_of[_segment_at(seg_x0, row_first, y + 1, x)]
+                    w = min(r0[x + 1], r1[x])
+                if a != b:
+                    ea[m], eb[m], ew[m] = a, b, w
+                    m += 1
     return ea[:m], eb[:m], ew[:m]
 
 
 @_jit
-def _column_maxima(u8, label):
+def _column_maxima(u8, seg_x0, row_first, basin_of):
     """(basin, value, x) of every column maximum, in the same key order as the row maxima."""
     height, width = u8.shape
-    basin, value, column = np.empty(height * width, np.int32), np.empty(height * width, np.uint8), np.empty(height * width, np.int32)
+    basin, value, column = np.empty(u8.size + 1, np.int32), np.empty(u8.size + 1, np.uint8), np.empty(u8.size + 1, np.int32)
+    flag = np.empty(width, np.uint8)
     k = 0
     for y in range(height):
+        r = u8[y]
+        if 0 < y < height - 1:
+            r0, r1 = u8[y - 1], u8[y + 1]
+            for x in range(width):
+                flag[x] = (r[x] >= r0[x]) & (r[x] > r1[x])
+        elif height == 1:
+            flag[:] = 1
+        elif y == 0:
+            r1 = u8[1]
+            for x in range(width):
+                flag[x] = r[x] > r1[x]
+        else:
+            r0 = u8[y - 1]
+            for x in range(width):
+                flag[x] = r[x] >= r0[x]
+        first = k
         for x in range(width):
-            v = u8[y, x]
-            if (y == 0 or v >= u8[y - 1, x]) and (y == height - 1 or v > u8[y + 1, x]):
-                basin[k], value[k], column[k] = label[y * width + x], v, x
-                k += 1
+            column[k] = x
+            k += flag[x]
+        j = row_first[y]
+        for i in range(first, k):  # their segments, walking the row once
+            while j + 1 < row_first[y + 1] and seg_x0[j + 1] <= column[i]:
+                j += 1
+            basin[i], value[i] = basin_of[j], u8[y, column[i]]
     return basin[:k], value[:k], column[:k]
 
 
@@ -260,23 +326,36 @@ def _by_value(values):
 
 @_jit
 def _tree(u8, eight):
-    """The component tree's events, grouped by value (see the module docstring): a tuple of
-    (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
-    edge_a, edge_b, edge_order, edge_start)."""
-    n = u8.size
-    seg, seg_peak, starts = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32)
-    nseg, nst = _row_segments(u8, seg, seg_peak, starts)
-    seg_peak = seg_peak[:nseg]
-    label = np.empty(n, np.int32)
-    basin_of, peak = _basins(u8, seg, seg_peak, nseg, eight, label)
-    ea, eb, ew = _edges(u8, label, starts, nst, eight)
-    col_basin, col_value, col_x = _column_maxima(u8, label)
+    """The component tree's events, each kind in value order (see the module docstring): a tuple
+    of (seg_x0, row_first, basin_of, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start,
+    col_basin, col_x, edge_start, edge_a, edge_b); kind_start (257,): value v at start[v]:start[v + 1]."""
+    height, width = u8.shape
+    seg_x0, seg_peak, row_first = _row_segments(u8)
+    basin_of, peak = _basins(u8, seg_x0, seg_peak, row_first, eight)
+    ea, eb, ew = _edges(u8, seg_x0, row_first, basin_of, eight)
+    col_basin, col_value, col_x = _column_maxima(u8, seg_x0, row_first, basin_of)
     flat = u8.ravel()
     seg_order, seg_start = _by_value(flat[seg_peak])
     col_order, col_start = _by_value(col_value)
     edge_order, edge_start = _by_value(ew)
-    return (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
-            ea, eb, edge_order, edge_start)
+    seg_row = np.empty(len(seg_x0), np.int32)
+    for y in range(height):
+        seg_row[row_first[y]:row_first[y + 1]] = y
+    seg_born = peak[basin_of] == seg_peak
+    return (seg_x0, row_first, basin_of, flat[peak], seg_start, basin_of[seg_order], seg_row[seg_order],
+            seg_born[seg_order], col_start, col_basin[col_order], col_x[col_order], edge_start, ea[edge_order],
+            eb[edge_order])
+
+
+@_jit
+def _labels(tree, width):
+    """(n,) the basin of every pixel."""
+    seg_x0, row_first, basin_of = tree[0], tree[1], tree[2]
+    label = np.empty((len(row_first) - 1) * width, np.int32)
+    for y in range(len(row_first) - 1):
+        for s in range(row_first[y], row_first[y + 1]):
+            label[y * width + seg_x0[s]:y * width + _segment_end(seg_x0, row_first, y, s, width) + 1] = basin_of[s]
+    return label
 
 
 @_jit
@@ -288,40 +367,35 @@ def _new_sweep(num_basins, height, width):
             np.empty(r, np.int32), np.zeros(1, np.int64))
 
 
-@_jit
+@_inline
 def _advance(u8, tree, state, v, border_basin, border_start):
     """Add the events of value v: basins born, row and column maxima widening boxes, unions at
     edges (the basin with the higher maximum stays the root), border pixels marking their
     component (the hole tree only; border_basin grouped by value like the other events)."""
-    (label, basin_of, seg_peak, peak, seg_order, seg_start, col_basin, col_x, col_order, col_start,
-     ea, eb, edge_order, edge_start) = tree
+    (_, _, _, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start, col_basin, col_x,
+     edge_start, edge_a, edge_b) = tree
     parent, x0, y0, x1, y1, border, dirty, live, num_live = state
-    width = u8.shape[1]
-    flat = u8.ravel()
     for k in range(seg_start[v], seg_start[v + 1]):
-        s = seg_order[k]
-        b = basin_of[s]
-        if peak[b] == seg_peak[s]:
+        b = seg_basin[k]
+        if seg_born[k]:
             live[num_live[0]] = b
             num_live[0] += 1
         r = _find(parent, b)
-        y = seg_peak[s] // width
+        y = seg_row[k]
         if y < y0[r] or y > y1[r]:
             y0[r], y1[r], dirty[r] = min(y0[r], y), max(y1[r], y), True
     for k in range(col_start[v], col_start[v + 1]):
-        i = col_order[k]
-        r = _find(parent, col_basin[i])
-        x = col_x[i]
+        r = _find(parent, col_basin[k])
+        x = col_x[k]
         if x < x0[r] or x > x1[r]:
             x0[r], x1[r], dirty[r] = min(x0[r], x), max(x1[r], x), True
     for k in range(border_start[v], border_start[v + 1]):
         border[_find(parent, border_basin[k])] = True
     for k in range(edge_start[v], edge_start[v + 1]):
-        i = edge_order[k]
-        a, b = _find(parent, ea[i]), _find(parent, eb[i])
+        a, b = _find(parent, edge_a[k]), _find(parent, edge_b[k])
         if a == b:
             continue
-        if flat[peak[a]] < flat[peak[b]] or (flat[peak[a]] == flat[peak[b]] and peak[a] < peak[b]):
+        if peak_value[a] < peak_value[b] or (peak_value[a] == peak_value[b] and a < b):  # basins in raster order
             a, b = b, a
         parent[b] = a
         x0[a], y0[a] = min(x0[a], x0[b]), min(y0[a], y0[b])
@@ -330,7 +404,7 @@ def _advance(u8, tree, state, v, border_basin, border_start):
         dirty[a] = True
 
 
-@_jit
+@_inline
 def _live_roots(state):
     """Compact the live list to the current roots; return their number."""
     parent, live, num_live = state[0], state[7], state[8]
@@ -410,7 +484,7 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
     every cut with need, from the 8-connected component tree of u8."""
     height, width = u8.shape
     tree = _tree(u8, True)
-    label, num_basins = tree[0], len(tree[3])
+    num_basins = len(tree[3])
     state = _new_sweep(num_basins, height, width)
     parent, x0, y0, x1, y1, _, dirty, live, _ = state
     euler, area2 = _window_counts(u8, pixels)
@@ -463,7 +537,7 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
         open_cuts[num_open], counts[num_open] = c, count
         num_open += 1
     if num_open:
-        _exact_v1(u8, label, open_cuts[:num_open], snap, roots, ious, spans, counts, holes, v1)
+        _exact_v1(u8, _labels(tree, width), open_cuts[:num_open], snap, roots, ious, spans, counts, holes, v1)
 
 
 @_jit
@@ -472,22 +546,32 @@ def _hole_ious(u8, gt, need, v2):
     component tree of the inverted map: the holes at cut t are its components above 254 - t
     holding no border pixel; a hole's contour box is its box grown by one pixel."""
     height, width = u8.shape
+    top = np.flatnonzero(need)[-1]
+    # values above the highest cut needed are foreground at every cut needed: one plateau will do
     inverted = np.empty_like(u8)
     for y in range(height):
         for x in range(width):
-            inverted[y, x] = 255 - u8[y, x]
+            inverted[y, x] = 255 - min(u8[y, x], top + 1)
     tree = _tree(inverted, False)
-    label = tree[0]
+    seg_x0, row_first, basin_of = tree[0], tree[1], tree[2]
     state = _new_sweep(len(tree[3]), height, width)
     parent, x0, y0, x1, y1, border, _, live, _ = state
-    on_border = np.zeros(u8.size, np.bool_)
-    on_border[:width] = on_border[-width:] = True
+    # border pixels (value, basin): all of the first and last rows, the ends of the others
+    values, basins = np.empty(2 * (height + width), np.uint8), np.empty(2 * (height + width), np.int32)
+    k = 0
     for y in range(height):
-        on_border[y * width] = on_border[y * width + width - 1] = True
-    pixels = np.flatnonzero(on_border)
-    order, start = _by_value(inverted.ravel()[pixels])
-    border_basin = label[pixels[order]]
-    for v in range(NUM_LEVELS - 1, 0, -1):
+        if 0 < y < height - 1:
+            for s, x in ((row_first[y], 0), (row_first[y + 1] - 1, width - 1)):
+                values[k], basins[k] = inverted[y, x], basin_of[s]
+                k += 1
+            continue
+        for s in range(row_first[y], row_first[y + 1]):
+            for x in range(seg_x0[s], _segment_end(seg_x0, row_first, y, s, width) + 1):
+                values[k], basins[k] = inverted[y, x], basin_of[s]
+                k += 1
+    order, start = _by_value(values[:k])
+    border_basin = basins[:k][order]
+    for v in range(NUM_LEVELS - 1, 254 - top, -1):
         _advance(inverted, tree, state, v, border_basin, start)
         t = 255 - v  # the cut v - 1 of the inverted map: u8 <= t
         if not need[t]:
