@@ -112,19 +112,18 @@ def _basins(u8, seg_x0, seg_peak, row_first, eight):
         above, below = row_first[max(y - 1, 0)], row_first[min(y + 1, height - 1)]  # walk each row once
         for s in range(row_first[y], row_first[y + 1]):
             x = seg_peak[s] - y * width
-            lo, hi = max(x - span, 0), min(x + span, width - 1)
-            # candidates in raster order, so that `>=` lets the later pixel win ties
-            best, by, bx = -1, 0, 0
-            if y > 0:
-                for xx in range(lo, hi + 1):
-                    if u8[y - 1, xx] >= best:
-                        best, by, bx = u8[y - 1, xx], y - 1, xx
-            if u8[y, x] >= best:
-                best, by, bx = u8[y, x], y, x
-            if y + 1 < height:
-                for xx in range(lo, hi + 1):
-                    if u8[y + 1, xx] >= best:
-                        best, by, bx = u8[y + 1, xx], y + 1, xx
+            # key: value, then the candidate's rank in raster order (the later pixel wins ties):
+            # ranks 0-2 the row above (columns x - 1, x, x + 1), 3 the pixel, 4-6 the row below
+            best = (np.int32(u8[y, x]) << 3) | 3
+            for dx in range(-span, span + 1):
+                xx = x + dx
+                if 0 <= xx < width:
+                    if y > 0:
+                        best = max(best, (np.int32(u8[y - 1, xx]) << 3) | (dx + 1))
+                    if y + 1 < height:
+                        best = max(best, (np.int32(u8[y + 1, xx]) << 3) | (dx + 5))
+            rank = best & 7
+            by, bx = y + (rank > 3) - (rank < 3), x + (rank & 3) - 1
             if by == y:
                 up[s] = s
                 count += 1

@@ -21,7 +21,7 @@ def _check_scoremaps(scoremaps) -> np.ndarray:
     maps = _as_numpy(scoremaps)
     if maps.ndim != 3 or not np.issubdtype(maps.dtype, np.floating):
         raise ValueError(f"scoremaps must be a float (N, H, W) array; got {maps.dtype} {maps.shape}")
-    if np.isnan(maps).any() or (maps < 0).any() or (maps > 1).any():
+    if maps.size and not (0 <= maps.min() and maps.max() <= 1):  # min and max are NaN if any value is
         raise ValueError("scoremaps must lie in [0, 1] without NaN (see resize_and_normalize)")
     return maps
 
