@@ -60,27 +60,60 @@ def _find(parent, x):
     return x
 
 
+# byte k of a uint64 word is flags[8 j + k] on little-endian machines (all that torch supports)
+_GATHER = np.uint64(0x0102040810204080)  # (word * _GATHER) >> 56 puts byte k's 0/1 into bit k
+_LOWEST_BIT = np.array([0] + [(b & -b).bit_length() - 1 for b in range(1, 256)], np.int64)
+
+
+@_inline
+def _append_set(flags, out, k, offset):
+    """Append offset + i for every i with flags[i] == 1 (flags: 0/1 bytes, a multiple of 8 long)
+    to out from index k, skipping eight zero bytes at a time (fast on sparse flags); return k."""
+    words = flags.view(np.uint64)
+    for j in range(len(words)):
+        if words[j]:
+            bits = (words[j] * _GATHER) >> np.uint64(56)
+            while bits:
+                out[k] = offset + 8 * j + _LOWEST_BIT[bits]
+                k += 1
+                bits &= bits - np.uint64(1)
+    return k
+
+
+@_inline
+def _segment_flags(left2, left, v, right):
+    """Bit 0: a segment starts at the pixel of value v (its row neighbours: left2, left, v,
+    right; -1 beyond the row); bit 1: the pixel is a row maximum (ties: the later pixel is higher)."""
+    is_max = (v >= left) & (v > right)
+    prev_climbs_right = (v >= left2) & ((left >= left2) & (left > v) ^ True)
+    starts = (prev_climbs_right ^ True) & (is_max | (right >= left))
+    return np.uint8(starts) | (np.uint8(is_max) << 1)
+
+
+@_inline
+def _value(row, x):
+    """row[x] as int16, -1 beyond the row."""
+    return np.int16(row[x]) if 0 <= x < len(row) else np.int16(-1)
+
+
 @_jit
 def _row_segments(u8):
     """Segments: every pixel climbs along its row towards its higher neighbour to a row maximum;
-    a segment is the run of pixels reaching one maximum (on equal values the later pixel is
-    higher). Returns (seg_x0 (S,), first column; seg_peak (S,), flat index of the maximum;
-    row_first (H + 1,), the first segment of each row), segments in raster order."""
+    a segment is the run of pixels reaching one maximum. Returns (seg_x0 (S,), first column;
+    seg_peak (S,), flat index of the maximum; row_first (H + 1,), the first segment of each row),
+    segments in raster order."""
     height, width = u8.shape
     seg_x0, seg_peak = np.empty(u8.size + 1, np.int32), np.empty(u8.size + 1, np.int32)
     row_first = np.empty(height + 1, np.int64)
-    row = np.empty(width + 3, np.int16)  # row[x + 2] = u8[y, x], between sentinels below every value
-    row[0] = row[1] = row[width + 2] = -1
     flag = np.empty(width, np.uint8)
     s = k = 0
     for y in range(height):
-        row[2:width + 2] = u8[y]
-        for x in range(width):  # bit 0: a segment starts at x; bit 1: x is a row maximum
-            left2, left, v, right = row[x], row[x + 1], row[x + 2], row[x + 3]
-            is_max = (v >= left) & (v > right)
-            prev_climbs_right = (v >= left2) & ((left >= left2) & (left > v) ^ True)
-            starts = (prev_climbs_right ^ True) & (is_max | (right >= left))
-            flag[x] = np.uint8(starts) | (np.uint8(is_max) << 1)
+        r = u8[y]
+        for x in range(2, width - 1):  # the inner pixels, vectorised
+            flag[x] = _segment_flags(r[x - 2], r[x - 1], r[x], r[x + 1])
+        for x in (0, 1, width - 1):  # the ends, between sentinels
+            if x < width:
+                flag[x] = _segment_flags(_value(r, x - 2), _value(r, x - 1), _value(r, x), _value(r, x + 1))
         flag[0] |= 1
         row_first[y] = s
         for x in range(width):  # branch-free compaction
@@ -99,13 +132,26 @@ def _segment_at(seg_x0, row_first, y, x):
     return first + np.searchsorted(seg_x0[first:row_first[y + 1]], x, side="right") - 1
 
 
+@_inline
+def _edge_climb(u8, y, x, best):
+    """`best` raised by the keys of (y, x)'s neighbours above and below, for pixels on the edge."""
+    height, width = u8.shape
+    for dx in range(-1, 2):
+        if 0 <= x + dx < width:
+            if y > 0:
+                best = max(best, (np.int32(u8[y - 1, x + dx]) << 3) | (dx + 1))
+            if y + 1 < height:
+                best = max(best, (np.int32(u8[y + 1, x + dx]) << 3) | (dx + 5))
+    return best
+
+
 @_jit
-def _basins(u8, seg_x0, seg_peak, row_first, eight):
+def _basins(u8, seg_x0, seg_peak, row_first):
     """Every row maximum climbs to its highest neighbour in the rows above and below (three of
     each with 8-connectivity, one without); the local maxima so reached are the basins, numbered
     in raster order. Returns (basin of each segment (S,), flat index of each basin's maximum)."""
     height, width = u8.shape
-    span, nseg = 1 if eight else 0, len(seg_x0)
+    nseg = len(seg_x0)
     up = np.empty(nseg, np.int32)
     count = 0
     for y in range(height):
@@ -115,13 +161,12 @@ def _basins(u8, seg_x0, seg_peak, row_first, eight):
             # key: value, then the candidate's rank in raster order (the later pixel wins ties):
             # ranks 0-2 the row above (columns x - 1, x, x + 1), 3 the pixel, 4-6 the row below
             best = (np.int32(u8[y, x]) << 3) | 3
-            for dx in range(-span, span + 1):
-                xx = x + dx
-                if 0 <= xx < width:
-                    if y > 0:
-                        best = max(best, (np.int32(u8[y - 1, xx]) << 3) | (dx + 1))
-                    if y + 1 < height:
-                        best = max(best, (np.int32(u8[y + 1, xx]) << 3) | (dx + 5))
+            if 0 < y < height - 1 and 0 < x < width - 1:  # most: no bounds to check
+                a, b = u8[y - 1], u8[y + 1]
+                best = max(best, max(max((np.int32(a[x - 1]) << 3), (np.int32(a[x]) << 3) | 1), (np.int32(a[x + 1]) << 3) | 2))
+                best = max(best, max(max((np.int32(b[x - 1]) << 3) | 4, (np.int32(b[x]) << 3) | 5), (np.int32(b[x + 1]) << 3) | 6))
+            else:
+                best = _edge_climb(u8, y, x, best)
             rank = best & 7
             by, bx = y + (rank > 3) - (rank < 3), x + (rank & 3) - 1
             if by == y:
@@ -161,7 +206,7 @@ def _segment_end(seg_x0, row_first, y, s, width):
 
 
 @_jit
-def _edges(u8, seg_x0, row_first, basin_of, eight):
+def _edges(u8, seg_x0, row_first, basin_of):
     """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
     horizontal pairs where segments meet, the strongest vertical pair under each two overlapping
     segments of different basins, and (8-connectivity) diagonal pairs of the 2x2 windows whose
@@ -199,8 +244,6 @@ def _edges(u8, seg_x0, row_first, basin_of, eight):
                 i += 1
             if end_j <= end_i:
                 j += 1
-        if not eight:
-            continue
         for x in range(width - 1):  # windows with only a diagonal pair on top
             lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
             lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
@@ -324,14 +367,14 @@ def _by_value(values):
 
 
 @_jit
-def _tree(u8, eight):
+def _tree(u8):
     """The component tree's events, each kind in value order (see the module docstring): a tuple
     of (seg_x0, row_first, basin_of, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start,
     col_basin, col_x, edge_start, edge_a, edge_b); kind_start (257,): value v at start[v]:start[v + 1]."""
     height, width = u8.shape
     seg_x0, seg_peak, row_first = _row_segments(u8)
-    basin_of, peak = _basins(u8, seg_x0, seg_peak, row_first, eight)
-    ea, eb, ew = _edges(u8, seg_x0, row_first, basin_of, eight)
+    basin_of, peak = _basins(u8, seg_x0, seg_peak, row_first)
+    ea, eb, ew = _edges(u8, seg_x0, row_first, basin_of)
     col_basin, col_value, col_x = _column_maxima(u8, seg_x0, row_first, basin_of)
     flat = u8.ravel()
     seg_order, seg_start = _by_value(flat[seg_peak])
@@ -359,21 +402,20 @@ def _labels(tree, width):
 
 @_jit
 def _new_sweep(num_basins, height, width):
-    """Union-find state: (parent, x0, y0, x1, y1, border, dirty, live, num_live (1,))."""
+    """Union-find state: (parent, x0, y0, x1, y1, dirty, live, num_live (1,))."""
     r = num_basins
     return (np.arange(r).astype(np.int32), np.full(r, width, np.int32), np.full(r, height, np.int32),
-            np.full(r, -1, np.int32), np.full(r, -1, np.int32), np.zeros(r, np.bool_), np.zeros(r, np.bool_),
-            np.empty(r, np.int32), np.zeros(1, np.int64))
+            np.full(r, -1, np.int32), np.full(r, -1, np.int32), np.zeros(r, np.bool_), np.empty(r, np.int32),
+            np.zeros(1, np.int64))
 
 
 @_inline
-def _advance(u8, tree, state, v, border_basin, border_start):
+def _advance(tree, state, v):
     """Add the events of value v: basins born, row and column maxima widening boxes, unions at
-    edges (the basin with the higher maximum stays the root), border pixels marking their
-    component (the hole tree only; border_basin grouped by value like the other events)."""
+    edges (the basin with the higher maximum stays the root)."""
     (_, _, _, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start, col_basin, col_x,
      edge_start, edge_a, edge_b) = tree
-    parent, x0, y0, x1, y1, border, dirty, live, num_live = state
+    parent, x0, y0, x1, y1, dirty, live, num_live = state
     for k in range(seg_start[v], seg_start[v + 1]):
         b = seg_basin[k]
         if seg_born[k]:
@@ -388,8 +430,6 @@ def _advance(u8, tree, state, v, border_basin, border_start):
         x = col_x[k]
         if x < x0[r] or x > x1[r]:
             x0[r], x1[r], dirty[r] = min(x0[r], x), max(x1[r], x), True
-    for k in range(border_start[v], border_start[v + 1]):
-        border[_find(parent, border_basin[k])] = True
     for k in range(edge_start[v], edge_start[v + 1]):
         a, b = _find(parent, edge_a[k]), _find(parent, edge_b[k])
         if a == b:
@@ -399,14 +439,13 @@ def _advance(u8, tree, state, v, border_basin, border_start):
         parent[b] = a
         x0[a], y0[a] = min(x0[a], x0[b]), min(y0[a], y0[b])
         x1[a], y1[a] = max(x1[a], x1[b]), max(y1[a], y1[b])
-        border[a] |= border[b]
         dirty[a] = True
 
 
 @_inline
 def _live_roots(state):
     """Compact the live list to the current roots; return their number."""
-    parent, live, num_live = state[0], state[7], state[8]
+    parent, live, num_live = state[0], state[6], state[7]
     j = 0
     for k in range(num_live[0]):
         if parent[live[k]] == live[k]:
@@ -482,12 +521,11 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
     """Fill v1 (V1 IoU or UNDECIDED), v2 (best IoU over the outer contours) and holes (count) at
     every cut with need, from the 8-connected component tree of u8."""
     height, width = u8.shape
-    tree = _tree(u8, True)
+    tree = _tree(u8)
     num_basins = len(tree[3])
     state = _new_sweep(num_basins, height, width)
-    parent, x0, y0, x1, y1, _, dirty, live, _ = state
+    parent, x0, y0, x1, y1, dirty, live, _ = state
     euler, area2 = _window_counts(u8, pixels)
-    no_basin, no_start = np.zeros(0, np.int32), np.zeros(NUM_LEVELS + 1, np.int64)  # no border events
     iou, span = np.zeros(num_basins), np.zeros(num_basins, np.int64)
     # the cuts the span bounds leave open, with their components, for `_exact_v1`
     open_cuts, num_open = np.empty(NUM_LEVELS, np.int64), 0
@@ -496,7 +534,7 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
     if need[NUM_LEVELS - 1]:  # above every value: the empty mask
         v1[NUM_LEVELS - 1] = v2[NUM_LEVELS - 1] = _iou(0, 0, 0, 0, gt)
     for v in range(NUM_LEVELS - 1, 0, -1):
-        _advance(u8, tree, state, v, no_basin, no_start)
+        _advance(tree, state, v)
         c = v - 1
         if not need[c]:
             continue
@@ -541,44 +579,67 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
 
 @_jit
 def _hole_ious(u8, gt, need, v2):
-    """Raise v2 at the cuts with need by the IoUs of the holes' contours, from the 4-connected
-    component tree of the inverted map: the holes at cut t are its components above 254 - t
-    holding no border pixel; a hole's contour box is its box grown by one pixel."""
+    """Raise v2 at the cuts with need by the IoUs of the holes' contours (a hole's box grown by
+    one pixel). The holes at cut t are the 4-connected components of `u8 <= t` that do not touch
+    the image border: union-find over the pixels up to the highest such cut, lowest first, on a
+    grid whose one-pixel margin is a single component on the border."""
     height, width = u8.shape
     top = np.flatnonzero(need)[-1]
-    # values above the highest cut needed are foreground at every cut needed: one plateau will do
-    inverted = np.empty_like(u8)
+    # the pixels at or below top (found eight at a time), by their index on the grid with a margin
+    grid = width + 2  # pixel (y, x) at (y + 1) * grid + x + 1
+    padded = (width + 7) // 8 * 8
+    low, found, rows = np.zeros(padded, np.uint8), np.empty(u8.size, np.int64), np.empty(u8.size, np.int32)
+    count = 0
     for y in range(height):
         for x in range(width):
-            inverted[y, x] = 255 - min(u8[y, x], top + 1)
-    tree = _tree(inverted, False)
-    seg_x0, row_first, basin_of = tree[0], tree[1], tree[2]
-    state = _new_sweep(len(tree[3]), height, width)
-    parent, x0, y0, x1, y1, border, _, live, _ = state
-    # border pixels (value, basin): all of the first and last rows, the ends of the others
-    values, basins = np.empty(2 * (height + width), np.uint8), np.empty(2 * (height + width), np.int32)
-    k = 0
-    for y in range(height):
-        if 0 < y < height - 1:
-            for s, x in ((row_first[y], 0), (row_first[y + 1] - 1, width - 1)):
-                values[k], basins[k] = inverted[y, x], basin_of[s]
-                k += 1
-            continue
-        for s in range(row_first[y], row_first[y + 1]):
-            for x in range(seg_x0[s], _segment_end(seg_x0, row_first, y, s, width) + 1):
-                values[k], basins[k] = inverted[y, x], basin_of[s]
-                k += 1
-    order, start = _by_value(values[:k])
-    border_basin = basins[:k][order]
-    for v in range(NUM_LEVELS - 1, 254 - top, -1):
-        _advance(inverted, tree, state, v, border_basin, start)
-        t = 255 - v  # the cut v - 1 of the inverted map: u8 <= t
+            low[x] = u8[y, x] <= top
+        first = count
+        count = _append_set(low, found, count, (y + 1) * grid + 1)
+        rows[first:count] = y
+    values = np.empty(count, np.uint8)
+    for i in range(count):
+        values[i] = u8[rows[i], found[i] - (rows[i] + 1) * grid - 1]
+    order, start = _by_value(values)
+    parent = np.full((height + 2) * grid, -1, np.int32)  # -1: not (yet) background
+    outside = 0  # the root of the margin
+    for y in range(height + 2):
+        parent[y * grid] = parent[y * grid + grid - 1] = outside
+    parent[:grid] = parent[-grid:] = outside
+    x0, y0, x1, y1 = (np.empty(len(parent), np.int32), np.empty(len(parent), np.int32),
+                      np.empty(len(parent), np.int32), np.empty(len(parent), np.int32))
+    live, num_live = np.empty(count, np.int32), 0
+    for t in range(top + 1):
+        for k in range(start[t], start[t + 1]):
+            i = order[k]
+            p, y = found[i], rows[i]
+            x = p - (y + 1) * grid - 1
+            parent[p] = r = p
+            x0[p], y0[p], x1[p], y1[p] = x, y, x, y
+            live[num_live] = p
+            num_live += 1
+            for q in (p - grid, p - 1, p + 1, p + grid):
+                if parent[q] < 0:
+                    continue
+                q = _find(parent, q)
+                if q == r:
+                    continue
+                if r == outside:
+                    q, r = r, q
+                parent[r] = q  # r joins q; the margin's root stays `outside`
+                if q != outside:
+                    x0[q], y0[q] = min(x0[q], x0[r]), min(y0[q], y0[r])
+                    x1[q], y1[q] = max(x1[q], x1[r]), max(y1[q], y1[r])
+                r = q
         if not need[t]:
             continue
-        for k in range(_live_roots(state)):
+        j = 0
+        for k in range(num_live):
             r = live[k]
-            if not border[r]:
+            if parent[r] == r:  # a root other than `outside`: a hole
+                live[j] = r
+                j += 1
                 v2[t] = max(v2[t], _iou(x0[r] - 1, y0[r] - 1, min(x1[r] + 2, width - 1), min(y1[r] + 2, height - 1), gt))
+        num_live = j
 
 
 @_jit
