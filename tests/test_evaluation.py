@@ -236,6 +236,76 @@ def test_fast_counts_equal_the_per_threshold_definition():
         assert 0 < int(reference.state["gt_known"].max()) < int(reference.state["num_images"])
 
 
+def _full_size_cam(rng, noise):
+    """A 224x224 CAM-like map: 1-3 Gaussian blobs on a 28x28 grid with uniform noise (whose
+    near-zero background is full of small components and holes), bicubic-upsampled, min-max."""
+    grid = np.mgrid[:28, :28].astype(np.float64)
+    cam = noise * rng.random((28, 28))
+    for _ in range(rng.integers(1, 4)):
+        centre, scale = rng.uniform(4, 24, 2), rng.uniform(1.5, 6, 2)
+        cam += rng.uniform(0.3, 1) * np.exp(-0.5 * (((grid[0] - centre[0]) / scale[0]) ** 2 + ((grid[1] - centre[1]) / scale[1]) ** 2))
+    return resize_and_normalize(cam[None].astype(np.float32), 224)[0]
+
+
+def test_fast_counts_equal_the_definition_on_full_size_cam_like_maps():
+    rng = np.random.default_rng(7)
+    maps = [_full_size_cam(rng, noise) for noise in (0.0, 0.02, 0.05, 0.2) for _ in range(2)]
+    gts = [_gt_from_contours(rng, to_uint8(m), int(rng.integers(1, 3))) for m in maps]
+    fast, reference = BoxEvaluator(0.001, method="fast"), BoxEvaluator(0.001, method="reference")
+    for evaluator in (fast, reference):
+        evaluator.accumulate(np.stack(maps), gts, np.ones(len(maps), bool), np.ones(len(maps), bool))
+    for name, counts in reference.state.items():
+        assert torch.equal(fast.state[name], counts), name
+
+
+def test_nested_holes_and_components():
+    # a ring with a hole holding another ring (with its own hole) and a dot in that: at cut 0 the
+    # contours are 3 outer borders and 2 hole borders (each the hole's box grown by one pixel; the
+    # inner hole's coincides with the inner ring's outer border)
+    cam = blank(13, 13)
+    cam[0:13, 0:13] = 1.0
+    cam[2:11, 2:11] = 0.0
+    cam[4:9, 4:9] = 1.0
+    cam[5:8, 5:8] = 0.0
+    cam[6, 6] = 1.0
+    _, boxes = contour_boxes(to_uint8(cam), 0)
+    assert sorted(map(tuple, boxes.tolist())) == [(0, 0, 12, 12), (1, 1, 12, 12), (4, 4, 9, 9), (4, 4, 9, 9),
+                                                  (6, 6, 7, 7)]
+    for gt in ([1, 1, 12, 12], [4, 4, 9, 9], [6, 6, 7, 7], [0, 0, 3, 3]):
+        v1, v2 = both_methods(cam, [gt], deltas=np.array([0.3, 0.5, 0.7, 0.99]))
+        assert (v1 == compute_iou(np.array([[0, 0, 12, 12]]), np.array([gt]))[0, 0]).all()  # the outer border
+        assert v2[0] == (1.0 if gt != [0, 0, 3, 3] else 16 / 169)
+
+
+def test_twin_components_of_equal_area_take_the_definition():
+    # two equal squares: their contour areas tie, OpenCV's order decides V1; the GT is one of them
+    cam = blank(10, 20)
+    cam[2:6, 2:6] = 1.0
+    cam[2:6, 12:16] = 1.0
+    for gt in ([2, 2, 6, 6], [12, 2, 16, 6]):
+        both_methods(cam, [gt])
+
+
+def test_zero_area_ring_ties_with_its_hole():
+    # a one-pixel diamond around a hole, with a spur: outer border and hole border both have area 2,
+    # their boxes differ (the spur); the GT is the hole's box
+    cam = blank(10, 8)
+    for y, x in [(5, 3), (6, 2), (6, 4), (7, 3)] + [(k, 3) for k in range(5)]:
+        cam[y, x] = 1.0
+    assert sorted(map(tuple, contour_boxes(to_uint8(cam), 0)[1].tolist())) == [(2, 0, 5, 8), (2, 5, 5, 8)]
+    v1, v2 = both_methods(cam, [[2, 5, 5, 8]])
+    assert v2[0] == 1.0
+
+
+def test_thresholds_up_to_one_and_out_of_range():
+    cam = blank(8, 8)
+    cam[2:5, 2:5] = 1.0
+    v1, v2 = both_methods(cam, [[0, 0, 0, 0]], np.array([0.0, 0.5, 1.0]))  # tau 1: the empty mask
+    assert v1[2] == v2[2] == 1.0 and v1[0] == 0.0
+    with pytest.raises(ValueError, match="thresholds"):
+        box_hits(cam, [[0, 0, 1, 1]], np.array([0.5, 1.5]), DELTAS)
+
+
 # ---------------------------------------------------------------- BoxEvaluator
 
 def test_v1_and_v2_metrics_differ_on_two_blobs():

@@ -11,10 +11,10 @@ candidate boxes and its GT boxes, with the +1 pixel convention.
 Two implementations with identical results:
 
 * `box_ious_reference`: the definition, one `cv2.findContours` per threshold.
-* `box_hits`: every contour box at every cut from two component trees built once per map
-  (`acol.evaluation.component_tree`); thresholds give at most 256 cuts. The few cuts where areas
-  cannot tell the largest contour (equal areas with different boxes, holes that could tie) take
-  the definition.
+* `box_hits`: every contour box at every cut from a component tree built once per map
+  (`acol.evaluation.component_tree`, compiled with numba); thresholds give at most 256 cuts. The
+  few cuts where areas cannot tell the largest contour (equal areas with different boxes, holes
+  that could tie) take the definition.
 """
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def box_hits(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
     thresholds = np.asarray(thresholds, np.float64)
     if thresholds.size and not (0 <= thresholds.min() and thresholds.max() <= 1):
         raise ValueError(f"CAM thresholds must lie in [0, 1]; got {thresholds.min()} .. {thresholds.max()}")
+    if scoremap.size >= 2 ** 31:
+        raise ValueError(f"score maps of {scoremap.size} pixels are beyond the int32 indices of box_hits")
     deltas = np.asarray(iou_thresholds, np.float64)
     u8 = np.ascontiguousarray(to_uint8(scoremap))
     gt = np.ascontiguousarray(np.asarray(gt_boxes, np.int64).reshape(-1, 4))

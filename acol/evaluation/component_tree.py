@@ -1,31 +1,31 @@
-"""Every contour box of a uint8 score map at every cut, from two component trees (numba).
+"""Every contour box of a uint8 score map at every cut in a few passes over the pixels (numba).
 
 A cut t gives the mask `u8 > t`; its contours (`cv2.findContours`, RETR_TREE) are the outer
 borders of the mask's 8-connected components, whose boxes are the components' boxes, and the
 borders of its holes (4-connected components of `u8 <= t` that do not touch the image border),
-whose boxes are the holes' boxes grown by one pixel. `cut_ious` finds all of them at every cut with
-two component trees, one of the map (8-connected) and one of the inverted map (4-connected), built
-in a few passes over the pixels:
+whose boxes are the holes' boxes grown by one pixel. `cut_ious` finds them all:
 
-1. Key order: value, then flat index (a strict order). Each pixel climbs along its row to a row
-   maximum (its row *segment*, the pixels of a segment above any t form one run), and each row
-   maximum climbs to its highest neighbour in the rows above and below; the local maxima so
+1. The component tree. Key order: value, then flat index (a strict order). Each pixel climbs
+   along its row to a row maximum (the pixels reaching one maximum form a *segment*), and each
+   row maximum climbs to its highest neighbour in the rows above and below; the local maxima so
    reached are the *basins*. Climbs go uphill, so a pixel above t is in its basin's component.
 2. Basins are joined by edges of weight min(u8) over adjacent pixel pairs: they are in the same
-   component of `u8 > t` for t < weight. Only pairs at segment starts, vertical pairs and (for 8-
-   connectivity) diagonal pairs of 2x2 windows whose other two pixels are lower can matter.
+   component of `u8 > t` for t < weight. Only horizontal pairs where segments meet, vertical
+   pairs and diagonal pairs of 2x2 windows whose other two pixels are lower can matter.
 3. Boxes: a component's top and bottom rows hold row maxima of it, its left and right columns
    column maxima (climbing along a row or column stays in the component). A sweep over the values,
    highest first, unites basins at their edges' weights (union-find) and widens each component's
    box by its row and column maxima; at each needed cut it reads every component's box.
+4. Holes only add V2 candidates; they are looked for only at cuts that have holes (the component
+   count minus the Euler number, from Gray's bit quads) and no outer contour above the highest
+   IoU threshold: union-find over the pixels up to the highest such cut, lowest first.
 
 V1 needs the contour of largest `cv2.contourArea`. A component without holes has area (2 Q4 +
 Q3) / 2, Q_k its 2x2 windows holding k of its pixels; a contour's area is at most the span of its
-box (between pixel centres); a component with positive area outweighs each of its holes. The
-number of holes at each cut is the component count minus the Euler number (Gray's bit quads).
-At each cut the span bounds decide V1 in one step; where they do not, exact areas (one pass over
-the windows for all such cuts); where neither decides (equal areas with different IoUs, or holes
-that could tie), the cut is left UNDECIDED for the caller to settle by the definition.
+box (between pixel centres); a component with positive area outweighs each of its holes. At each
+cut these bounds decide V1 in one step; where they do not, exact areas (one pass over the windows
+for all such cuts); where neither decides (equal areas with different IoUs, or holes that could
+tie), the cut is left UNDECIDED for the caller to settle by the definition.
 """
 from __future__ import annotations
 
@@ -36,10 +36,9 @@ NUM_LEVELS = 256
 UNDECIDED = -2.0  # a V1 IoU left to the definition
 
 _jit = njit(cache=True, nogil=True)
-_inline = njit(cache=True, nogil=True, inline="always")  # small helpers called per event or per cut
 
 
-@_inline
+@_jit
 def _iou(bx0, by0, bx1, by1, gt):
     """Best IoU of the box (x0, y0, x1, y1) over the GT boxes gt (K, 4), +1 pixel convention."""
     best = 0.0
@@ -52,7 +51,7 @@ def _iou(bx0, by0, bx1, by1, gt):
     return best
 
 
-@_inline
+@_jit
 def _find(parent, x):
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -65,7 +64,7 @@ _GATHER = np.uint64(0x0102040810204080)  # (word * _GATHER) >> 56 puts byte k's 
 _LOWEST_BIT = np.array([0] + [(b & -b).bit_length() - 1 for b in range(1, 256)], np.int64)
 
 
-@_inline
+@_jit
 def _append_set(flags, out, k, offset):
     """Append offset + i for every i with flags[i] == 1 (flags: 0/1 bytes, a multiple of 8 long)
     to out from index k, skipping eight zero bytes at a time (fast on sparse flags); return k."""
@@ -80,7 +79,7 @@ def _append_set(flags, out, k, offset):
     return k
 
 
-@_inline
+@_jit
 def _segment_flags(left2, left, v, right):
     """Bit 0: a segment starts at the pixel of value v (its row neighbours: left2, left, v,
     right; -1 beyond the row); bit 1: the pixel is a row maximum (ties: the later pixel is higher)."""
@@ -90,7 +89,7 @@ def _segment_flags(left2, left, v, right):
     return np.uint8(starts) | (np.uint8(is_max) << 1)
 
 
-@_inline
+@_jit
 def _value(row, x):
     """row[x] as int16, -1 beyond the row."""
     return np.int16(row[x]) if 0 <= x < len(row) else np.int16(-1)
@@ -132,7 +131,7 @@ def _segment_at(seg_x0, row_first, y, x):
     return first + np.searchsorted(seg_x0[first:row_first[y + 1]], x, side="right") - 1
 
 
-@_inline
+@_jit
 def _edge_climb(u8, y, x, best):
     """`best` raised by the keys of (y, x)'s neighbours above and below, for pixels on the edge."""
     height, width = u8.shape
@@ -147,9 +146,9 @@ def _edge_climb(u8, y, x, best):
 
 @_jit
 def _basins(u8, seg_x0, seg_peak, row_first):
-    """Every row maximum climbs to its highest neighbour in the rows above and below (three of
-    each with 8-connectivity, one without); the local maxima so reached are the basins, numbered
-    in raster order. Returns (basin of each segment (S,), flat index of each basin's maximum)."""
+    """Every row maximum climbs to its highest of the three neighbours above and three below; the
+    local maxima so reached are the basins, numbered in raster order. Returns (basin of each
+    segment (S,), flat index of each basin's maximum)."""
     height, width = u8.shape
     nseg = len(seg_x0)
     up = np.empty(nseg, np.int32)
@@ -202,6 +201,7 @@ def _basins(u8, seg_x0, seg_peak, row_first):
 
 @_jit
 def _segment_end(seg_x0, row_first, y, s, width):
+    """The last column of segment s of row y."""
     return seg_x0[s + 1] - 1 if s + 1 < row_first[y + 1] else width - 1
 
 
@@ -209,9 +209,8 @@ def _segment_end(seg_x0, row_first, y, s, width):
 def _edges(u8, seg_x0, row_first, basin_of):
     """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
     horizontal pairs where segments meet, the strongest vertical pair under each two overlapping
-    segments of different basins, and (8-connectivity) diagonal pairs of the 2x2 windows whose
-    other two pixels are both lower (otherwise either of those joins the pair whenever the pair
-    is in the mask)."""
+    segments of different basins, and diagonal pairs of the 2x2 windows whose other two pixels
+    are both lower (otherwise either of those joins the pair whenever the pair is in the mask)."""
     height, width = u8.shape
     nseg = len(seg_x0)
     cap = 3 * nseg + u8.size
@@ -409,7 +408,7 @@ def _new_sweep(num_basins, height, width):
             np.zeros(1, np.int64))
 
 
-@_inline
+@_jit
 def _advance(tree, state, v):
     """Add the events of value v: basins born, row and column maxima widening boxes, unions at
     edges (the basin with the higher maximum stays the root)."""
@@ -442,7 +441,7 @@ def _advance(tree, state, v):
         dirty[a] = True
 
 
-@_inline
+@_jit
 def _live_roots(state):
     """Compact the live list to the current roots; return their number."""
     parent, live, num_live = state[0], state[6], state[7]
