@@ -59,26 +59,6 @@ def _find(parent, x):
     return x
 
 
-# byte k of a uint64 word is flags[8 j + k] on little-endian machines (all that torch supports)
-_GATHER = np.uint64(0x0102040810204080)  # (word * _GATHER) >> 56 puts byte k's 0/1 into bit k
-_LOWEST_BIT = np.array([0] + [(b & -b).bit_length() - 1 for b in range(1, 256)], np.int64)
-
-
-@_jit
-def _append_set(flags, out, k, offset):
-    """Append offset + i for every i with flags[i] == 1 (flags: 0/1 bytes, a multiple of 8 long)
-    to out from index k, skipping eight zero bytes at a time (fast on sparse flags); return k."""
-    words = flags.view(np.uint64)
-    for j in range(len(words)):
-        if words[j]:
-            bits = (words[j] * _GATHER) >> np.uint64(56)
-            while bits:
-                out[k] = offset + 8 * j + _LOWEST_BIT[bits]
-                k += 1
-                bits &= bits - np.uint64(1)
-    return k
-
-
 @_jit
 def _segment_flags(left2, left, v, right):
     """Bit 0: a segment starts at the pixel of value v (its row neighbours: left2, left, v,
@@ -584,16 +564,15 @@ def _hole_ious(u8, gt, need, v2):
     grid whose one-pixel margin is a single component on the border."""
     height, width = u8.shape
     top = np.flatnonzero(need)[-1]
-    # the pixels at or below top (found eight at a time), by their index on the grid with a margin
+    # the pixels at or below top, by their index on the grid with a margin
     grid = width + 2  # pixel (y, x) at (y + 1) * grid + x + 1
-    padded = (width + 7) // 8 * 8
-    low, found, rows = np.zeros(padded, np.uint8), np.empty(u8.size, np.int64), np.empty(u8.size, np.int32)
+    found, rows = np.empty(u8.size + 1, np.int64), np.empty(u8.size, np.int32)
     count = 0
     for y in range(height):
-        for x in range(width):
-            low[x] = u8[y, x] <= top
         first = count
-        count = _append_set(low, found, count, (y + 1) * grid + 1)
+        for x in range(width):  # branch-free compaction
+            found[count] = (y + 1) * grid + x + 1
+            count += u8[y, x] <= top
         rows[first:count] = y
     values = np.empty(count, np.uint8)
     for i in range(count):
