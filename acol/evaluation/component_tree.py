@@ -18,7 +18,8 @@ whose boxes are the holes' boxes grown by one pixel. `cut_ious` finds them all:
    box by its row and column maxima; at each needed cut it reads every component's box.
 4. Holes only add V2 candidates; they are looked for only at cuts that have holes (the component
    count minus the Euler number, from Gray's bit quads) and no outer contour above the highest
-   IoU threshold: union-find over the pixels up to the highest such cut, lowest first.
+   IoU threshold, in the same kind of tree built on the inverted map with 4-connectivity: its
+   components that hold no border pixel are the holes.
 
 V1 needs the contour of largest `cv2.contourArea`. A component without holes has area (2 Q4 +
 Q3) / 2, Q_k its 2x2 windows holding k of its pixels; a contour's area is at most the span of its
@@ -112,10 +113,11 @@ def _segment_at(seg_x0, row_first, y, x):
 
 
 @_jit
-def _edge_climb(u8, y, x, best):
-    """`best` raised by the keys of (y, x)'s neighbours above and below, for pixels on the edge."""
+def _edge_climb(u8, y, x, best, span):
+    """`best` raised by the keys of (y, x)'s neighbours above and below (columns x - span ..
+    x + span), for pixels on the edge of the map."""
     height, width = u8.shape
-    for dx in range(-1, 2):
+    for dx in range(-span, span + 1):
         if 0 <= x + dx < width:
             if y > 0:
                 best = max(best, (np.int32(u8[y - 1, x + dx]) << 3) | (dx + 1))
@@ -125,10 +127,10 @@ def _edge_climb(u8, y, x, best):
 
 
 @_jit
-def _basins(u8, seg_x0, seg_peak, row_first):
-    """Every row maximum climbs to its highest of the three neighbours above and three below; the
-    local maxima so reached are the basins, numbered in raster order. Returns (basin of each
-    segment (S,), flat index of each basin's maximum)."""
+def _basins(u8, seg_x0, seg_peak, row_first, eight):
+    """Every row maximum climbs to its highest neighbour in the rows above and below (three of
+    each with 8-connectivity, one without); the local maxima so reached are the basins, numbered
+    in raster order. Returns (basin of each segment (S,), flat index of each basin's maximum)."""
     height, width = u8.shape
     nseg = len(seg_x0)
     up = np.empty(nseg, np.int32)
@@ -142,10 +144,12 @@ def _basins(u8, seg_x0, seg_peak, row_first):
             best = (np.int32(u8[y, x]) << 3) | 3
             if 0 < y < height - 1 and 0 < x < width - 1:  # most: no bounds to check
                 a, b = u8[y - 1], u8[y + 1]
-                best = max(best, max(max((np.int32(a[x - 1]) << 3), (np.int32(a[x]) << 3) | 1), (np.int32(a[x + 1]) << 3) | 2))
-                best = max(best, max(max((np.int32(b[x - 1]) << 3) | 4, (np.int32(b[x]) << 3) | 5), (np.int32(b[x + 1]) << 3) | 6))
+                best = max(best, max((np.int32(a[x]) << 3) | 1, (np.int32(b[x]) << 3) | 5))
+                if eight:
+                    best = max(best, max((np.int32(a[x - 1]) << 3), (np.int32(a[x + 1]) << 3) | 2))
+                    best = max(best, max((np.int32(b[x - 1]) << 3) | 4, (np.int32(b[x + 1]) << 3) | 6))
             else:
-                best = _edge_climb(u8, y, x, best)
+                best = _edge_climb(u8, y, x, best, 1 if eight else 0)
             rank = best & 7
             by, bx = y + (rank > 3) - (rank < 3), x + (rank & 3) - 1
             if by == y:
@@ -186,11 +190,12 @@ def _segment_end(seg_x0, row_first, y, s, width):
 
 
 @_jit
-def _edges(u8, seg_x0, row_first, basin_of):
+def _edges(u8, seg_x0, row_first, basin_of, eight):
     """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
     horizontal pairs where segments meet, the strongest vertical pair under each two overlapping
-    segments of different basins, and diagonal pairs of the 2x2 windows whose other two pixels
-    are both lower (otherwise either of those joins the pair whenever the pair is in the mask)."""
+    segments of different basins, and (8-connectivity) diagonal pairs of the 2x2 windows whose
+    other two pixels are both lower (otherwise either of those joins the pair whenever the pair
+    is in the mask)."""
     height, width = u8.shape
     nseg = len(seg_x0)
     cap = 3 * nseg + u8.size
@@ -223,6 +228,8 @@ def _edges(u8, seg_x0, row_first, basin_of):
                 i += 1
             if end_j <= end_i:
                 j += 1
+        if not eight:
+            continue
         for x in range(width - 1):  # windows with only a diagonal pair on top
             lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
             lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
@@ -346,14 +353,14 @@ def _by_value(values):
 
 
 @_jit
-def _tree(u8):
+def _tree(u8, eight):
     """The component tree's events, each kind in value order (see the module docstring): a tuple
     of (seg_x0, row_first, basin_of, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start,
     col_basin, col_x, edge_start, edge_a, edge_b); kind_start (257,): value v at start[v]:start[v + 1]."""
     height, width = u8.shape
     seg_x0, seg_peak, row_first = _row_segments(u8)
-    basin_of, peak = _basins(u8, seg_x0, seg_peak, row_first)
-    ea, eb, ew = _edges(u8, seg_x0, row_first, basin_of)
+    basin_of, peak = _basins(u8, seg_x0, seg_peak, row_first, eight)
+    ea, eb, ew = _edges(u8, seg_x0, row_first, basin_of, eight)
     col_basin, col_value, col_x = _column_maxima(u8, seg_x0, row_first, basin_of)
     flat = u8.ravel()
     seg_order, seg_start = _by_value(flat[seg_peak])
@@ -381,20 +388,21 @@ def _labels(tree, width):
 
 @_jit
 def _new_sweep(num_basins, height, width):
-    """Union-find state: (parent, x0, y0, x1, y1, dirty, live, num_live (1,))."""
+    """Union-find state: (parent, x0, y0, x1, y1, border, dirty, live, num_live (1,))."""
     r = num_basins
     return (np.arange(r).astype(np.int32), np.full(r, width, np.int32), np.full(r, height, np.int32),
-            np.full(r, -1, np.int32), np.full(r, -1, np.int32), np.zeros(r, np.bool_), np.empty(r, np.int32),
-            np.zeros(1, np.int64))
+            np.full(r, -1, np.int32), np.full(r, -1, np.int32), np.zeros(r, np.bool_), np.zeros(r, np.bool_),
+            np.empty(r, np.int32), np.zeros(1, np.int64))
 
 
 @_jit
-def _advance(tree, state, v):
-    """Add the events of value v: basins born, row and column maxima widening boxes, unions at
-    edges (the basin with the higher maximum stays the root)."""
+def _advance(tree, state, v, border_basin, border_start):
+    """Add the events of value v: basins born, row and column maxima widening boxes, border
+    pixels marking their component (the hole tree only; border_basin grouped by value like the
+    other events), unions at edges (the basin with the higher maximum stays the root)."""
     (_, _, _, peak_value, seg_start, seg_basin, seg_row, seg_born, col_start, col_basin, col_x,
      edge_start, edge_a, edge_b) = tree
-    parent, x0, y0, x1, y1, dirty, live, num_live = state
+    parent, x0, y0, x1, y1, border, dirty, live, num_live = state
     for k in range(seg_start[v], seg_start[v + 1]):
         b = seg_basin[k]
         if seg_born[k]:
@@ -409,6 +417,8 @@ def _advance(tree, state, v):
         x = col_x[k]
         if x < x0[r] or x > x1[r]:
             x0[r], x1[r], dirty[r] = min(x0[r], x), max(x1[r], x), True
+    for k in range(border_start[v], border_start[v + 1]):
+        border[_find(parent, border_basin[k])] = True
     for k in range(edge_start[v], edge_start[v + 1]):
         a, b = _find(parent, edge_a[k]), _find(parent, edge_b[k])
         if a == b:
@@ -418,13 +428,14 @@ def _advance(tree, state, v):
         parent[b] = a
         x0[a], y0[a] = min(x0[a], x0[b]), min(y0[a], y0[b])
         x1[a], y1[a] = max(x1[a], x1[b]), max(y1[a], y1[b])
+        border[a] |= border[b]
         dirty[a] = True
 
 
 @_jit
 def _live_roots(state):
     """Compact the live list to the current roots; return their number."""
-    parent, live, num_live = state[0], state[6], state[7]
+    parent, live, num_live = state[0], state[7], state[8]
     j = 0
     for k in range(num_live[0]):
         if parent[live[k]] == live[k]:
@@ -500,10 +511,11 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
     """Fill v1 (V1 IoU or UNDECIDED), v2 (best IoU over the outer contours) and holes (count) at
     every cut with need, from the 8-connected component tree of u8."""
     height, width = u8.shape
-    tree = _tree(u8)
+    tree = _tree(u8, True)
     num_basins = len(tree[3])
     state = _new_sweep(num_basins, height, width)
-    parent, x0, y0, x1, y1, dirty, live, _ = state
+    parent, x0, y0, x1, y1, _, dirty, live, _ = state
+    no_basin, no_start = np.zeros(0, np.int32), np.zeros(NUM_LEVELS + 1, np.int64)  # no border events
     euler, area2 = _window_counts(u8, pixels)
     iou, span = np.zeros(num_basins), np.zeros(num_basins, np.int64)
     # the cuts the span bounds leave open, with their components, for `_exact_v1`
@@ -513,7 +525,7 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
     if need[NUM_LEVELS - 1]:  # above every value: the empty mask
         v1[NUM_LEVELS - 1] = v2[NUM_LEVELS - 1] = _iou(0, 0, 0, 0, gt)
     for v in range(NUM_LEVELS - 1, 0, -1):
-        _advance(tree, state, v)
+        _advance(tree, state, v, no_basin, no_start)
         c = v - 1
         if not need[c]:
             continue
@@ -559,65 +571,43 @@ def _component_ious(u8, gt, need, pixels, v1, v2, holes):
 @_jit
 def _hole_ious(u8, gt, need, v2):
     """Raise v2 at the cuts with need by the IoUs of the holes' contours (a hole's box grown by
-    one pixel). The holes at cut t are the 4-connected components of `u8 <= t` that do not touch
-    the image border: union-find over the pixels up to the highest such cut, lowest first, on a
-    grid whose one-pixel margin is a single component on the border."""
+    one pixel), from the 4-connected component tree of the inverted map: the holes at cut t are
+    its components above 254 - t that hold no pixel of the image border."""
     height, width = u8.shape
     top = np.flatnonzero(need)[-1]
-    # the pixels at or below top, by their index on the grid with a margin
-    grid = width + 2  # pixel (y, x) at (y + 1) * grid + x + 1
-    found, rows = np.empty(u8.size + 1, np.int64), np.empty(u8.size, np.int32)
-    count = 0
+    # values above the highest cut needed are foreground at every cut needed: one plateau will do
+    inverted = np.empty_like(u8)
     for y in range(height):
-        first = count
-        for x in range(width):  # branch-free compaction
-            found[count] = (y + 1) * grid + x + 1
-            count += u8[y, x] <= top
-        rows[first:count] = y
-    values = np.empty(count, np.uint8)
-    for i in range(count):
-        values[i] = u8[rows[i], found[i] - (rows[i] + 1) * grid - 1]
-    order, start = _by_value(values)
-    parent = np.full((height + 2) * grid, -1, np.int32)  # -1: not (yet) background
-    outside = 0  # the root of the margin
-    for y in range(height + 2):
-        parent[y * grid] = parent[y * grid + grid - 1] = outside
-    parent[:grid] = parent[-grid:] = outside
-    x0, y0, x1, y1 = (np.empty(len(parent), np.int32), np.empty(len(parent), np.int32),
-                      np.empty(len(parent), np.int32), np.empty(len(parent), np.int32))
-    live, num_live = np.empty(count, np.int32), 0
-    for t in range(top + 1):
-        for k in range(start[t], start[t + 1]):
-            i = order[k]
-            p, y = found[i], rows[i]
-            x = p - (y + 1) * grid - 1
-            parent[p] = r = p
-            x0[p], y0[p], x1[p], y1[p] = x, y, x, y
-            live[num_live] = p
-            num_live += 1
-            for q in (p - grid, p - 1, p + 1, p + grid):
-                if parent[q] < 0:
-                    continue
-                q = _find(parent, q)
-                if q == r:
-                    continue
-                if r == outside:
-                    q, r = r, q
-                parent[r] = q  # r joins q; the margin's root stays `outside`
-                if q != outside:
-                    x0[q], y0[q] = min(x0[q], x0[r]), min(y0[q], y0[r])
-                    x1[q], y1[q] = max(x1[q], x1[r]), max(y1[q], y1[r])
-                r = q
+        for x in range(width):
+            inverted[y, x] = 255 - min(u8[y, x], top + 1)
+    tree = _tree(inverted, False)
+    seg_x0, row_first, basin_of = tree[0], tree[1], tree[2]
+    state = _new_sweep(len(tree[3]), height, width)
+    parent, x0, y0, x1, y1, border, _, live, _ = state
+    # border pixels (value, basin): all of the first and last rows, the ends of the others
+    values, basins = np.empty(2 * (height + width), np.uint8), np.empty(2 * (height + width), np.int32)
+    k = 0
+    for y in range(height):
+        if 0 < y < height - 1:
+            for s, x in ((row_first[y], 0), (row_first[y + 1] - 1, width - 1)):
+                values[k], basins[k] = inverted[y, x], basin_of[s]
+                k += 1
+            continue
+        for s in range(row_first[y], row_first[y + 1]):
+            for x in range(seg_x0[s], _segment_end(seg_x0, row_first, y, s, width) + 1):
+                values[k], basins[k] = inverted[y, x], basin_of[s]
+                k += 1
+    order, start = _by_value(values[:k])
+    border_basin = basins[:k][order]
+    for v in range(NUM_LEVELS - 1, 254 - top, -1):
+        _advance(tree, state, v, border_basin, start)
+        t = 255 - v  # the cut v - 1 of the inverted map: u8 <= t
         if not need[t]:
             continue
-        j = 0
-        for k in range(num_live):
+        for k in range(_live_roots(state)):
             r = live[k]
-            if parent[r] == r:  # a root other than `outside`: a hole
-                live[j] = r
-                j += 1
+            if not border[r]:
                 v2[t] = max(v2[t], _iou(x0[r] - 1, y0[r] - 1, min(x1[r] + 2, width - 1), min(y1[r] + 2, height - 1), gt))
-        num_live = j
 
 
 @_jit
