@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
           f"{'channels_last' if args.channels_last else 'NCHW'}{', compiled' if args.compile else ''}; "
           f"{args.steps} timed steps per phase")
     first_map = next(rate for name, rate, _, _ in rows if name.startswith("maps"))
-    print(f"| phase | images/s | GFLOP / image | vs first map | peak memory |\n|---|---:|---:|---:|---:|")
+    print("| phase | images/s | GFLOP / image | vs first map | peak memory |\n|---|---:|---:|---:|---:|")
     for name, rate, flop, memory in rows:
         ratio = f"{first_map / rate:.2f}x time" if name.startswith("maps") else ""
         gflop = f"{flop / 1e9:.1f}" if flop is not None else ""

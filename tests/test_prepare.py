@@ -388,8 +388,8 @@ ILSVRC_VAL = [   # stem, (W, H), objects
     ("ILSVRC2012_val_00000002", (50, 40), [(TENCH, (4, 5, 49, 16)), (TENCH, (0, 6, 43, 39))]),
     ("ILSVRC2012_val_00000003", (40, 50), [(TENCH, (3, 1, 38, 37))]),
 ]
-IMAGENETV2 = [(f"val2/0/a31041fd31109279f69ba5827fe508eee00abd75.jpeg", 0, (30, 20), "5,6,25,19"),
-              (f"val2/1/c6006866ff066ef85e82e2f62bd8766fbf8ce8ab.jpeg", 1, (20, 30), "3,6,14,29\n"
+IMAGENETV2 = [("val2/0/a31041fd31109279f69ba5827fe508eee00abd75.jpeg", 0, (30, 20), "5,6,25,19"),
+              ("val2/1/c6006866ff066ef85e82e2f62bd8766fbf8ce8ab.jpeg", 1, (20, 30), "3,6,14,29\n"
                "val2/1/c6006866ff066ef85e82e2f62bd8766fbf8ce8ab.jpeg,0,0,7,9")]
 
 

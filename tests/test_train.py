@@ -1,8 +1,5 @@
 """End-to-end training runs on the tiny synthetic benchmark (the real entry point, the real model)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
