@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ from acol.datasets.dataset import build_dataset, build_loader, collate
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
 from acol.evaluate import load_run
-from acol.evaluation.report import mean_std
+from acol.evaluation.report import mean_std, seed_group
 from acol.tracking import Tracker
 from acol.visualize import heatmap_rows, titled_grid
 
@@ -75,10 +74,6 @@ class Timed:
         return logits, maps
 
 
-def group_name(run: Path) -> str:
-    return re.sub(r"-s\d+$", "", run.name)
-
-
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides) -> list[dict]:
     """One record per localizer applicable to the run's model (and in `methods` when given)."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
@@ -100,7 +95,7 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
             if masks is not None:
                 metrics.update(masks.compute())
         curves = {k: v.tolist() for k, v in test_boxes.box_acc_curves().items()}
-        records.append({"run": str(run), "group": group_name(run), "model": cfg.model.name, "method": name,
+        records.append({"run": str(run), "group": seed_group(run.name), "model": cfg.model.name, "method": name,
                         "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
                         "test_curves": curves})
         print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "

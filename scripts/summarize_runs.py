@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
-from acol.evaluation.report import mean_std  # noqa: E402
+from acol.evaluation.report import mean_std, seed_group  # noqa: E402
 
 COLUMNS = [
     ("val", "top1_cls", "val top-1 cls"),
@@ -39,7 +38,7 @@ def main(argv=None) -> str:
         path = run / "results.json"
         if not path.is_file():
             raise SystemExit(f"{path} not found: is the run finished?")
-        name = re.sub(r"-s\d+$", "", run.name) if args.group_by_seed else run.name
+        name = seed_group(run.name) if args.group_by_seed else run.name
         groups.setdefault(name, []).append(json.loads(path.read_text()))
     lines = ["| run | n | " + " | ".join(title for _, _, title in COLUMNS) + " |",
              "|---|---:|" + "---:|" * len(COLUMNS)]

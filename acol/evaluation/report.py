@@ -1,6 +1,7 @@
 """Text reports of evaluation results: the labelled summary table."""
 from __future__ import annotations
 
+import re
 import statistics
 
 # (metric key, column title); the threshold policy is part of the title
@@ -43,3 +44,8 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def seed_group(run_name: str) -> str:
+    """A run's name without its trailing `-s<seed>`: the runs of one setting over seeds share it."""
+    return re.sub(r"-s\d+$", "", run_name)
