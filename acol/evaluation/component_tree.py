@@ -190,6 +190,18 @@ def _segment_end(seg_x0, row_first, y, s, width):
 
 
 @_jit
+def _window_sorted(r0, r1, x):
+    """The 2x2 window of rows r0, r1 at columns x, x + 1: (s2, s3, s4), its second, third and
+    fourth highest values (a sorting network, branch-free), and whether its two highest pixels lie
+    on a diagonal with both others lower."""
+    lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
+    lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
+    s2 = max(min(hi_ad, hi_bc), max(lo_ad, lo_bc))
+    s3 = min(max(lo_ad, lo_bc), min(hi_ad, hi_bc))
+    return s2, s3, min(lo_ad, lo_bc), (lo_ad > hi_bc) | (lo_bc > hi_ad)
+
+
+@_jit
 def _edges(u8, seg_x0, row_first, basin_of, eight):
     """Basin edges (a, b, weight), weight = the lower value of an adjacent pixel pair, > 0:
     horizontal pairs where segments meet, the strongest vertical pair under each two overlapping
@@ -231,9 +243,7 @@ def _edges(u8, seg_x0, row_first, basin_of, eight):
         if not eight:
             continue
         for x in range(width - 1):  # windows with only a diagonal pair on top
-            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
-            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
-            quad[x] = (lo_ad > hi_bc) | (lo_bc > hi_ad)
+            quad[x] = _window_sorted(r0, r1, x)[3]
         for word in range(len(words)):
             if words[word] == 0:
                 continue
@@ -304,13 +314,8 @@ def _window_counts(u8, pixels):
     s2, s3, s4, diagonal = np.empty(row, np.uint8), np.empty(row, np.uint8), np.empty(row, np.uint8), np.empty(row, np.bool_)
     for y in range(height - 1):
         r0, r1 = u8[y], u8[y + 1]
-        for x in range(width - 1):  # a sorting network; branch-free, vectorised
-            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
-            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
-            s2[x] = max(min(hi_ad, hi_bc), max(lo_ad, lo_bc))
-            s3[x] = min(max(lo_ad, lo_bc), min(hi_ad, hi_bc))
-            s4[x] = min(lo_ad, lo_bc)
-            diagonal[x] = (lo_ad > hi_bc) | (lo_bc > hi_ad)
+        for x in range(width - 1):  # vectorised
+            s2[x], s3[x], s4[x], diagonal[x] = _window_sorted(r0, r1, x)
         for x in range(width - 1):
             g2[s2[x]] += 1
             g3[s3[x]] += 1
@@ -470,16 +475,15 @@ def _exact_v1(u8, label, cuts, snap, roots, ious, spans, counts, holes, v1):
         r0, r1 = u8[y], u8[y + 1]
         l0, l1 = label[y * width:(y + 1) * width], label[(y + 1) * width:(y + 2) * width]
         for x in range(width - 1):
-            lo_ad, hi_ad = min(r0[x], r1[x + 1]), max(r0[x], r1[x + 1])
-            lo_bc, hi_bc = min(r0[x + 1], r1[x]), max(r0[x + 1], r1[x])
-            j3 = below[min(max(lo_ad, lo_bc), min(hi_ad, hi_bc))]
+            _, s3, s4, _ = _window_sorted(r0, r1, x)
+            j3 = below[s3]
             if j3 == 0:
                 continue
             top_left = l0[x + 1] if r0[x + 1] >= r0[x] else l0[x]
             top_right = l1[x + 1] if r1[x + 1] >= r1[x] else l1[x]
             top = top_right if max(r1[x], r1[x + 1]) >= max(r0[x], r0[x + 1]) else top_left
             windows[top, j3] += 1
-            windows[top, below[min(lo_ad, lo_bc)]] += 1
+            windows[top, below[s4]] += 1
     for b in range(num_basins):  # windows[b, j]: those counting at cuts[num_cuts - j]
         for j in range(num_cuts - 1, 0, -1):
             windows[b, j] += windows[b, j + 1]
