@@ -6,9 +6,13 @@ The defaults below are the single source of truth. An experiment file overrides 
     [acol]
     threshold = 0.8
 
-Command-line overrides use dotted keys and the TOML value grammar (`optim.lr=1e-3`,
-`eval.iou_thresholds=[30,50,70]`, `model.backbone=vgg16`). Unknown keys and values of the wrong
-type are errors that name the key (and the file).
+The method (`model.name`) is a name in the `acol.methods` registry, and its hyperparameters are the
+table of the same name (`[acol]`, `[has]`, ...), typed by the method's own dataclass: `cfg.method`
+(also `cfg.acol` etc.) is the chosen method's table. Tables of the other methods are checked and
+then dropped, so one base file may hold settings for several methods. Command-line overrides use
+dotted keys and the TOML value grammar (`optim.lr=1e-3`, `eval.iou_thresholds=[30,50,70]`,
+`model.backbone=vgg16`). Unknown keys, unknown names and values of the wrong type are errors that
+name the key (and the file).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class DataCfg:
 
 @dataclass
 class ModelCfg:
-    name: str = "acol"                  # acol | single (ACoL without erasing) | cam (GAP + FC)
+    name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg
     backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
@@ -47,16 +51,19 @@ class ModelCfg:
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
     head_channels: int = 1024           # hidden channels of the ACoL heads and of the cam model's conv
-    cam_conv: bool = True               # cam: Conv3x3 to head_channels + ReLU before GAP + FC (wsolevaluation's
+    cam_head: str = "fc"                # the classifier of cam, has, cutmix, adl: fc (GAP + FC: wsolevaluation's
+                                        # VggCam, ResNetCam) | conv1x1 (a 1x1-conv class-map head: its InceptionCam)
+    cam_conv: bool = True               # fc: Conv3x3 to head_channels + ReLU before GAP + FC (wsolevaluation's
                                         # VggCam); false: GAP + FC on the backbone features (its ResNetCam)
-
-
-@dataclass
-class ACoLCfg:
-    threshold: float = 0.6              # erase where the normalised map of branch A is >= threshold
-    erase_with: str = "gt"              # training label used for erasing: gt | pred (argmax of A)
-    fuse: str = "max"                   # localization map: max | mean | a | b of the normalised A and B maps
-    loss_weight_b: float = 1.0
+    head_dropout: float = 0.0           # dropout before every conv of a class-map head (wsolevaluation's
+                                        # InceptionCam and InceptionSpg: 0.5)
+    head_init: str = "xavier"           # new layers: xavier (Xavier-uniform convs, PyTorch's Linear init) |
+                                        # wsolevaluation (its per-model choice: Kaiming for VggCam and ResNetAcol
+                                        # convs, Xavier elsewhere; Linear N(0, 0.01))
+    vgg_pool: str = "3x3"               # vgg16 max pools: 3x3 (official ACoL, wsolevaluation's ACoL) | 2x2
+                                        # (torchvision's; wsolevaluation's CAM, ADL and SPG)
+    pretrained_classifier: bool = False  # also load the ImageNet classifier into the FC (resnet50, 1000 classes:
+                                        # wsolevaluation's ILSVRC ResNet50 CAM, HaS, CutMix, ADL)
 
 
 @dataclass
@@ -69,6 +76,8 @@ class OptimCfg:
     bias_lr_mult: float = 2.0
     lr_decay_epochs: list[int] = field(default_factory=list)  # multiply lr by lr_decay_gamma at these epochs
     lr_decay_gamma: float = 0.1
+    lr_rule: str = "role"               # which parameters get head_lr_mult: role (every layer outside the
+                                        # backbone) | wsolevaluation (its name rule: see WSOLModel.param_groups)
 
 
 @dataclass
@@ -108,11 +117,38 @@ class LogCfg:
 class Config:
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
-    acol: ACoLCfg = field(default_factory=ACoLCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     log: LogCfg = field(default_factory=LogCfg)
+    method: Any = None                  # the [<model.name>] table: the method's hyperparameters (None: it has none)
+
+    def __post_init__(self):
+        if self.method is None:
+            self.method = method_table(self.model.name)
+
+    def __getattr__(self, name: str) -> Any:
+        """`cfg.acol` etc.: the method's table under the method's name."""
+        model = self.__dict__.get("model")
+        if model is not None and name == model.name and self.__dict__.get("method") is not None:
+            return self.__dict__["method"]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+SECTIONS = ("data", "model", "optim", "train", "eval", "log")  # the fixed tables; method tables come after model
+
+
+def method_tables() -> dict[str, type]:
+    """{method name: the dataclass of its table} for the registered methods that have hyperparameters."""
+    from acol.methods import METHODS  # imported here: the methods need torch, the schema does not
+
+    return {name: METHODS.get(name).Config for name in METHODS.names() if METHODS.get(name).Config is not None}
+
+
+def method_table(name: str) -> Any:
+    """A default table of method `name` (None for a method without hyperparameters or an unknown name)."""
+    table = method_tables().get(name)
+    return table() if table is not None else None
 
 
 class ConfigError(ValueError):
@@ -136,6 +172,20 @@ def _check_value(value: Any, typ: Any, key: str, source: str) -> Any:
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):
         raise ConfigError(f"{source}: {key} must be {typ.__name__}, got {value!r}")
     return value
+
+
+def _merge_layer(cfg: Config, tables: dict[str, Any], data: dict, source: str) -> None:
+    """Write one layer (a file or an override) into `cfg`; method tables go to `tables` (name -> table)."""
+    known = method_tables()
+    for name, value in data.items():
+        if name in SECTIONS or name in known:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {name} is a table, got {value!r}")
+            target = getattr(cfg, name) if name in SECTIONS else tables.setdefault(name, known[name]())
+            _merge_into(target, value, f"{name}.", source)
+        else:
+            valid = ", ".join([*SECTIONS, *known])
+            raise ConfigError(f"{source}: unknown key {name!r} (valid keys here: {valid})")
 
 
 def _merge_into(obj: Any, data: dict, prefix: str, source: str) -> None:
@@ -196,14 +246,14 @@ def parse_override(item: str) -> dict:
     return nested
 
 
-def _keep_raw_strings(cfg_obj: Any, nested: dict, raw: str) -> dict:
-    """Where the target field is a str, keep the override's raw text (so `name=inf` stays a string)."""
-    types = _field_types(type(cfg_obj))
+def _keep_raw_strings(nested: dict, raw: str, types: dict[str, Any]) -> dict:
+    """Where the target field (typed by `types`) is a str, keep the override's raw text (so `name=inf`
+    stays a string)."""
     out = {}
     for name, value in nested.items():
         typ = types.get(name)
         if isinstance(value, dict) and typ is not None and dataclasses.is_dataclass(typ):
-            out[name] = _keep_raw_strings(getattr(cfg_obj, name), value, raw)
+            out[name] = _keep_raw_strings(value, raw, _field_types(typ))
         elif typ is str and not isinstance(value, str):
             out[name] = raw
         else:
@@ -212,45 +262,61 @@ def _keep_raw_strings(cfg_obj: Any, nested: dict, raw: str) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- the TOML file and its `_base_` chain <- dotted overrides."""
+    """Defaults <- the TOML file and its `_base_` chain <- dotted overrides; then the method's table."""
     cfg = Config()
+    tables: dict[str, Any] = {}  # method name -> its table, merged over every layer
     if path is not None:
         for data, source in _read_toml_chain(Path(path)):
-            _merge_into(cfg, data, "", source)
+            _merge_layer(cfg, tables, data, source)
+    types = _field_types(Config) | method_tables()
     for item in overrides:
-        nested = parse_override(item)
-        nested = _keep_raw_strings(cfg, nested, item.split("=", 1)[1])
-        _merge_into(cfg, nested, "", f"override {item!r}")
+        nested = _keep_raw_strings(parse_override(item), item.split("=", 1)[1], types)
+        _merge_layer(cfg, tables, nested, f"override {item!r}")
+    cfg.method = tables.get(cfg.model.name, method_table(cfg.model.name))
     validate(cfg)
     return cfg
 
 
 _CHOICES = {
-    "model.name": ("acol", "single", "cam"),
-    "acol.erase_with": ("gt", "pred"),
-    "acol.fuse": ("max", "mean", "a", "b"),
+    "model.cam_head": ("fc", "conv1x1"),
+    "model.head_init": ("xavier", "wsolevaluation"),
+    "model.vgg_pool": ("3x3", "2x2"),
+    "optim.lr_rule": ("role", "wsolevaluation"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "data.cache": ("off", "memory", "device"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 
 
+def _check_choice(key: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
 def validate(cfg: Config) -> None:
-    """Value checks the types alone cannot express."""
+    """Value checks the types alone cannot express, the method table's own `check()` included."""
+    from acol.methods import METHODS  # imported here: the models need torch, the schema does not
+    from acol.models.backbones import BACKBONES
+
     flat = to_dict(cfg)
+    _check_choice("model.name", cfg.model.name, METHODS.names())
+    _check_choice("model.backbone", cfg.model.backbone, BACKBONES.names())
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
-        value = flat[section][name]
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-    if not 0.0 < cfg.acol.threshold <= 1.0:
-        raise ConfigError(f"acol.threshold must be in (0, 1]; got {cfg.acol.threshold}")
+        _check_choice(key, flat[section][name], choices)
+    if cfg.method is not None:
+        try:
+            cfg.method.check()
+        except ValueError as e:
+            raise ConfigError(f"{cfg.model.name}.{e}") from None
     if cfg.data.crop_size > cfg.data.resize_size:
         raise ConfigError(f"data.crop_size ({cfg.data.crop_size}) exceeds data.resize_size ({cfg.data.resize_size})")
-    from acol.models.backbones import BACKBONES  # imported here: the models need torch, the schema does not
-
-    if cfg.model.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES.names())}; got {cfg.model.backbone!r}")
+    if cfg.model.pretrained_classifier and not (cfg.model.pretrained and cfg.model.backbone == "resnet50"):
+        raise ConfigError("model.pretrained_classifier needs model.backbone=resnet50 and model.pretrained (the "
+                          f"weights that hold the ImageNet classifier); got {cfg.model.backbone!r} and "
+                          f"{cfg.model.pretrained!r}")
+    if not 0.0 <= cfg.model.head_dropout < 1.0:
+        raise ConfigError(f"model.head_dropout must be in [0, 1); got {cfg.model.head_dropout}")
     if cfg.model.num_classes < 0:
         raise ConfigError(f"model.num_classes must be >= 0 (0: from the dataset); got {cfg.model.num_classes}")
     for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every",
@@ -266,8 +332,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.cam_curve_interval must be in (0, 1); got {cfg.eval.cam_curve_interval}")
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Config) -> dict:
+    """The config as nested dicts: the fixed tables in order, the method's table (under its name) after model."""
+    out = {}
+    for name in SECTIONS:
+        out[name] = dataclasses.asdict(getattr(cfg, name))
+        if name == "model" and cfg.method is not None:
+            out[cfg.model.name] = dataclasses.asdict(cfg.method)
+    return out
 
 
 def toml_value(value: Any) -> str:

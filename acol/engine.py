@@ -62,10 +62,11 @@ def progress(iterable, desc: str):
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """SGD with the official ACoL lr groups by module role: backbone weights 1x, backbone biases
-    2x, head weights 10x, head biases 20x (bias_lr_mult and head_lr_mult)."""
+    """SGD with lr groups: backbone weights 1x, backbone biases bias_lr_mult x, head weights
+    head_lr_mult x, head biases both (the official ACoL: 2x, 10x, 20x); which parameters are the
+    head's is optim.lr_rule's choice (`WSOLModel.param_groups`)."""
     groups = []
-    for role, params in unwrap(model).param_groups().items():
+    for role, params in unwrap(model).param_groups(cfg.optim.lr_rule).items():
         role_mult = cfg.optim.head_lr_mult if role == "head" else 1.0
         for is_bias in (False, True):
             chosen = [p for name, p in params if name.endswith("bias") == is_bias and p.requires_grad]
@@ -79,9 +80,11 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     device: torch.device, dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg,
-                    logger, skip: int = 0, after_step=None) -> int:
+                    logger, skip: int = 0, after_step=None, transform=None) -> int:
     """One pass over `loader` from batch `skip` on (a run resumed mid-epoch); returns the global step
-    after it (it stops early at train.max_steps). `after_step(step, batches_done)` runs after every
+    after it (it stops early at train.max_steps). `transform(images, labels) -> (images, targets)` is
+    the method's batch transform (`Method.transform_batch`; default: targets = labels); the forward
+    pass sees the labels, the loss the targets. `after_step(step, batches_done)` runs after every
     optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
     the loss comes from the bare model. A non-finite loss raises NonFiniteLossError before the step."""
     model.train()
@@ -89,11 +92,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     core = unwrap(model)
     seen, tick = 0, time.perf_counter()
     for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
-        images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
-        labels = batch["label"].to(device, non_blocking=True)
+        images = normalize_on_device(batch["image"], device)
+        labels = targets = batch["label"].to(device, non_blocking=True)
+        if transform is not None:
+            images, targets = transform(images, labels)
         with autocast(device, dtype):
-            out = model(images, labels)
-        losses = core.loss(out, labels)
+            out = model(to_memory_format(images, cfg), labels)
+        losses = core.loss(out, targets)
         if not torch.isfinite(losses["loss"]):
             raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1} (epoch "
                                      f"{epoch + 1}, batch {batch_index + 1}); batch images: "

@@ -44,7 +44,7 @@ from acol.datasets.transforms import scale_boxes
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator
 from acol.evaluation.report import format_table, threshold_line
-from acol.models import build_model
+from acol.methods import build_model
 from acol.registry import UnknownNameError
 from acol.tracking import Tracker
 from acol.visualize import plot_curves
@@ -92,6 +92,9 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
 def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
     localizer = build_localizer(args.localizer, args.target, args.layer) if args.localizer else None
+    if args.localizer and args.localizer not in model.localizers:
+        sys.exit(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
+                 f"its localizers: {', '.join(model.localizers)}")
 
     def run_split(split: str, scoremap_dir=None):
         dataset = build_dataset(cfg, split, train=False)

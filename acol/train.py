@@ -31,7 +31,7 @@ from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import format_table, threshold_line
-from acol.models import build_model
+from acol.methods import build_method
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_grid
 
@@ -167,7 +167,8 @@ def main(argv=None) -> dict:
     val_loader = build_loader(cfg, val_set, train=False)
     test_loader = build_loader(cfg, test_set, train=False)
 
-    model = build_model(cfg, num_classes).to(device)
+    method = build_method(cfg, num_classes)
+    model = method.model().to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if world > 1:
@@ -243,7 +244,8 @@ def main(argv=None) -> dict:
             skip_now = skip if epoch == start_epoch else 0
             try:
                 step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker,
-                                       cfg, logger, skip=skip_now, after_step=after_step)
+                                       cfg, logger, skip=skip_now, after_step=after_step,
+                                       transform=method.transform_batch)
             except NonFiniteLossError as e:
                 kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
                     "no checkpoint had been written yet"

@@ -27,11 +27,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
-from acol.cams import LOCALIZERS, build_localizer  # noqa: E402
+from acol.cams import build_localizer  # noqa: E402
 from acol.config import load_config  # noqa: E402
 from acol.dist import device_type  # noqa: E402
 from acol.engine import amp_dtype, autocast, build_optimizer  # noqa: E402
-from acol.models import build_model  # noqa: E402
+from acol.methods import METHODS, build_method  # noqa: E402
 
 LOCALIZER_ORDER = ("inforward", "cam", "gradcam", "gradcam_pp", "guided_backprop")
 
@@ -66,7 +66,7 @@ def peak_memory(device: torch.device) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="acol", help="model.name: acol | single | cam")
+    p.add_argument("--model", default="acol", choices=METHODS.names(), help="the method (model.name)")
     p.add_argument("--backbone", default="vgg16")
     p.add_argument("--size", type=int, default=224, help="input side in pixels")
     p.add_argument("--batch", type=int, default=2)
@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
     device = torch.device(device_type(args.device))
     dtype = amp_dtype(cfg.train.amp, device)
     torch.manual_seed(0)
-    model = build_model(cfg, args.classes).to(device)
+    method = build_method(cfg, args.classes)
+    model = method.model().to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     runner = torch.compile(model) if args.compile else model
@@ -93,9 +94,10 @@ def main(argv=None) -> dict:
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
 
     def train_step():
+        batch, targets = method.transform_batch(images, labels)
         with autocast(device, dtype):
-            out = runner(images, labels)
-        loss = model.loss(out, labels)["loss"]
+            out = runner(batch, labels)
+        loss = model.loss(out, targets)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -117,7 +119,7 @@ def main(argv=None) -> dict:
     phase("training", train_step, count_flops=True)
     model.eval()
     phase("evaluation", eval_step, count_flops=True)
-    for name in [n for n in LOCALIZER_ORDER if LOCALIZERS.get(n).applies_to(model)]:
+    for name in [n for n in LOCALIZER_ORDER if n in model.localizers]:
         localizer = build_localizer(name)
 
         def extract(localizer=localizer):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from acol.config import load_config
+from acol.config import ModelCfg, load_config
 from acol.engine import build_optimizer
-from acol.models import build_model
+from acol.methods import build_model
 from acol.models.backbones import BACKBONES
 
 NUM_CLASSES = 3
@@ -37,7 +37,7 @@ def cfg_for(backbone: str, *extra: str):
 @pytest.mark.parametrize("backbone", BACKBONES.names())
 def test_feature_maps_at_224_have_the_documented_size(backbone, large):
     with torch.device("meta"):  # shapes only: the meta device runs no arithmetic
-        model = BACKBONES.get(backbone)(large_feature_map=large).eval()
+        model = BACKBONES.get(backbone)(ModelCfg(large_feature_map=large)).eval()
         feat = model(torch.empty(1, 3, 224, 224))
     side = MAP_SIZE_224[(backbone, large)]
     assert feat.shape == (1, model.out_channels, side, side)

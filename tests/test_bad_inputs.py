@@ -19,7 +19,7 @@ from acol.datasets.check import check_data
 from acol.datasets.dataset import WSOLDataset, load_mask, load_rgb
 from acol.datasets.metadata import MetadataError, check_labels, read_metadata
 from acol.datasets.transforms import WSOLTransform
-from acol.models import MODELS
+from acol.methods import METHODS
 from acol.models.backbones import BACKBONES
 from tests.conftest import TINY_SPEC
 from tests.test_data import GOOD, write_split
@@ -239,7 +239,7 @@ def test_config_errors_name_the_key_and_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.name=resnet", r"model.name must be one of acol, single, cam; got 'resnet'"),
+    ("model.name=resnet", r"model.name must be one of acol, adl, cam, cutmix, has, single, spg; got 'resnet'"),
     ("model.backbone=vgg19", r"model.backbone must be one of inception_v3, resnet50, smallcnn, vgg16; got 'vgg19'"),
 ])
 def test_unknown_model_and_backbone_names_in_a_config(override, message):
@@ -248,7 +248,7 @@ def test_unknown_model_and_backbone_names_in_a_config(override, message):
 
 
 @pytest.mark.parametrize("lookup, message", [
-    (lambda: MODELS.get("resnet"), "unknown model 'resnet'; valid names: acol, cam, single"),
+    (lambda: METHODS.get("resnet"), "unknown method 'resnet'; valid names: acol, adl, cam, cutmix, has, single, spg"),
     (lambda: BACKBONES.get("vgg19"), "unknown backbone 'vgg19'; valid names: inception_v3, resnet50, smallcnn, vgg16"),
     (lambda: build_localizer("scorecam"), "unknown localizer 'scorecam'; valid names: cam, gradcam, "),
 ])

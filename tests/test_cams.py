@@ -12,7 +12,7 @@ from acol.cams import LOCALIZERS, applicable_localizers, build_localizer
 from acol.cams.hooks import capture, guided_relus
 from acol.cams.ops import minmax_normalize
 from acol.config import load_config
-from acol.models import build_model
+from acol.methods import build_model
 
 NUM_CLASSES = 4
 

@@ -9,7 +9,7 @@ from torch import nn
 from acol.cams import build_localizer
 from acol.cams.ops import minmax_normalize, select_class
 from acol.config import load_config
-from acol.models import MODELS, build_model
+from acol.methods import METHODS, build_model
 from acol.models.backbones import BACKBONES
 from acol.engine import build_optimizer
 
@@ -32,7 +32,7 @@ MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("resnet50", True): 8, ("re
             ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
 
 # every registered model, and the cam model also without its conv (GAP + FC on the backbone)
-MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in MODELS.names()] + [
+MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in METHODS.names()] + [
     pytest.param("cam", ["model.cam_conv=false"], id="cam-no-conv")]
 
 
@@ -56,7 +56,8 @@ def test_forward_shapes_for_every_model(name, variant, backbone, large, batch):
     losses = model.loss(out, y)
     losses["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
-    expected_keys = {"acol": {"loss", "loss_a", "loss_b"}}.get(name, {"loss"})
+    expected_keys = {"acol": {"loss", "loss_a", "loss_b"},
+                     "spg": {"loss", "loss_cls", "loss_b1", "loss_b2", "loss_c"}}.get(name, {"loss"})
     assert set(losses) == expected_keys
 
 

@@ -2,7 +2,8 @@
 
 The tree is the tiny synthetic benchmark copied under the recipe's data-set name (CUB, ILSVRC,
 OpenImages): the same metadata format and code path a prepared benchmark takes. Overrides shrink
-the input, switch off the ImageNet download and shorten training and evaluation.
+the input, switch off the ImageNet download (and with it the ImageNet classifier of the ILSVRC
+ResNet50 CAM-family recipes, tested in test_methods.py) and shorten training and evaluation.
 """
 import shutil
 from pathlib import Path
@@ -38,7 +39,8 @@ def test_recipe_trains_a_step(recipe, fake_trees, tmp_path):
     data_root, metadata_root = fake_trees
     size = 64
     results = train.main(["--config", str(recipe), "--name", "smoke", f"data.root={data_root}",
-                          f"data.metadata_root={metadata_root}", 'model.pretrained=""', "model.head_channels=8",
+                          f"data.metadata_root={metadata_root}", 'model.pretrained=""', "model.pretrained_classifier=false",
+                          "model.head_channels=8",
                           f"data.resize_size={size + 8}", f"data.crop_size={size}", "data.num_workers=0",
                           "train.global_batch_size=2", "train.epochs=1", "train.max_steps=1", "eval.batch_size=6",
                           "eval.cam_curve_interval=0.05", "log.vis_num=1", f"log.runs_dir={tmp_path}"])

@@ -10,18 +10,19 @@ module's train/eval flag, works under a caller's `torch.no_grad()`, leaves no `.
 parameters and no hooks behind, and is batch-exact (an image's map does not depend on the rest of
 the batch). Maps are computed in float32, also under autocast.
 
-| name | map (DESIGN.md §3) | models |
+| name | map | models |
 |---|---|---|
 | inforward | the model's own localization map, computed in the forward pass (ACoL: fused A/B) | 1x1-conv heads |
 | inforward_a, inforward_b | ACoL's branch A / B class map | acol |
-| cam | sum_k w_k^c f_k: the FC weights (GAP + FC) or the 1x1-conv class map (= inforward_a) | all |
+| cam | sum_k w_k^c f_k: the FC weights (GAP + FC) or the 1x1-conv class map (= inforward_a) | GAP + FC |
 | gradcam | ReLU(sum_k alpha_k^c A^k), alpha = spatial mean of d logit_c / d A | all |
 | gradcam_pp | Grad-CAM++ (Chattopadhyay et al., 2018, eq. 19 closed form) | all |
 | guided_backprop | max over RGB of the guided-backprop input gradient, input resolution | all |
 | guided_gradcam | guided_backprop x Grad-CAM upsampled (bilinear) to the input | all |
 
-The gradient methods take the layer by name (`layer="head_a.3"`; default: the model's
-`default_cam_layer`, the last feature map before the class scores).
+Which localizers apply to a model is declared by its class (`model.localizers`, see
+acol.models.wsol). The gradient methods take the layer by name (`layer="head_a.3"`; default: the
+model's `default_cam_layer`, the last feature map before the class scores).
 """
 from __future__ import annotations
 
@@ -54,10 +55,6 @@ class Localizer:
         """(logits (B, C), unnormalised maps (B, h, w) float32)."""
         raise NotImplementedError
 
-    @staticmethod
-    def applies_to(model: nn.Module) -> bool:
-        return True
-
     def classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The class whose map each image gets."""
         return labels if self.target == "gt" else logits.argmax(dim=1)
@@ -67,18 +64,10 @@ class Localizer:
         return labels if self.target == "gt" else None
 
 
-def _has_class_maps(model: nn.Module) -> bool:
-    return hasattr(model, "head_a")
-
-
 class InForward(Localizer):
     """The model's own map from its forward outputs (no backward pass)."""
 
     branch: str | None = None  # None: the model's localization_map; "a" / "b": one ACoL branch
-
-    @classmethod
-    def applies_to(cls, model: nn.Module) -> bool:
-        return _has_class_maps(model) if cls.branch is None else hasattr(model, "head_b")
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad():
@@ -106,15 +95,13 @@ class InForwardB(InForward):
 
 @LOCALIZERS.register("cam")
 class CAM(Localizer):
-    """CAM (Zhou et al., 2016): the class weights applied to the last features, no bias, no ReLU."""
+    """CAM (Zhou et al., 2016): the class weights applied to the last features, no bias, no ReLU
+    (`model.class_maps`; for a 1x1-conv head its class map, by linearity)."""
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad():
             out = model(images, self.forward_labels(labels))
-            classes = self.classes(out["logits"], labels)
-            if _has_class_maps(model):  # a 1x1-conv head: its class map is the CAM (linearity)
-                return out["logits"], select_class(out["cam_a"], classes).float()
-            return out["logits"], model.class_maps(out, classes)
+            return out["logits"], model.class_maps(out, self.classes(out["logits"], labels))
 
 
 class _Gradients(Localizer):
@@ -202,11 +189,9 @@ def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> 
 
 def default_localizer(model: nn.Module) -> Localizer:
     """The model's own map: in-forward for 1x1-conv heads, CAM for GAP + FC."""
-    return build_localizer("inforward" if InForward.applies_to(model) else "cam")
+    return build_localizer("inforward" if "inforward" in model.localizers else "cam")
 
 
 def applicable_localizers(model: nn.Module) -> list[str]:
-    """The registered localizers that work on `model`, in registration order, without `cam` on
-    1x1-conv heads (there it is inforward_a, or inforward for a single branch)."""
-    return [name for name in LOCALIZERS.names_in_order() if LOCALIZERS.get(name).applies_to(model)
-            and not (name == "cam" and _has_class_maps(model))]
+    """The localizers `model` declares (`model.localizers`), in registration order."""
+    return [name for name in LOCALIZERS.names_in_order() if name in model.localizers]

@@ -1,11 +1,11 @@
 """Backbones: image (B, 3, H, W) -> feature map (B, out_channels, h, w).
 
-Each builder takes `large_feature_map` and returns a module with an `out_channels` attribute and a
-`load_pretrained(source)` method, where source is "imagenet" (torchvision weights API) or the path of
-a local state dict in the same key layout (a torchvision state dict, or a whole model's state dict
-or checkpoint of ours, whose `backbone.` keys are taken). Keys of torchvision modules a backbone
-does not keep (classifiers, later blocks) are ignored; any other missing or unexpected key is an
-error naming it.
+Each builder takes the model config (`cfg.model`: `large_feature_map`, and `vgg_pool` for vgg16) and
+returns a module with `name` (its registry name), `out_channels` and a `load_pretrained(source)`
+method, where source is "imagenet" (torchvision weights API) or the path of a local state dict in the
+same key layout (a torchvision state dict, or a whole model's state dict or checkpoint of ours, whose
+`backbone.` keys are taken). Keys of torchvision modules a backbone does not keep (classifiers, later
+blocks) are ignored; any other missing or unexpected key is an error naming it.
 
 | backbone | out_channels | stride (map at 224) large_feature_map | without |
 |---|---|---|---|
@@ -32,14 +32,16 @@ BACKBONES = Registry("backbone")
 
 
 def _conv_stack(cfg: list, batch_norm: bool) -> nn.Sequential:
-    """VGG-style layers: an int is a 3x3 conv (+BN) + ReLU; 'M' is MaxPool(3, 2, 1); 'N' is MaxPool(3, 1, 1)."""
+    """VGG-style layers: an int is a 3x3 conv (+BN) + ReLU; 'M' is MaxPool(3, 2, 1); 'N' is MaxPool(3, 1, 1);
+    'P' is MaxPool(2, 2); 'I' is an Identity (a removed pool that keeps the later indices)."""
+    pools = {"M": lambda: nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+             "N": lambda: nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
+             "P": lambda: nn.MaxPool2d(kernel_size=2, stride=2), "I": nn.Identity}
     layers: list[nn.Module] = []
     in_ch = 3
     for item in cfg:
-        if item == "M":
-            layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        elif item == "N":
-            layers.append(nn.MaxPool2d(kernel_size=3, stride=1, padding=1))
+        if item in pools:
+            layers.append(pools[item]())
         else:
             layers.append(nn.Conv2d(in_ch, item, kernel_size=3, padding=1))
             if batch_norm:
@@ -87,6 +89,15 @@ def _key_list(keys: list[str]) -> str:
     return f"{keys[:4]}{'...' if len(keys) > 4 else ''}"
 
 
+def read_state_dict(source: str, arch: str, imagenet_weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, its name for messages) of "imagenet" (torchvision's `imagenet_weights`) or a local file."""
+    if source == "imagenet":
+        if imagenet_weights is None:
+            raise ValueError(f"{arch} has no ImageNet weights; set model.pretrained to a local state dict path")
+        return _imagenet_state_dict(imagenet_weights, arch)
+    return _load_state_dict_file(source), source
+
+
 def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: str | None,
                  ignored_prefixes: tuple[str, ...] = ()) -> None:
     """Load `source` ("imagenet" or a state dict path) into `module` by key.
@@ -96,12 +107,7 @@ def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: st
     torchvision files), else a KeyError names the missing and unexpected ones; a shape mismatch
     raises load_state_dict's RuntimeError, which names the key.
     """
-    if source == "imagenet":
-        if imagenet_weights is None:
-            raise ValueError(f"{arch} has no ImageNet weights; set model.pretrained to a local state dict path")
-        state, source_name = _imagenet_state_dict(imagenet_weights, arch)
-    else:
-        state, source_name = _load_state_dict_file(source), source
+    state, source_name = read_state_dict(source, arch, imagenet_weights)
     if any(k.startswith("backbone.") for k in state):  # a whole model's state dict
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     state = {k: v for k, v in state.items() if not k.startswith(ignored_prefixes)}
@@ -116,17 +122,28 @@ def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: st
 
 
 class VGG16Features(nn.Module):
-    """VGG16 convolutions as in the official ACoL (models/vgg/vgg_v1.py).
+    """VGG16 convolutions, with the pools of the official ACoL or of torchvision.
 
-    Pools after blocks 1-3 are MaxPool(3, s2, p1); with `large_feature_map` the pools after blocks 4-5
-    are MaxPool(3, s1, p1) (stride 8: 28x28 at 224), otherwise block 4's pool has stride 2 (14x14).
-    `features.<i>` indices equal torchvision's vgg16.features, so ImageNet weights load by key.
+    pool="3x3" (official ACoL, models/vgg/vgg_v1.py; wsolevaluation's ACoL): the pools after blocks 1-3
+    are MaxPool(3, s2, p1); with `large_feature_map` the pools after blocks 4-5 are MaxPool(3, s1, p1)
+    (stride 8: 28x28 at 224), otherwise block 4's pool has stride 2 (14x14). pool="2x2" (wsolevaluation's
+    CAM, ADL and SPG): torchvision's MaxPool(2, 2) after blocks 1-4 and none after block 5; with
+    `large_feature_map` block 4's pool is removed (`features.23` is an Identity). `features.<i>`
+    indices equal torchvision's vgg16.features, so ImageNet weights load by key.
     """
 
-    def __init__(self, large_feature_map: bool = True):
+    name = "vgg16"
+
+    def __init__(self, large_feature_map: bool = True, pool: str = "3x3"):
         super().__init__()
-        cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512]
-        cfg += ["N", 512, 512, 512, "N"] if large_feature_map else ["M", 512, 512, 512, "N"]
+        if pool == "3x3":
+            cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512]
+            cfg += ["N", 512, 512, 512, "N"] if large_feature_map else ["M", 512, 512, 512, "N"]
+        elif pool == "2x2":
+            cfg = [64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "I" if large_feature_map else "P",
+                   512, 512, 512]
+        else:
+            raise ValueError(f"vgg16 pool must be 3x3 or 2x2; got {pool!r}")
         self.features = _conv_stack(cfg, batch_norm=False)
         self.out_channels = 512
 
@@ -154,6 +171,8 @@ class ResNet50Features(nn.Sequential):
     224) with it, 16 (14x14) without. Keys equal torchvision's resnet50 state dict minus fc.*.
     """
 
+    name = "resnet50"
+
     def __init__(self, large_feature_map: bool = True):
         super().__init__(OrderedDict([
             ("conv1", nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)),
@@ -170,6 +189,14 @@ class ResNet50Features(nn.Sequential):
 
     def load_pretrained(self, source: str) -> None:
         load_weights(self, source, "ResNet-50", "ResNet50_Weights.IMAGENET1K_V1", ignored_prefixes=("fc.",))
+
+    @staticmethod
+    def pretrained_classifier(source: str) -> dict[str, torch.Tensor]:
+        """{"weight": (1000, 2048), "bias": (1000,)}: the ImageNet classifier (`fc.`) of `source`."""
+        state, source_name = read_state_dict(source, "ResNet-50", "ResNet50_Weights.IMAGENET1K_V1")
+        if "fc.weight" not in state or "fc.bias" not in state:
+            raise KeyError(f"{source_name}: no ImageNet classifier (fc.weight, fc.bias) to load")
+        return {"weight": state["fc.weight"], "bias": state["fc.bias"]}
 
 
 class BasicConv2d(nn.Module):
@@ -216,6 +243,8 @@ class InceptionV3Features(nn.Sequential):
     wsolevaluation). Keys equal torchvision's inception_v3 state dict for the modules kept.
     """
 
+    name = "inception_v3"
+
     def __init__(self, large_feature_map: bool = True):
         super().__init__(OrderedDict([
             ("Conv2d_1a_3x3", BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)),
@@ -250,6 +279,8 @@ class SmallCNN(nn.Module):
     With `large_feature_map=False` a third stride-2 pool gives stride 8.
     """
 
+    name = "smallcnn"
+
     def __init__(self, large_feature_map: bool = True, width: int = 16):
         super().__init__()
         w = width
@@ -268,20 +299,20 @@ class SmallCNN(nn.Module):
 
 
 @BACKBONES.register("vgg16")
-def vgg16(large_feature_map: bool = True) -> VGG16Features:
-    return VGG16Features(large_feature_map)
+def vgg16(model_cfg) -> VGG16Features:
+    return VGG16Features(model_cfg.large_feature_map, model_cfg.vgg_pool)
 
 
 @BACKBONES.register("resnet50")
-def resnet50(large_feature_map: bool = True) -> ResNet50Features:
-    return ResNet50Features(large_feature_map)
+def resnet50(model_cfg) -> ResNet50Features:
+    return ResNet50Features(model_cfg.large_feature_map)
 
 
 @BACKBONES.register("inception_v3")
-def inception_v3(large_feature_map: bool = True) -> InceptionV3Features:
-    return InceptionV3Features(large_feature_map)
+def inception_v3(model_cfg) -> InceptionV3Features:
+    return InceptionV3Features(model_cfg.large_feature_map)
 
 
 @BACKBONES.register("smallcnn")
-def smallcnn(large_feature_map: bool = True) -> SmallCNN:
-    return SmallCNN(large_feature_map)
+def smallcnn(model_cfg) -> SmallCNN:
+    return SmallCNN(model_cfg.large_feature_map)

@@ -1,11 +1,18 @@
-"""WSOL models: ACoL (two 1x1-conv class-activation branches with erasing), its single-branch
-variant, and the GAP + FC CAM model.
+"""The WSOL model interface and the two classifiers the methods share: a 1x1-conv class-map head
+(`SingleBranch`) and GAP + FC (`GAPClassifierCAM`).
 
-Every model's `forward(x, labels=None)` returns a dict with at least "logits" (B, C); the 1x1-conv
-models also return their class activation maps computed in the forward pass, "cam_a" (and "cam_b"),
-(B, C, h, w) raw (unnormalised). `loss(out, labels)` returns {"loss", ...}; `localization_map(out,
-labels)` returns (B, h, w) float32 maps in [0, 1] for the given classes. Parameters are split by
-module role: `backbone` vs everything else (the heads), see `param_groups`.
+Every model's `forward(x, labels=None)` returns a dict with at least "logits" (B, C); models with a
+1x1-conv class-map head also return its maps "cam_a" (B, C, h, w), raw (unnormalised). The rest of
+the interface:
+
+- `loss(out, targets)` -> {"loss", ...}: targets are (B,) class indices or (B, C) class probabilities
+  (a batch mixed by CutMix); computed in float32;
+- `class_maps(out, labels)` -> (B, h, w) float32: the raw CAM of each image's class;
+- `localization_map(out, labels)` -> (B, h, w) float32 in [0, 1]: the model's own map;
+- `localizers`: the names of the localizers (acol.cams) that apply to the model, declared by its class;
+- `default_cam_layer`: the layer gradient localizers hook by default (the features the class scores
+  are pooled from);
+- `param_groups(rule)`: which parameters get the base and which the head learning rate.
 """
 from __future__ import annotations
 
@@ -15,26 +22,56 @@ from torch import nn
 
 from acol.cams.ops import minmax_normalize, select_class
 
+POST_HOC = ("gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam")  # localizers that apply to any model
 
-def class_activation_head(in_channels: int, hidden: int, num_classes: int) -> nn.Sequential:
+
+class ClassActivationHead(nn.Sequential):
+    """Conv3x3 + ReLU per hidden width, then a Conv1x1 to the C class maps (the official ACoL heads:
+    widths (1024, 1024)). With `dropout` > 0, dropout before every conv (wsolevaluation's
+    InceptionCam and InceptionSpg: 0.5); the indices of the layers stay those without it."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], num_classes: int, dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = width
+        super().__init__(*layers, nn.Conv2d(in_channels, num_classes, kernel_size=1))
+        self.dropout = dropout
+        for m in self:
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the final 1x1 conv sees (after the last dropout)."""
+        for layer in list(self)[:-1]:
+            x = layer(self._drop(x) if isinstance(layer, nn.Conv2d) else x)
+        return self._drop(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[-1](self.hidden(x))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout, self.training) if self.dropout else x
+
+
+def class_activation_head(in_channels: int, hidden: int, num_classes: int, dropout: float = 0.0) -> ClassActivationHead:
     """Conv3x3 in->hidden, ReLU, Conv3x3 hidden->hidden, ReLU, Conv1x1 hidden->C (official ACoL heads)."""
-    head = nn.Sequential(
-        nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, num_classes, kernel_size=1),
-    )
-    for m in head:
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return head
+    return ClassActivationHead(in_channels, (hidden, hidden), num_classes, dropout)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Float32 cross-entropy against (B,) class indices or (B, C) class probabilities."""
+    return F.cross_entropy(logits.float(), targets)
 
 
 class WSOLModel(nn.Module):
     """Shared plumbing: backbone, then `smoothing` (AvgPool(3, 1, 1) as the official ACoL with
-    smooth_features, else Identity; a module so its output can be hooked), and param groups."""
+    smooth_features, else Identity; a module so its output can be hooked), lr groups and the loss."""
+
+    localizers: tuple[str, ...] = ()
+    default_cam_layer: str = ""
+    he_init_backbones: tuple[str, ...] = ()  # wsolevaluation's init: Kaiming-normal new convs on these backbones
 
     def __init__(self, backbone: nn.Module, smooth_features: bool):
         super().__init__()
@@ -45,93 +82,72 @@ class WSOLModel(nn.Module):
         """(B, out_channels, h, w): the (smoothed) backbone features the heads see."""
         return self.smoothing(self.backbone(x))
 
-    def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """{"backbone": [(name, p)], "head": [(name, p)]} by module role, not by name substring."""
+    def param_groups(self, rule: str = "role") -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """{"backbone": [(name, p)], "head": [(name, p)]}: the parameters at the base and at the head
+        learning rate. rule "role": the backbone's parameters vs the rest, by module. rule
+        "wsolevaluation": its name rule (`wsolevaluation_head_rate`)."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         groups: dict[str, list] = {"backbone": [], "head": []}
         for name, p in self.named_parameters():
-            groups["backbone" if id(p) in backbone_ids else "head"].append((name, p))
+            head = self.wsolevaluation_head_rate(name) if rule == "wsolevaluation" else id(p) not in backbone_ids
+            groups["head" if head else "backbone"].append((name, p))
         return groups
 
-    def loss(self, out: dict, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss = F.cross_entropy(out["logits"].float(), labels)
-        return {"loss": loss}
+    def wsolevaluation_head_rate(self, name: str) -> bool:
+        """wsolevaluation's lr rule (main.py, parameter-name substrings) in our names: on resnet50 the
+        parameters of layer4 and of an `fc` get the head rate (so ResNet's ACoL and SPG heads get the
+        base rate); on the other backbones every parameter outside the pretrained backbone does."""
+        if self.backbone.name == "resnet50":
+            return name.startswith(("backbone.layer4.", "fc."))
+        return not name.startswith("backbone.")
+
+    def init_like_wsolevaluation(self) -> None:
+        """wsolevaluation's `initialize_weights` on the new layers (everything outside the backbone):
+        Conv2d Kaiming-normal (fan_out, ReLU) on `he_init_backbones`, Xavier-uniform otherwise, zero
+        bias; Linear N(0, 0.01), zero bias."""
+        he = self.backbone.name in self.he_init_backbones
+        for name, m in self.named_modules():
+            if name == "backbone" or name.startswith("backbone."):
+                continue
+            if isinstance(m, nn.Conv2d):
+                if he:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def loss(self, out: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": cross_entropy(out["logits"], targets)}
+
+    def class_maps(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs (B, h, w) float32 of `labels`: for a 1x1-conv head its class map (by linearity the CAM)."""
+        return select_class(out["cam_a"], labels).float()
+
+    def localization_map(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+        return minmax_normalize(self.class_maps(out, labels))
 
 
 class SingleBranch(WSOLModel):
-    """One 1x1-conv class-activation head (ACoL with erasing off; the official vgg_v0).
+    """One 1x1-conv class-activation head: ACoL with erasing off (the official vgg_v0), and
+    wsolevaluation's InceptionCam (with `dropout` 0.5).
 
     logits = GAP of the C-channel map, so the class map *is* the CAM of this model.
     """
 
+    localizers = ("inforward",) + POST_HOC
     default_cam_layer = "head_a.3"  # Grad-CAM: the ReLU before the 1x1 class conv
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
-                 smooth_features: bool = True):
+                 smooth_features: bool = True, dropout: float = 0.0):
         super().__init__(backbone, smooth_features)
-        self.head_a = class_activation_head(backbone.out_channels, head_channels, num_classes)
+        self.head_a = class_activation_head(backbone.out_channels, head_channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         cam_a = self.head_a(self.features(x))
         return {"logits": cam_a.mean(dim=(2, 3)), "cam_a": cam_a}
-
-    def localization_map(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
-        return minmax_normalize(select_class(out["cam_a"], labels))
-
-
-class ACoL(WSOLModel):
-    """Adversarial Complementary Learning (Zhang et al., CVPR 2018), DESIGN.md §2.
-
-    Branch A's map of the erasing label is min-max normalised per image; the shared feature map is
-    zeroed where it is >= threshold (a hard mask, no gradient through it) and branch B classifies
-    what is left. Classification uses A's logits; the loss is CE(A) + loss_weight_b * CE(B).
-    The erasing label is the given label (erase_with="gt") or, without labels or with
-    erase_with="pred", the argmax of A.
-    """
-
-    default_cam_layer = "head_a.3"  # Grad-CAM: branch A's ReLU before its 1x1 class conv
-
-    def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
-                 smooth_features: bool = True, threshold: float = 0.6, erase_with: str = "gt",
-                 fuse: str = "max", loss_weight_b: float = 1.0):
-        super().__init__(backbone, smooth_features)
-        self.head_a = class_activation_head(backbone.out_channels, head_channels, num_classes)
-        self.head_b = class_activation_head(backbone.out_channels, head_channels, num_classes)
-        self.threshold = threshold
-        self.erase_with = erase_with
-        self.fuse = fuse
-        self.loss_weight_b = loss_weight_b
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        feat = self.features(x)
-        cam_a = self.head_a(feat)
-        logits = cam_a.mean(dim=(2, 3))
-        if labels is None or self.erase_with == "pred":
-            labels = logits.argmax(dim=1)
-        attention = minmax_normalize(select_class(cam_a.detach(), labels))  # float32, (B, h, w)
-        keep = (attention < self.threshold).unsqueeze(1)
-        erased = feat * keep.to(feat.dtype)
-        cam_b = self.head_b(erased)
-        return {"logits": logits, "logits_b": cam_b.mean(dim=(2, 3)), "cam_a": cam_a, "cam_b": cam_b,
-                "erased": ~keep.squeeze(1)}
-
-    def loss(self, out: dict, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_a = F.cross_entropy(out["logits"].float(), labels)
-        loss_b = F.cross_entropy(out["logits_b"].float(), labels)
-        return {"loss": loss_a + self.loss_weight_b * loss_b, "loss_a": loss_a, "loss_b": loss_b}
-
-    def branch_maps(self, out: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised A and B maps of `labels`, each (B, h, w) float32."""
-        return (minmax_normalize(select_class(out["cam_a"], labels)),
-                minmax_normalize(select_class(out["cam_b"], labels)))
-
-    def localization_map(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
-        a, b = self.branch_maps(out, labels)
-        if self.fuse == "max":
-            return torch.maximum(a, b)
-        if self.fuse == "mean":
-            return (a + b) / 2
-        return a if self.fuse == "a" else b
 
 
 class GAPClassifierCAM(WSOLModel):
@@ -143,6 +159,9 @@ class GAPClassifierCAM(WSOLModel):
     `default_cam_layer` is the module whose output the FC pools ("conv", or "smoothing" without
     it), so CAM equals Grad-CAM there up to the ReLU and a 1/(h w) scale.
     """
+
+    localizers = ("cam",) + POST_HOC
+    he_init_backbones = ("vgg16",)  # wsolevaluation's VggCam initialises its conv6 with Kaiming
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int = 1024,
                  smooth_features: bool = True, cam_conv: bool = True):
@@ -166,5 +185,12 @@ class GAPClassifierCAM(WSOLModel):
         weights = self.fc.weight[labels].float()  # (B, K)
         return torch.einsum("bk,bkhw->bhw", weights, out["features"].float())
 
-    def localization_map(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
-        return minmax_normalize(self.class_maps(out, labels))
+
+def cam_classifier(backbone: nn.Module, num_classes: int, model_cfg) -> WSOLModel:
+    """The plain classifier of the CAM-family methods (cam, has, cutmix, adl), by `model.cam_head`:
+    GAP + FC (`fc`) or a 1x1-conv class-map head (`conv1x1`)."""
+    if model_cfg.cam_head == "conv1x1":
+        return SingleBranch(backbone, num_classes, model_cfg.head_channels, model_cfg.smooth_features,
+                            model_cfg.head_dropout)
+    return GAPClassifierCAM(backbone, num_classes, model_cfg.head_channels, model_cfg.smooth_features,
+                            cam_conv=model_cfg.cam_conv)

@@ -1,0 +1,88 @@
+"""The method interface: a WSOL method is a `Method` subclass registered by name.
+
+    @METHODS.register("has")
+    class HaS(Method):
+        Config = HaSConfig                     # the [has] config table (a dataclass), or None
+        def build_model(self, backbone): ...   # its model on any backbone (a WSOLModel)
+        def transform_batch(self, images, labels): ...  # optional: what it does to a training batch
+
+The training loop calls `transform_batch` on every training batch (after normalisation, before the
+forward pass) and `model.loss(out, targets)`; evaluation and the localizers use the model alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from acol.models.backbones import BACKBONES
+from acol.models.wsol import WSOLModel
+from acol.registry import Registry
+
+METHODS = Registry("method")
+
+
+class Method:
+    """A WSOL method for one config and number of classes.
+
+    Subclasses set `Config`, the dataclass of the method's `[<name>]` config table (typed fields with
+    defaults and a `check()` that raises ValueError naming the field for a bad value), or None for a
+    method without hyperparameters; they implement `build_model` and may override `transform_batch`.
+    `self.hparams` is the method's table (an instance of `Config`), `self.cfg` the whole config.
+    """
+
+    Config: type | None = None
+
+    def __init__(self, cfg, num_classes: int):
+        self.cfg = cfg
+        self.hparams = cfg.method
+        self.num_classes = num_classes
+
+    def build_model(self, backbone: nn.Module) -> WSOLModel:
+        """The method's model on `backbone` (built from cfg.model, pretrained weights loaded)."""
+        raise NotImplementedError
+
+    def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train time only: images (B, 3, H, W), normalised, and labels (B,) -> (images, targets): the
+        batch the model sees and the loss's targets, (B,) class indices or (B, C) class probabilities.
+        The forward pass and the training accuracy still use `labels`. Default: the batch unchanged."""
+        return images, labels
+
+    def model(self) -> WSOLModel:
+        """The model of this config: the backbone (pretrained weights loaded), the method's layers on
+        it, new layers initialised as `model.head_init` says and, with `model.pretrained_classifier`,
+        the ImageNet classifier loaded into the FC."""
+        model_cfg = self.cfg.model
+        backbone = BACKBONES.get(model_cfg.backbone)(model_cfg)
+        if model_cfg.pretrained:
+            backbone.load_pretrained(model_cfg.pretrained)
+        model = self.build_model(backbone)
+        if model_cfg.head_init == "wsolevaluation":
+            model.init_like_wsolevaluation()
+        if model_cfg.pretrained_classifier:
+            load_pretrained_classifier(model, model_cfg)
+        return model
+
+
+def load_pretrained_classifier(model: WSOLModel, model_cfg) -> None:
+    """The ImageNet FC of `model_cfg.pretrained` into `model.fc` (wsolevaluation keeps it for its
+    ILSVRC ResNet50 CAM-family models); anything it cannot apply to is an error saying why."""
+    fc = getattr(model, "fc", None)
+    if not isinstance(fc, nn.Linear) or fc.in_features != 2048:
+        raise ValueError(f"model.pretrained_classifier needs a GAP + FC straight on the resnet50 features (a cam, has, "
+                         f"cutmix or adl model with model.cam_head=fc, model.cam_conv=false); the {model_cfg.name} "
+                         f"model is a {type(model).__name__}")
+    state = model.backbone.pretrained_classifier(model_cfg.pretrained)
+    if fc.out_features != state["weight"].shape[0]:
+        raise ValueError(f"model.pretrained_classifier: the ImageNet classifier has {state['weight'].shape[0]} "
+                         f"classes, the model {fc.out_features}")
+    fc.load_state_dict(state)
+
+
+def build_method(cfg, num_classes: int) -> Method:
+    """The method named by cfg.model.name."""
+    return METHODS.get(cfg.model.name)(cfg, num_classes)
+
+
+def build_model(cfg, num_classes: int) -> WSOLModel:
+    """The model of cfg.model.name on cfg.model.backbone (see `Method.model`)."""
+    return build_method(cfg, num_classes).model()
