@@ -28,6 +28,21 @@ same settings and evaluate it on val and test (cached in the run folder as `abla
 The summary `<runs-dir>/ablations/<NAME>/results.md` and `.csv` hold, per cell, the mean ± std over
 seeds of the val metrics; the cell with the best mean val `select` is marked, and test numbers are
 reported for that cell only (test never chooses anything).
+
+A comparison of several methods, each tuned on val with the same budget, is a file of groups:
+
+    search_seeds = [0]                 # the cells are compared on these seeds (default: all seeds);
+                                       # the chosen cell of each group then runs with every seed
+    [[groups]]
+    name = "CAM"                       # the row's label; runs in <runs-dir>/ablations/<NAME>/<group>/
+    base = "../synthetic_cam.toml"
+    [groups.axes]                      # and/or [[groups.cells]], as above
+    "optim.lr" = [0.005, 0.01]
+
+Its summary adds one row per group (the chosen cell; val `select` over the search seeds; test mean ±
+std over all seeds) before each group's table, and `grid.png`: one row of maps per group (the chosen
+cell's run of the first seed, the model's own map, its predicted box at val's threshold in red, GT
+in green) on the same test images.
 """
 from __future__ import annotations
 
@@ -45,14 +60,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, toml_value
 from acol.evaluation.report import mean_std
+from acol.visualize import heatmap_rows, labelled_rows
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "experiments" / "ablations"
-TOP_KEYS = {"description", "base", "seeds", "select", "axes", "cells"}
+TOP_KEYS = {"description", "base", "seeds", "search_seeds", "select", "axes", "cells", "groups"}
+GROUP_KEYS = {"name", "base", "axes", "cells"}
 CELL_KEYS = {"name", "set", "localizer"}
 VAL_COLUMNS = [("top1_cls", "val top-1 cls"), ("gt_known_loc@oracle", "val GT-known (val τ)"),
                ("maxboxacc_v2", "val MaxBoxAccV2"), ("pxap", "val PxAP")]
@@ -64,6 +83,10 @@ def _spelled(settings: dict) -> str:
     """`key=value,...` with TOML's spelling of booleans; "base" for no settings."""
     text = (f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
     return ",".join(text) or "base"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.,=+-" else "_" for c in text)
 
 
 @dataclass
@@ -79,21 +102,67 @@ class Cell:
     @property
     def run_stem(self) -> str:
         """The training run's name without the seed: its settings, filesystem-safe."""
-        return "".join(c if c.isalnum() or c in "_.,=+-" else "_" for c in _spelled(self.settings))
+        return _safe(_spelled(self.settings))
+
+
+@dataclass
+class Group:
+    """Cells over one base config; a file without [[groups]] is one group without a name."""
+
+    name: str
+    base: Path
+    cells: list[Cell]
 
 
 @dataclass
 class Ablation:
     name: str
     description: str
-    base: Path
     seeds: list[int]
     select: str
-    cells: list[Cell]
+    groups: list[Group]
+    search_seeds: list[int] | None = None  # None: the cells are compared over all seeds
 
 
 def _error(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
+
+
+def _cells(table: dict, path: Path, where: str) -> list[Cell]:
+    """The cells of a file's (or a group's) [axes] grid and [[cells]] list."""
+    cells = []
+    axes = table.get("axes", {})
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise _error(path, f"{where}axes.{key} must be a non-empty list of values")
+    for combination in itertools.product(*axes.values()) if axes else []:
+        settings = dict(zip(axes, combination))
+        cells.append(Cell(_spelled(settings), settings))
+    for i, cell in enumerate(table.get("cells", [])):
+        unknown = set(cell) - CELL_KEYS
+        if unknown:
+            raise _error(path, f"{where}cells[{i}]: unknown key {sorted(unknown)[0]!r} "
+                               f"(valid: {', '.join(sorted(CELL_KEYS))})")
+        localizer = cell.get("localizer")
+        if localizer is not None and localizer not in LOCALIZERS:
+            raise _error(path, f"{where}cells[{i}]: unknown localizer {localizer!r} "
+                               f"(valid: {', '.join(LOCALIZERS.names())})")
+        settings = dict(cell.get("set", {}))
+        default = _spelled(settings)
+        cells.append(Cell(cell.get("name", default + (f" + {localizer}" if localizer else "")), settings, localizer))
+    if not cells:
+        raise _error(path, f"no cells: give {where}axes or {where}cells")
+    labels = [c.label for c in cells]
+    if len(set(labels)) != len(labels):
+        raise _error(path, f"{where}: two cells share the label {next(x for x in labels if labels.count(x) > 1)!r}")
+    return cells
+
+
+def _seeds(data: dict, key: str, path: Path) -> list[int]:
+    seeds = data[key]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
+        raise _error(path, f"{key} must be a non-empty list of integers")
+    return seeds
 
 
 def load_ablation(name_or_path: str) -> Ablation:
@@ -111,40 +180,34 @@ def load_ablation(name_or_path: str) -> Ablation:
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise _error(path, f"unknown key {sorted(unknown)[0]!r} (valid: {', '.join(sorted(TOP_KEYS))})")
-    if "base" not in data:
-        raise _error(path, "missing key 'base' (the config every cell starts from)")
-    cells = []
-    axes = data.get("axes", {})
-    for key, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise _error(path, f"axes.{key} must be a non-empty list of values")
-    for combination in itertools.product(*axes.values()) if axes else []:
-        settings = dict(zip(axes, combination))
-        cells.append(Cell(_spelled(settings), settings))
-    for i, cell in enumerate(data.get("cells", [])):
-        unknown = set(cell) - CELL_KEYS
-        if unknown:
-            raise _error(path, f"cells[{i}]: unknown key {sorted(unknown)[0]!r} (valid: {', '.join(sorted(CELL_KEYS))})")
-        localizer = cell.get("localizer")
-        if localizer is not None and localizer not in LOCALIZERS:
-            raise _error(path, f"cells[{i}]: unknown localizer {localizer!r} (valid: {', '.join(LOCALIZERS.names())})")
-        settings = dict(cell.get("set", {}))
-        default = _spelled(settings)
-        cells.append(Cell(cell.get("name", default + (f" + {localizer}" if localizer else "")), settings, localizer))
-    if not cells:
-        raise _error(path, "no cells: give [axes] or [[cells]]")
-    labels = [c.label for c in cells]
-    if len(set(labels)) != len(labels):
-        raise _error(path, f"two cells share the label {next(x for x in labels if labels.count(x) > 1)!r}")
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
-        raise _error(path, "seeds must be a non-empty list of integers")
-    return Ablation(path.stem, data.get("description", ""), (path.parent / data["base"]).resolve(), seeds,
-                    data.get("select", "maxboxacc_v2"), cells)
+    if "groups" in data:
+        mixed = set(data) & {"base", "axes", "cells"}
+        if mixed:
+            raise _error(path, f"{sorted(mixed)[0]!r} belongs inside each [[groups]] entry of a file with groups")
+        groups = []
+        for i, table in enumerate(data["groups"]):
+            unknown = set(table) - GROUP_KEYS
+            if unknown:
+                raise _error(path, f"groups[{i}]: unknown key {sorted(unknown)[0]!r} "
+                                   f"(valid: {', '.join(sorted(GROUP_KEYS))})")
+            if "name" not in table or "base" not in table:
+                raise _error(path, f"groups[{i}]: a group needs a name and a base")
+            groups.append(Group(table["name"], (path.parent / table["base"]).resolve(),
+                                _cells(table, path, f"groups[{i}].")))
+    else:
+        if "base" not in data:
+            raise _error(path, "missing key 'base' (the config every cell starts from)")
+        groups = [Group("", (path.parent / data["base"]).resolve(), _cells(data, path, ""))]
+    seeds = _seeds(data, "seeds", path) if "seeds" in data else [0]
+    search = _seeds(data, "search_seeds", path) if "search_seeds" in data else None
+    if search is not None and not set(search) <= set(seeds):
+        raise _error(path, "search_seeds must be some of the seeds")
+    return Ablation(path.stem, data.get("description", ""), seeds, data.get("select", "maxboxacc_v2"), groups, search)
 
 
 @dataclass
 class Job:
+    group: Group
     cell: Cell
     seed: int
     run_dir: Path
@@ -159,15 +222,17 @@ class Job:
         return self.run_dir.parent / f"{self.run_dir.name}.out"
 
 
-def plan(ablation: Ablation, runs_dir: Path) -> list[Job]:
-    """One job per cell x seed (cells with a localizer share the run of their settings)."""
+def plan(ablation: Ablation, runs_dir: Path, seeds: list[int], cells: dict[str, list[Cell]] | None = None) -> list[Job]:
+    """One job per group x cell x seed (`cells`: a subset per group name; cells with a localizer share
+    the run of their settings)."""
     folder = runs_dir / "ablations" / ablation.name
-    return [Job(cell, seed, folder / f"{cell.run_stem}-s{seed}") for cell in ablation.cells for seed in ablation.seeds]
+    return [Job(group, cell, seed, folder / _safe(group.name) / f"{cell.run_stem}-s{seed}")
+            for group in ablation.groups for cell in (cells[group.name] if cells else group.cells) for seed in seeds]
 
 
-def train(job: Job, base: Path, overrides: list[str], env: dict) -> int:
+def train(job: Job, overrides: list[str], env: dict) -> int:
     """Train (or resume) one run in a subprocess; its console output goes to `job.console`."""
-    command = [sys.executable, "-m", "acol.train", "--config", str(base), *job.cell.overrides, *overrides,
+    command = [sys.executable, "-m", "acol.train", "--config", str(job.group.base), *job.cell.overrides, *overrides,
                f"train.seed={job.seed}", f"log.runs_dir={job.run_dir.parent}", "--name", job.run_dir.name]
     if job.run_dir.exists():
         command += ["--resume", "auto"]
@@ -176,7 +241,7 @@ def train(job: Job, base: Path, overrides: list[str], env: dict) -> int:
         return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def run_all(jobs: list[Job], base: Path, overrides: list[str], workers: int) -> list[Job]:
+def run_all(jobs: list[Job], overrides: list[str], workers: int) -> list[Job]:
     """Train the unfinished runs, `workers` at a time; returns the jobs that failed."""
     todo = list({job.run_dir: job for job in jobs if not job.done}.values())
     gpus = torch.cuda.device_count()
@@ -192,7 +257,7 @@ def run_all(jobs: list[Job], base: Path, overrides: list[str], workers: int) -> 
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             print(f"training {job.run_dir}", flush=True)
-            return job, train(job, base, overrides, env)
+            return job, train(job, overrides, env)
         finally:
             slots.put(slot)
 
@@ -229,75 +294,163 @@ def cell_metrics(job: Job) -> dict[str, dict]:
     return json.loads(cache.read_text())
 
 
-def summarize(ablation: Ablation, jobs: list[Job]) -> tuple[str, list[list[str]], str]:
-    """(markdown table, CSV rows, chosen cell label)."""
-    per_cell: dict[str, list[dict]] = {}
-    for job in jobs:
-        per_cell.setdefault(job.cell.label, []).append(cell_metrics(job))
-    means = {label: statistics.mean(m["val"][ablation.select] for m in runs) for label, runs in per_cell.items()}
-    chosen = max(means, key=means.get)
+def choose(group: Group, jobs: list[Job], select: str) -> Cell:
+    """The group's cell with the best mean val `select` over its jobs."""
+    means = {}
+    for cell in group.cells:
+        values = [cell_metrics(j)["val"][select] for j in jobs if j.group is group and j.cell is cell]
+        means[cell.label] = statistics.mean(values)
+    best = max(means, key=means.get)
+    return next(c for c in group.cells if c.label == best)
+
+
+def _numbers(values: list[float] | None) -> list[str]:
+    if values is None:
+        return ["", ""]
+    return [f"{statistics.mean(values):.4f}", f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"]
+
+
+def summarize(group: Group, search: list[Job], final: list[Job], chosen: Cell) -> tuple[str, list[list[str]]]:
+    """(markdown table, CSV rows) of one group: val metrics of every cell over the search jobs, test
+    metrics of the chosen cell over the final jobs."""
+    per_cell = {cell.label: [cell_metrics(j) for j in search if j.group is group and j.cell is cell]
+                for cell in group.cells}
+    tested = [cell_metrics(j) for j in final if j.group is group]
     val_cols = [c for c in VAL_COLUMNS if all(c[0] in m["val"] for runs in per_cell.values() for m in runs)]
-    test_cols = [c for c in TEST_COLUMNS if all(c[0] in m["test"] for m in per_cell[chosen])]
+    test_cols = [c for c in TEST_COLUMNS if all(c[0] in m["test"] for m in tested)]
     lines = [f"| cell | n | {' | '.join(t for _, t in val_cols + test_cols)} |",
              "|---|---:|" + "---:|" * (len(val_cols) + len(test_cols))]
     rows = [["cell", "n", "chosen"] + [f"{t} {s}" for _, t in val_cols + test_cols for s in ("mean", "std")]]
     for label, runs in per_cell.items():
-        is_chosen = label == chosen
+        is_chosen = label == chosen.label
         val = [[m["val"][k] for m in runs] for k, _ in val_cols]
-        test = [[m["test"][k] for m in runs] for k, _ in test_cols] if is_chosen else [None] * len(test_cols)
+        test = [[m["test"][k] for m in tested] for k, _ in test_cols] if is_chosen else [None] * len(test_cols)
         cells = [mean_std(v) for v in val] + [mean_std(v) if v else "–" for v in test]
         name = f"**{label}** (chosen on val)" if is_chosen else label
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
-        numbers = []
-        for v in val + test:
-            numbers += ["", ""] if v is None else [f"{statistics.mean(v):.4f}",
-                                                    f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}"]
-        rows.append([label, str(len(runs)), "yes" if is_chosen else ""] + numbers)
-    return "\n".join(lines), rows, chosen
+        rows.append([label, str(len(runs)), "yes" if is_chosen else ""] + [x for v in val + test for x in _numbers(v)])
+    return "\n".join(lines), rows
+
+
+GROUP_COLUMNS = [("test", "top1_cls", "top-1 cls"), ("test", "gt_known_loc@val", "GT-known @val τ"),
+                 ("test", "top1_loc@val", "top-1 loc @val τ"), ("test", "maxboxacc_v2", "MaxBoxAccV2"),
+                 ("test", "pxap", "PxAP")]
+
+
+def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
+                     chosen: dict[str, Cell]) -> tuple[str, list[list[str]]]:
+    """(markdown table, CSV rows): per group the chosen cell, its val `select` over the search seeds
+    and its test metrics (mean ± std over the seeds)."""
+    lines = [f"| method | chosen on val | val {ablation.select} | n | "
+             + " | ".join(t for _, _, t in GROUP_COLUMNS) + " |", "|---|---|---:|---:|" + "---:|" * len(GROUP_COLUMNS)]
+    rows = [["group", "chosen", f"val {ablation.select} mean", "n"]
+            + [f"{t} {s}" for _, _, t in GROUP_COLUMNS for s in ("mean", "std")]]
+    for group in ablation.groups:
+        cell = chosen[group.name]
+        val = [cell_metrics(j)["val"][ablation.select] for j in search if j.group is group and j.cell is cell]
+        tested = [cell_metrics(j) for j in final if j.group is group]
+        columns = [[m[split][key] for m in tested] if all(key in m[split] for m in tested) else None
+                   for split, key, _ in GROUP_COLUMNS]
+        lines.append(f"| {group.name} | {cell.label} | {statistics.mean(val):.1f} | {len(tested)} | "
+                     + " | ".join(mean_std(v) if v else "–" for v in columns) + " |")
+        rows.append([group.name, cell.label, f"{statistics.mean(val):.4f}", str(len(tested))]
+                    + [x for v in columns for x in _numbers(v)])
+    return "\n".join(lines), rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ablation", help="a name in experiments/ablations/ or the path of an ablation file")
     p.add_argument("--seeds", help="comma-separated seeds (default: the file's)")
-    p.add_argument("--base", type=Path, help="another base config, e.g. experiments/cub_acol_vgg16.toml")
+    p.add_argument("--base", type=Path, help="another base config, e.g. experiments/cub_acol_vgg16.toml "
+                                             "(files without groups)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (repeatable)")
+    p.add_argument("--num-images", type=int, default=8, help="columns of a group file's grid.png")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
     return p.parse_args(argv)
+
+
+def _configure(args) -> Ablation:
+    ablation = load_ablation(args.ablation)
+    if args.seeds:
+        ablation.seeds = [int(s) for s in args.seeds.split(",")]
+        ablation.search_seeds = ablation.search_seeds and [s for s in ablation.search_seeds if s in ablation.seeds]
+    if args.base:
+        if len(ablation.groups) > 1 or ablation.groups[0].name:
+            raise ConfigError(f"--base applies to an ablation without groups; {args.ablation} has groups")
+        ablation.groups[0].base = args.base.resolve()
+    for group in ablation.groups:  # every cell's config must load before anything trains
+        for cell in group.cells:
+            load_config(group.base, cell.overrides + args.override)
+    return ablation
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
     try:
-        ablation = load_ablation(args.ablation)
-        if args.seeds:
-            ablation.seeds = [int(s) for s in args.seeds.split(",")]
-        if args.base:
-            ablation.base = args.base.resolve()
-        for cell in ablation.cells:  # every cell's config must load before anything trains
-            load_config(ablation.base, cell.overrides + args.override)
+        ablation = _configure(args)
     except (ConfigError, ValueError) as e:
         sys.exit(f"ablation error: {e}")
-    jobs = plan(ablation, args.runs_dir)
+    search = plan(ablation, args.runs_dir, ablation.search_seeds or ablation.seeds)
     if args.dry_run:
-        for job in jobs:
-            print(f"{'done' if job.done else 'todo'}  {job.cell.label}  seed {job.seed}  {job.run_dir}")
+        for job in search:
+            print(f"{'done' if job.done else 'todo'}  {job.group.name}  {job.cell.label}  seed {job.seed}  {job.run_dir}")
         return ""
-    failed = run_all(jobs, ablation.base, args.override, max(1, args.jobs))
+    workers = max(1, args.jobs)
+    failed = run_all(search, args.override, workers)
     if failed:
         sys.exit(f"{len(failed)} run(s) failed; fix the cause and run the same command again to finish the grid")
-    table, rows, chosen = summarize(ablation, jobs)
+    chosen = {group.name: choose(group, search, ablation.select) for group in ablation.groups}
+    final = plan(ablation, args.runs_dir, ablation.seeds, {name: [cell] for name, cell in chosen.items()})
+    failed = run_all(final, args.override, workers)
+    if failed:
+        sys.exit(f"{len(failed)} run(s) of the chosen cells failed; fix the cause and run the same command again")
     folder = args.runs_dir / "ablations" / ablation.name
-    header = (f"{ablation.description or ablation.name}: base {ablation.base.name}, seeds "
-              f"{', '.join(map(str, ablation.seeds))}; mean ± std; chosen on val {ablation.select}: {chosen}")
-    (folder / "results.md").write_text(f"{header}\n\n{table}\n")
+    search_note = f"; cells compared on seeds {', '.join(map(str, ablation.search_seeds))}" if ablation.search_seeds else ""
+    header = (f"{ablation.description or ablation.name}: seeds {', '.join(map(str, ablation.seeds))}{search_note}; "
+              f"mean ± std; chosen on val {ablation.select}")
+    parts, rows = [header], []
+    if len(ablation.groups) > 1 or ablation.groups[0].name:
+        table, rows = summarize_groups(ablation, search, final, chosen)
+        parts.append(table)
+        rows.append([])
+    for group in ablation.groups:
+        table, group_rows = summarize(group, search, final, chosen[group.name])
+        title = f"{group.name}: base {group.base.name}" if group.name else f"base {group.base.name}"
+        parts.append(f"{title}; chosen: {chosen[group.name].label}\n\n{table}")
+        rows += [[group.name, *row] for row in group_rows] if group.name else group_rows
+    text = "\n\n".join(parts)
+    (folder / "results.md").write_text(text + "\n")
     with open(folder / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    print(f"\n{header}\n{table}\nwritten to {folder}/results.md and results.csv")
-    return table
+    written = "results.md and results.csv"
+    if ablation.groups[0].name:
+        grid = method_grid(ablation, final, args.override, args.num_images)
+        cv2.imwrite(str(folder / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        written += ", grid.png"
+    print(f"\n{text}\nwritten to {folder}: {written}")
+    return text
+
+
+def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
+    """Rows: the test images with their GT boxes, then each group's map (the chosen cell's first-seed
+    run, the model's own map) with its predicted box at the run's val threshold; the same images."""
+    from acol.compare import test_maps  # loads models: only for a file with groups
+
+    rows, labels = [], ["image"]
+    for group in ablation.groups:
+        job = next(j for j in final if j.group is group and j.seed == ablation.seeds[0])
+        images, boxes, maps, cfg = test_maps(job.run_dir, None, "gt", "last", overrides, num_images)
+        threshold = cell_metrics(job)["test"].get("val_cam_threshold", cfg.eval.fixed_threshold)
+        tiles = heatmap_rows(images, maps, boxes, {name: threshold for name in maps})
+        if not rows:
+            rows.append([row[0] for row in tiles])
+        rows.append([row[1] for row in tiles])
+        labels.append(group.name)
+    return labelled_rows(rows, labels)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from acol.cams import LOCALIZERS, applicable_localizers, build_localizer
+from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError
 from acol.datasets.dataset import build_dataset, build_loader, collate
@@ -126,6 +126,23 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
     return "\n".join(lines), rows
 
 
+def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
+              num_images: int) -> tuple[torch.Tensor, list[np.ndarray], dict[str, torch.Tensor], object]:
+    """(images, GT boxes, {method: maps}, cfg) of `num_images` test images spread evenly over a run's
+    test split; methods None: the model's own map (`default_localizer`), under its name."""
+    cfg, model, device, dtype = load_run(run, checkpoint, overrides)
+    dataset = build_dataset(cfg, "test", train=False)
+    indices = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).astype(int).tolist()
+    batch = collate([dataset[i] for i in indices])
+    images = normalize_on_device(batch["image"], device)
+    labels = batch["label"].to(device)
+    maps = {}
+    for name in methods or [default_localizer_name(model)]:
+        with autocast(device, dtype):
+            maps[name] = build_localizer(name, target)(model, images, labels)[1]
+    return images, [b.numpy() for b in batch["boxes"]], maps, cfg
+
+
 def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int) -> np.ndarray:
     """Test images x methods: each group's first run, each method's map with its val threshold."""
     rows, titles = None, ["image"]
@@ -134,19 +151,11 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
         first_runs.setdefault(r["group"], r["run"])
     for run in first_runs.values():
         chosen = [r for r in records if r["run"] == run]
-        cfg, model, device, dtype = load_run(Path(run), checkpoint, overrides)
-        dataset = build_dataset(cfg, "test", train=False)
-        indices = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).astype(int).tolist()
-        batch = collate([dataset[i] for i in indices])
-        images = normalize_on_device(batch["image"], device)
-        labels = batch["label"].to(device)
-        maps, boxed = {}, {}
-        for r in chosen:
-            with autocast(device, dtype):
-                maps[r["method"]] = build_localizer(r["method"], target)(model, images, labels)[1]
-            boxed[r["method"]] = r["test"].get("val_cam_threshold", cfg.eval.fixed_threshold)
-            titles.append(f"{r['group']}:{r['method']}")
-        new = heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], boxed)
+        images, boxes, maps, cfg = test_maps(Path(run), [r["method"] for r in chosen], target, checkpoint, overrides,
+                                             num_images)
+        boxed = {r["method"]: r["test"].get("val_cam_threshold", cfg.eval.fixed_threshold) for r in chosen}
+        titles += [f"{r['group']}:{r['method']}" for r in chosen]
+        new = heatmap_rows(images, maps, boxes, boxed)
         rows = new if rows is None else [old + row[1:] for old, row in zip(rows, new)]
     return titled_grid(rows, titles)
 

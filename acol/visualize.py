@@ -76,10 +76,15 @@ def heatmap_rows(images: torch.Tensor, maps: dict[str, torch.Tensor], gt_boxes: 
     return rows
 
 
+def enlarge(rows: list[list[np.ndarray]], scale: int) -> list[list[np.ndarray]]:
+    """Every tile enlarged `scale` times (nearest neighbour)."""
+    return [[cv2.resize(t, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for t in row] for row in rows]
+
+
 def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2) -> np.ndarray:
     """`tile(rows)` with each tile enlarged `scale` times (nearest) under a header of column titles
     (two lines each where a title holds a ':')."""
-    big = [[cv2.resize(t, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for t in row] for row in rows]
+    big = enlarge(rows, scale)
     grid = tile(big)
     width = big[0][0].shape[1]
     header = np.full((34, grid.shape[1], 3), 255, np.uint8)
@@ -88,6 +93,19 @@ def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2)
             cv2.putText(header, line[: max(4, width // 7)], (2 + j * (width + 2) + 2, 14 + 15 * k),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([header, grid])
+
+
+def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2) -> np.ndarray:
+    """`tile(rows)` with each tile enlarged `scale` times (nearest) after a tile holding the row's label."""
+    big = enlarge(rows, scale)
+    height, width = big[0][0].shape[:2]
+    tagged = []
+    for label, row in zip(labels, big):
+        tag = np.full((height, width, 3), 255, np.uint8)
+        cv2.putText(tag, label[: max(4, width // 8)], (4, height // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        tagged.append([tag] + row)
+    return tile(tagged)
 
 
 def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:

@@ -94,6 +94,48 @@ def test_bad_ablation_files_name_the_key(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments" / "ablations").glob("*.toml")))
 def test_every_shipped_ablation_loads_and_its_cells_configure(name):
     ablation = ablate.load_ablation(name)
-    assert ablation.base.is_file() and len(ablation.cells) >= 2 and ablation.seeds == [0, 1, 2]
-    for cell in ablation.cells:
-        ablate.load_config(ablation.base, cell.overrides)
+    assert ablation.seeds == [0, 1, 2]
+    for group in ablation.groups:
+        assert group.base.is_file() and len(group.cells) >= 2
+        for cell in group.cells:
+            ablate.load_config(group.base, cell.overrides)
+
+
+def test_methods_comparison_gives_every_method_the_same_budget():
+    ablation = ablate.load_ablation("methods")
+    assert [g.name for g in ablation.groups] == ["CAM", "HaS", "ACoL", "SPG", "ADL", "CutMix"]
+    assert {len(g.cells) for g in ablation.groups} == {6} and ablation.search_seeds == [0]
+    for group in ablation.groups:
+        names = {ablate.load_config(group.base, cell.overrides).model.name for cell in group.cells}
+        assert names == {group.name.lower()}
+
+
+def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overrides, tmp_path):
+    path = tmp_path / "duel.toml"
+    experiments = ROOT / "experiments"
+    path.write_text(f'seeds = [0, 1]\nsearch_seeds = [0]\n\n[[groups]]\nname = "CAM"\n'
+                    f'base = "{experiments / "synthetic_cam.toml"}"\n[groups.axes]\n"optim.lr" = [0.01, 0.001]\n\n'
+                    f'[[groups]]\nname = "HaS"\nbase = "{experiments / "synthetic_has.toml"}"\n[[groups.cells]]\n'
+                    f'set = {{ "has.grid_size" = 4 }}\n[[groups.cells]]\nset = {{ "has.grid_size" = 8 }}\n')
+    runs = tmp_path / "ablation_runs"
+    ablate.main([str(path), "--runs-dir", str(runs), "--num-images", "3", *[f"--override={o}" for o in tiny_overrides]])
+    folder = runs / "ablations" / "duel"
+    trained = sorted(str(p.parent.relative_to(folder)) for p in folder.glob("*/*/results.json"))
+    chosen = {}
+    for group, cells in (("CAM", ("optim.lr=0.01", "optim.lr=0.001")), ("HaS", ("has.grid_size=4", "has.grid_size=8"))):
+        val = {c: ablate.last_records(folder / group / f"{c}-s0")["val"]["maxboxacc_v2"] for c in cells}
+        chosen[group] = max(val, key=val.get)
+    assert trained == sorted([f"{g}/{c}-s0" for g, cells in (("CAM", ("optim.lr=0.01", "optim.lr=0.001")),
+                                                              ("HaS", ("has.grid_size=4", "has.grid_size=8")))
+                              for c in cells] + [f"{g}/{chosen[g]}-s1" for g in chosen])
+    with open(folder / "results.csv") as f:
+        rows = list(csv.reader(f))
+    for group in ("CAM", "HaS"):
+        row = dict(zip(rows[0], next(r for r in rows if r and r[0] == group)))  # the groups table comes first
+        tests = [ablate.last_records(folder / group / f"{chosen[group]}-s{s}")["test"]["maxboxacc_v2"] for s in (0, 1)]
+        assert row["chosen"] == chosen[group] and row["n"] == "2"
+        assert float(row["MaxBoxAccV2 mean"]) == pytest.approx(statistics.mean(tests), abs=1e-4)
+    grid = (folder / "grid.png")
+    assert grid.is_file()
+    import cv2
+    assert cv2.imread(str(grid)).shape == (2 + 3 * (2 * 32 + 2), 2 + 4 * (2 * 32 + 2), 3)  # image + 2 methods; label + 3

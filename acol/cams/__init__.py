@@ -1,5 +1,7 @@
 """Class maps: float32 map ops (`ops`), hook context managers (`hooks`) and the localizers, one
 interface for in-forward, CAM and Grad-CAM-family maps (`localizers`)."""
-from acol.cams.localizers import LOCALIZERS, Localizer, applicable_localizers, build_localizer, default_localizer
+from acol.cams.localizers import (LOCALIZERS, Localizer, applicable_localizers, build_localizer, default_localizer,
+                                  default_localizer_name)
 
-__all__ = ["LOCALIZERS", "Localizer", "applicable_localizers", "build_localizer", "default_localizer"]
+__all__ = ["LOCALIZERS", "Localizer", "applicable_localizers", "build_localizer", "default_localizer",
+           "default_localizer_name"]

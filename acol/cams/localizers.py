@@ -187,9 +187,14 @@ def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> 
     return LOCALIZERS.get(name)(target=target, layer=layer)
 
 
-def default_localizer(model: nn.Module) -> Localizer:
+def default_localizer_name(model: nn.Module) -> str:
     """The model's own map: in-forward for 1x1-conv heads, CAM for GAP + FC."""
-    return build_localizer("inforward" if "inforward" in model.localizers else "cam")
+    return "inforward" if "inforward" in model.localizers else "cam"
+
+
+def default_localizer(model: nn.Module) -> Localizer:
+    """The localizer of the model's own map (`default_localizer_name`)."""
+    return build_localizer(default_localizer_name(model))
 
 
 def applicable_localizers(model: nn.Module) -> list[str]:
