@@ -2,8 +2,9 @@
 interface (config tables, a new method as one class), wsolevaluation's options, and every method on
 every backbone training a step and evaluating on tiny data."""
 import copy
+import importlib.util
+import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 from acol import train
 from acol.config import ConfigError, load_config, to_toml
 from acol.engine import build_optimizer
-from acol.methods import METHODS, Method, build_method, build_model
+from acol.methods import METHODS, build_method, build_model
 from acol.methods.adl import ADL, POSITIONS, drop_mask
 from acol.methods.cutmix import cut_box, mixed_targets, paste
 from acol.methods.has import hide_cells
@@ -25,6 +26,7 @@ from acol.models.wsol import cam_classifier
 
 NUM_CLASSES = 4
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def config(name, backbone="smallcnn", *extra):
@@ -98,6 +100,7 @@ def test_adl_drop_mask_and_importance_map_from_a_known_attention():
     x, attention = adl_input()
     # gamma 0.7: image 0 erases A >= 2.8 (3, 4), image 1 erases A >= 5.6 (8, 6)
     assert torch.equal(drop_mask(attention, 0.7), torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]], [[[1.0, 0.0], [0.0, 1.0]]]]))
+    assert torch.equal(drop_mask(attention, 1.0), torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]], [[[1.0, 0.0], [1.0, 1.0]]]]))
     adl = ADL(drop_rate=1.0, threshold=0.7).train()
     assert torch.equal(adl(x), x * drop_mask(attention, 0.7))
     adl.drop_rate = 0.0
@@ -412,44 +415,45 @@ def test_method_tables_are_typed_checked_and_printed(tmp_path):
         load_config(overrides=["model.name=cam", "cutmix.alpha=1"])
 
 
-@dataclass
-class ShiftConfig:
-    pixels: int = 2
-
-    def check(self):
-        if self.pixels < 0:
-            raise ValueError(f"pixels must be >= 0; got {self.pixels}")
-
-
-class Shift(Method):
-    """A method as the README's "Adding a method" writes one: the CAM classifier on images rolled by a
-    few pixels."""
-
-    Config = ShiftConfig
-
-    def build_model(self, backbone):
-        return cam_classifier(backbone, self.num_classes, self.cfg.model)
-
-    def transform_batch(self, images, labels):
-        return images.roll(self.hparams.pixels, dims=-1), labels
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block of the README after the line `after`."""
+    text = README.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start:text.index("```", start)]
 
 
 @pytest.fixture
-def shift_method():
-    METHODS.register("shift")(Shift)
-    yield
-    del METHODS._builders["shift"]
+def cutout(tmp_path):
+    """The README's example method, imported from the README's own text (registered while the test runs)."""
+    path = tmp_path / "cutout.py"
+    path.write_text(readme_block("`acol/methods/cutout.py`:", "python"))
+    spec = importlib.util.spec_from_file_location("cutout_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    del METHODS._builders["cutout"]
 
 
-def test_a_new_method_is_one_class_and_one_table(shift_method, tiny_overrides, tmp_path):
-    cfg = load_config(overrides=["model.name=shift", "shift.pixels=3"])
-    assert cfg.shift.pixels == 3
-    with pytest.raises(ConfigError, match="shift.pixels must be >= 0"):
-        load_config(overrides=["model.name=shift", "shift.pixels=-1"])
-    results = train.main(["--config", str(EXPERIMENTS / "synthetic_cam.toml"), "--name", "shift", "model.name=shift",
-                          *tiny_overrides])
+def test_the_readme_example_method_is_one_module_and_one_experiment_file(cutout, tiny_overrides, tmp_path):
+    experiment = tmp_path / "synthetic_cutout.toml"
+    base = json.dumps(str(EXPERIMENTS / "synthetic_base.toml"))
+    experiment.write_text(readme_block("`experiments/synthetic_cutout.toml`:", "toml").replace('"synthetic_base.toml"', base))
+    cfg = load_config(experiment)
+    assert cfg.cutout.size == 16 and "[cutout]\nsize = 16\n" in to_toml(cfg)
+    with pytest.raises(ConfigError, match="cutout.size must be >= 1; got 0"):
+        load_config(experiment, ["cutout.size=0"])
+    torch.manual_seed(0)
+    images, labels = torch.ones(64, 3, 40, 40), torch.zeros(64, dtype=torch.long)
+    hidden, targets = build_method(cfg, NUM_CLASSES).transform_batch(images, labels)
+    assert targets is labels
+    for image in hidden:  # one square of 16 px, cut where it crosses the border, in every channel
+        rows, cols = torch.nonzero(image[0] == 0, as_tuple=True)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert len(rows) == height * width and height <= 16 and width <= 16 and torch.equal(image[0] == 0, image[2] == 0)
+        assert (height == 16 or rows.min() == 0 or rows.max() == 39) and (width == 16 or cols.min() == 0 or cols.max() == 39)
+    results = train.main(["--config", str(experiment), "--name", "cutout", *tiny_overrides])
     assert 0 <= results["test"]["maxboxacc_v2"] <= 100
-    assert "[shift]\npixels = 2" in (tmp_path / "runs" / "shift" / "config.toml").read_text()
+    assert "[cutout]\nsize = 16" in (tmp_path / "runs" / "cutout" / "config.toml").read_text()
 
 
 # --- every method on every backbone --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Reading wsolevaluation-format metadata (DESIGN.md §5).
+"""Reading wsolevaluation-format metadata.
 
 `<metadata_root>/<DATASET>/<split>/`:
   image_ids.txt         path

@@ -53,7 +53,7 @@ written before any model was trained on it.
   extent of the mask. Each image also has a foreground mask, the union of its objects, as 0/255.
   The part boxes (`part_localization.txt`) are written as well, for part-versus-body analyses.
 
-Files (DESIGN.md §5; paths are relative to `<data_root>/SYNTHETIC/`)
+Files (wsolevaluation's metadata format; paths are relative to `<data_root>/SYNTHETIC/`)
 ------------------------------------------------------------------
     <data_root>/SYNTHETIC/<split>/<class:03d>/<index:05d>.png        RGB image
     <data_root>/SYNTHETIC/<split>/<class:03d>/<index:05d>_mask.png   uint8 0/255 foreground

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from acol.methods.base import METHODS, Method
-from acol.models.wsol import WSOLModel, cam_classifier
+from acol.methods.base import METHODS
+from acol.methods.cam import CAMClassifierMethod
+from acol.models.wsol import WSOLModel
 
 # Where the layers sit (wsolevaluation's placements: vgg.py's "adl" layouts, resnet.py's _ADL_POSITION,
 # inception.py's InceptionAdl), as module names of the model; None stands for the classifier's last
@@ -82,13 +83,13 @@ def attach_adl(model: nn.Module, name: str, adl: ADL) -> None:
 
 
 @METHODS.register("adl")
-class ADLMethod(Method):
+class ADLMethod(CAMClassifierMethod):
     """The CAM classifier with ADL layers at the backbone's positions (`POSITIONS`)."""
 
     Config = ADLConfig
 
     def build_model(self, backbone: nn.Module) -> WSOLModel:
-        model = cam_classifier(backbone, self.num_classes, self.cfg.model)
+        model = super().build_model(backbone)
         for name in POSITIONS[backbone.name]:
             attach_adl(model, name or model.default_cam_layer, ADL(self.hparams.drop_rate, self.hparams.threshold))
         return model

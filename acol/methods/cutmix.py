@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from acol.methods.base import METHODS, Method
-from acol.models.wsol import WSOLModel, cam_classifier
+from acol.methods.base import METHODS
+from acol.methods.cam import CAMClassifierMethod
 
 
 @dataclass
@@ -61,13 +60,10 @@ def mixed_targets(labels: torch.Tensor, permutation: torch.Tensor, lam: float, n
 
 
 @METHODS.register("cutmix")
-class CutMix(Method):
+class CutMix(CAMClassifierMethod):
     """CutMix: the CAM classifier trained on box-mixed batches with area-mixed targets."""
 
     Config = CutMixConfig
-
-    def build_model(self, backbone: nn.Module) -> WSOLModel:
-        return cam_classifier(backbone, self.num_classes, self.cfg.model)
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         beta, prob = self.hparams.beta, self.hparams.prob

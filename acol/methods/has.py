@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from acol.methods.base import METHODS, Method
-from acol.models.wsol import WSOLModel, cam_classifier
+from acol.methods.base import METHODS
+from acol.methods.cam import CAMClassifierMethod
 
 
 @dataclass
@@ -43,13 +42,10 @@ def hide_cells(images: torch.Tensor, grid_size: int, hidden: torch.Tensor) -> to
 
 
 @METHODS.register("has")
-class HaS(Method):
+class HaS(CAMClassifierMethod):
     """Hide-and-Seek: the CAM classifier trained on images with random cells hidden."""
 
     Config = HaSConfig
-
-    def build_model(self, backbone: nn.Module) -> WSOLModel:
-        return cam_classifier(backbone, self.num_classes, self.cfg.model)
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.hparams.grid_size
