@@ -50,7 +50,8 @@ class ModelCfg:
     large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14)
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
-    head_channels: int = 1024           # hidden channels of the ACoL heads and of the cam model's conv
+    head_channels: int = 1024           # hidden channels of the class-map heads and of the cam model's conv
+                                        # (SPG's widths scale with it)
     cam_head: str = "fc"                # the classifier of cam, has, cutmix, adl: fc (GAP + FC: wsolevaluation's
                                         # VggCam, ResNetCam) | conv1x1 (a 1x1-conv class-map head: its InceptionCam)
     cam_conv: bool = True               # fc: Conv3x3 to head_channels + ReLU before GAP + FC (wsolevaluation's

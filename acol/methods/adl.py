@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from acol.methods.base import METHODS
+from acol.methods.base import METHODS, check_range
 from acol.methods.cam import CAMClassifierMethod
 from acol.models.wsol import WSOLModel
 
@@ -37,8 +37,7 @@ class ADLConfig:
 
     def check(self) -> None:
         for key in ("drop_rate", "threshold"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1]; got {getattr(self, key)}")
+            check_range(self, key, 0, 1)
 
 
 def drop_mask(attention: torch.Tensor, threshold: float) -> torch.Tensor:

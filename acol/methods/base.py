@@ -63,6 +63,14 @@ class Method:
         return model
 
 
+def check_range(table, key: str, low: float, high: float | None = None, note: str = "") -> None:
+    """For a `Config.check()`: ValueError "<key> must be in [low, high]; got v" (">= low" without `high`)."""
+    value = getattr(table, key)
+    if value < low or high is not None and value > high:
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"{key} must be {bound}{note}; got {value}")
+
+
 def load_pretrained_classifier(model: WSOLModel, model_cfg) -> None:
     """The ImageNet FC of `model_cfg.pretrained` into `model.fc` (wsolevaluation keeps it for its
     ILSVRC ResNet50 CAM-family models); anything it cannot apply to is an error saying why."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from acol.methods.base import METHODS
+from acol.methods.base import METHODS, check_range
 from acol.methods.cam import CAMClassifierMethod
 
 
@@ -28,10 +28,8 @@ class CutMixConfig:
     prob: float = 1.0                   # probability that a batch is mixed
 
     def check(self) -> None:
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0 (0: no mixing); got {self.beta}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"prob must be in [0, 1]; got {self.prob}")
+        check_range(self, "beta", 0, note=" (0: no mixing)")
+        check_range(self, "prob", 0, 1)
 
 
 def cut_box(height: int, width: int, lam: float, centre_y: int, centre_x: int) -> tuple[int, int, int, int]:

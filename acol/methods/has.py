@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from acol.methods.base import METHODS
+from acol.methods.base import METHODS, check_range
 from acol.methods.cam import CAMClassifierMethod
 
 
@@ -27,10 +27,8 @@ class HaSConfig:
     drop_rate: float = 0.5              # probability that a cell is hidden
 
     def check(self) -> None:
-        if self.grid_size < 0:
-            raise ValueError(f"grid_size must be >= 0 (0: no hiding); got {self.grid_size}")
-        if not 0.0 <= self.drop_rate <= 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1]; got {self.drop_rate}")
+        check_range(self, "grid_size", 0, note=" (0: no hiding)")
+        check_range(self, "drop_rate", 0, 1)
 
 
 def hide_cells(images: torch.Tensor, grid_size: int, hidden: torch.Tensor) -> torch.Tensor:

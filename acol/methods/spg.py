@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acol.cams.ops import minmax_normalize, select_class
-from acol.methods.base import METHODS, Method
+from acol.methods.base import METHODS, Method, check_range
 from acol.models.wsol import POST_HOC, ClassActivationHead, WSOLModel, cross_entropy
 
 MIN_FOREGROUND = 30                     # fewer foreground pixels than this: threshold at FALLBACK x the maximum
@@ -68,9 +68,8 @@ class SPGConfig:
     threshold_3l: float = 0.1
 
     def check(self) -> None:
-        for key, value in vars(self).items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1]; got {value}")
+        for key in vars(self):
+            check_range(self, key, 0, 1)
 
     def stages(self) -> tuple[tuple[float, float], ...]:
         return ((self.threshold_1h, self.threshold_1l), (self.threshold_2h, self.threshold_2l),
