@@ -38,6 +38,12 @@ def test_run_and_scoremap_modes_agree_with_training(trained_run, tiny_data, tmp_
         assert from_maps[key] == pytest.approx(metrics[key]), key
 
 
+def test_a_localizer_the_model_does_not_declare_is_refused(trained_run):
+    with pytest.raises(SystemExit, match="localizer 'cam' does not apply to the acol model of .*; its localizers: "
+                                         "inforward, inforward_a, inforward_b, gradcam"):
+        evaluate.main(["--run", str(trained_run), "--localizer", "cam"])
+
+
 @pytest.mark.parametrize("array, message", [
     (np.zeros((2, 4, 4), np.float32), "must be a 2-D float array"),
     (np.zeros((4, 4), np.int64), "must be a 2-D float array"),
