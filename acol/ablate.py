@@ -123,6 +123,11 @@ class Ablation:
     groups: list[Group]
     search_seeds: list[int] | None = None  # None: the cells are compared over all seeds
 
+    @property
+    def grouped(self) -> bool:
+        """A file of [[groups]] (every group has a name) rather than one unnamed group."""
+        return bool(self.groups[0].name)
+
 
 def _error(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
@@ -358,6 +363,25 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
     return "\n".join(lines), rows
 
 
+def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
+    """Rows: the test images with their GT boxes, then each group's map (the chosen cell's first-seed
+    run, the model's own map) with its predicted box at the run's val threshold; the same images."""
+    from acol.compare import test_maps  # loads models: only for a file with groups
+
+    rows, labels = [], ["image"]
+    for group in ablation.groups:
+        job = next(j for j in final if j.group is group and j.seed == ablation.seeds[0])
+        images, boxes, maps, cfg = test_maps(job.run_dir, None, "gt", "last", overrides, num_images)
+        threshold = cell_metrics(job)["test"].get("val_cam_threshold", cfg.eval.fixed_threshold)
+        tiles = heatmap_rows(images, maps, boxes, {name: threshold for name in maps})
+        if not rows:
+            rows.append([row[0] for row in tiles])
+        rows.append([row[1] for row in tiles])
+        labels.append(group.name)
+    return labelled_rows(rows, labels)
+
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ablation", help="a name in experiments/ablations/ or the path of an ablation file")
@@ -379,7 +403,7 @@ def _configure(args) -> Ablation:
         ablation.seeds = [int(s) for s in args.seeds.split(",")]
         ablation.search_seeds = ablation.search_seeds and [s for s in ablation.search_seeds if s in ablation.seeds]
     if args.base:
-        if len(ablation.groups) > 1 or ablation.groups[0].name:
+        if ablation.grouped:
             raise ConfigError(f"--base applies to an ablation without groups; {args.ablation} has groups")
         ablation.groups[0].base = args.base.resolve()
     for group in ablation.groups:  # every cell's config must load before anything trains
@@ -413,7 +437,7 @@ def main(argv=None) -> str:
     header = (f"{ablation.description or ablation.name}: seeds {', '.join(map(str, ablation.seeds))}{search_note}; "
               f"mean ± std; chosen on val {ablation.select}")
     parts, rows = [header], []
-    if len(ablation.groups) > 1 or ablation.groups[0].name:
+    if ablation.grouped:
         table, rows = summarize_groups(ablation, search, final, chosen)
         parts.append(table)
         rows.append([])
@@ -427,30 +451,12 @@ def main(argv=None) -> str:
     with open(folder / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     written = "results.md and results.csv"
-    if ablation.groups[0].name:
+    if ablation.grouped:
         grid = method_grid(ablation, final, args.override, args.num_images)
         cv2.imwrite(str(folder / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         written += ", grid.png"
     print(f"\n{text}\nwritten to {folder}: {written}")
     return text
-
-
-def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
-    """Rows: the test images with their GT boxes, then each group's map (the chosen cell's first-seed
-    run, the model's own map) with its predicted box at the run's val threshold; the same images."""
-    from acol.compare import test_maps  # loads models: only for a file with groups
-
-    rows, labels = [], ["image"]
-    for group in ablation.groups:
-        job = next(j for j in final if j.group is group and j.seed == ablation.seeds[0])
-        images, boxes, maps, cfg = test_maps(job.run_dir, None, "gt", "last", overrides, num_images)
-        threshold = cell_metrics(job)["test"].get("val_cam_threshold", cfg.eval.fixed_threshold)
-        tiles = heatmap_rows(images, maps, boxes, {name: threshold for name in maps})
-        if not rows:
-            rows.append([row[0] for row in tiles])
-        rows.append([row[1] for row in tiles])
-        labels.append(group.name)
-    return labelled_rows(rows, labels)
 
 
 if __name__ == "__main__":
