@@ -26,7 +26,7 @@ from acol.models.wsol import cam_classifier
 
 NUM_CLASSES = 4
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-README = Path(__file__).resolve().parents[1] / "README.md"
+METHODS_DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 
 def config(name, backbone="smallcnn", *extra):
@@ -415,18 +415,18 @@ def test_method_tables_are_typed_checked_and_printed(tmp_path):
         load_config(overrides=["model.name=cam", "cutmix.alpha=1"])
 
 
-def readme_block(after: str, language: str) -> str:
-    """The first ```language block of the README after the line `after`."""
-    text = README.read_text()
+def doc_block(after: str, language: str) -> str:
+    """The first ```language block of docs/methods.md after the line `after`."""
+    text = METHODS_DOC.read_text()
     start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
     return text[start:text.index("```", start)]
 
 
 @pytest.fixture
 def cutout(tmp_path):
-    """The README's example method, imported from the README's own text (registered while the test runs)."""
+    """The docs' example method, imported from docs/methods.md's own text (registered while the test runs)."""
     path = tmp_path / "cutout.py"
-    path.write_text(readme_block("`acol/methods/cutout.py`:", "python"))
+    path.write_text(doc_block("`acol/methods/cutout.py`:", "python"))
     spec = importlib.util.spec_from_file_location("cutout_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -437,7 +437,7 @@ def cutout(tmp_path):
 def test_the_readme_example_method_is_one_module_and_one_experiment_file(cutout, tiny_overrides, tmp_path):
     experiment = tmp_path / "synthetic_cutout.toml"
     base = json.dumps(str(EXPERIMENTS / "synthetic_base.toml"))
-    experiment.write_text(readme_block("`experiments/synthetic_cutout.toml`:", "toml").replace('"synthetic_base.toml"', base))
+    experiment.write_text(doc_block("`experiments/synthetic_cutout.toml`:", "toml").replace('"synthetic_base.toml"', base))
     cfg = load_config(experiment)
     assert cfg.cutout.size == 16 and "[cutout]\nsize = 16\n" in to_toml(cfg)
     with pytest.raises(ConfigError, match="cutout.size must be >= 1; got 0"):

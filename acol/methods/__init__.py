@@ -1,7 +1,7 @@
 """WSOL methods, one module each, registered by name (`model.name`) in `METHODS`.
 
 Every module of this package is imported here, so a new method is one new file (see `base.Method`
-and the README's "Adding a method").
+and docs/methods.md, "Adding a method").
 """
 import importlib
 import pkgutil

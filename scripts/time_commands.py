@@ -1,0 +1,82 @@
+"""Time the commands whose durations the documentation states, on this machine, and print a table.
+
+    python scripts/time_commands.py                      # every command below
+    python scripts/time_commands.py quickstart tests     # some of them
+
+Each command runs from the repository root with its output hidden, writing its runs into a
+temporary folder (the synthetic data set included, so its generation is part of the first
+timing). Times are wall-clock seconds. They mean something only on an idle machine: the load
+average before each command is printed beside it, and a warning is printed when the machine is busy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def commands(work: Path) -> dict[str, list[str]]:
+    """name -> the command as the documentation gives it, pointed at `work` for its outputs."""
+    data = [f"data.root={work / 'data'}", f"data.metadata_root={work / 'data' / 'metadata'}"]
+    runs = f"log.runs_dir={work / 'runs'}"
+    python = sys.executable
+    return {
+        "quickstart": ["bash", "scripts/train_acol.sh", *data, runs],
+        "evaluate": [python, "-m", "acol.evaluate", "--run", str(work / "runs" / "synthetic_acol-s0"),
+                     "--localizer", "gradcam"],
+        "compare": [python, "-m", "acol.compare", str(work / "runs" / "synthetic_acol-s0"),
+                    "--out", str(work / "compare")],
+        "benchmark": [python, "scripts/benchmark.py"],
+        "tests": [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/time_commands.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="commands to time (default: all, in order; evaluate and "
+                                            "compare need quickstart's run)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="acol-timing-") as tmp:
+        table = commands(Path(tmp))
+        unknown = [n for n in args.names if n not in table]
+        if unknown:
+            p.error(f"unknown command {unknown[0]!r}; valid: {', '.join(table)}")
+        cores = os.cpu_count()
+        print(f"{cpu_model()}, {cores} cores, Python {platform.python_version()}")
+        print("| command | seconds | load average before |\n|---|---:|---:|")
+        for name in args.names or list(table):
+            load = os.getloadavg()[0]
+            start = time.perf_counter()
+            done = subprocess.run(table[name], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                print(f"{name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            print(f"| {name} | {seconds:.0f} | {load:.2f} |", flush=True)
+            if load > 0.5:
+                print(f"warning: the load average was {load:.2f} before {name}: the machine was not idle",
+                      file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
