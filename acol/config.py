@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from acol.datasets.synthetic import SyntheticSpec, validate_spec
+from acol.schedule import SCHEDULES, check_schedule
 
 
 @dataclass
@@ -75,8 +76,15 @@ class OptimCfg:
     weight_decay: float = 5e-4
     head_lr_mult: float = 10.0          # classifier heads: weights x10, biases x20 (official ACoL)
     bias_lr_mult: float = 2.0
-    lr_decay_epochs: list[int] = field(default_factory=list)  # multiply lr by lr_decay_gamma at these epochs
+    schedule: str = "step"              # the lr after the warm-up (acol/schedule.py): step (x lr_decay_gamma at each
+                                        # milestone; none: constant) | cosine (to lr x final_lr_factor at the last step)
+    warmup_steps: int = 0               # linear warm-up from lr x warmup_start_factor over this many steps ...
+    warmup_epochs: int = 0              # ... or epochs (set one of the two)
+    warmup_start_factor: float = 0.001
+    lr_decay_epochs: list[int] = field(default_factory=list)  # step: multiply lr by lr_decay_gamma at these epochs ...
+    lr_decay_steps: list[int] = field(default_factory=list)   # ... or steps (set one of the two)
     lr_decay_gamma: float = 0.1
+    final_lr_factor: float = 0.0        # cosine: the last step's lr is lr x final_lr_factor
     lr_rule: str = "role"               # which parameters get head_lr_mult: role (every layer outside the
                                         # backbone) | wsolevaluation (its name rule: see WSOLModel.param_groups)
 
@@ -283,6 +291,7 @@ _CHOICES = {
     "model.head_init": ("xavier", "wsolevaluation"),
     "model.vgg_pool": ("3x3", "2x2"),
     "optim.lr_rule": ("role", "wsolevaluation"),
+    "optim.schedule": SCHEDULES,
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "data.cache": ("off", "memory", "device"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -329,6 +338,10 @@ def validate(cfg: Config) -> None:
         validate_spec(cfg.data.synthetic)
     except ValueError as e:
         raise ConfigError(str(e).replace("SyntheticSpec.", "data.synthetic.")) from None
+    try:
+        check_schedule(cfg.optim)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not 0.0 < cfg.eval.cam_curve_interval < 1.0:
         raise ConfigError(f"eval.cam_curve_interval must be in (0, 1); got {cfg.eval.cam_curve_interval}")
 

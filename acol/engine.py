@@ -80,9 +80,10 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     device: torch.device, dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg,
-                    logger, skip: int = 0, after_step=None, transform=None) -> int:
+                    logger, skip: int = 0, after_step=None, transform=None, schedule=None, base_lrs=()) -> int:
     """One pass over `loader` from batch `skip` on (a run resumed mid-epoch); returns the global step
-    after it (it stops early at train.max_steps). `transform(images, labels) -> (images, targets)` is
+    after it (it stops early at train.max_steps). `schedule` (an `LRSchedule`) sets the groups' lrs
+    from `base_lrs` before every step (None: they stay). `transform(images, labels) -> (images, targets)` is
     the method's batch transform (`Method.transform_batch`; default: targets = labels); the forward
     pass sees the labels, the loss the targets. `after_step(step, batches_done)` runs after every
     optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
@@ -104,6 +105,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                                      f"{epoch + 1}, batch {batch_index + 1}); batch images: "
                                      f"{', '.join(batch['image_id'])}")
         optimizer.zero_grad(set_to_none=True)
+        if schedule is not None:
+            schedule.apply(optimizer, base_lrs, step)
         scaler.scale(losses["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()

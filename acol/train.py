@@ -32,6 +32,7 @@ from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluat
                          rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import format_table, threshold_line
 from acol.methods import build_method
+from acol.schedule import build_schedule
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_grid
 
@@ -159,11 +160,15 @@ def main(argv=None) -> dict:
         check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
     except MetadataError as e:
         sys.exit(f"data error: {e}")
+    train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
+    try:
+        schedule = build_schedule(cfg, steps_per_epoch=len(train_loader))
+    except ValueError as e:
+        sys.exit(f"config error: {e}")
     dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(run_dir if main_process else None, main_process)
-    train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
     val_loader = build_loader(cfg, val_set, train=False)
     test_loader = build_loader(cfg, test_set, train=False)
 
@@ -177,7 +182,7 @@ def main(argv=None) -> dict:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg)
     scaler = grad_scaler(device, dtype)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.optim.lr_decay_epochs, cfg.optim.lr_decay_gamma)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales these (acol/schedule.py)
 
     start_epoch, skip, step, best = 0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
     if resume_path is not None:
@@ -187,7 +192,6 @@ def main(argv=None) -> dict:
             sys.exit(f"cannot resume: {e}")
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, skip, step, best = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng"])
@@ -219,7 +223,7 @@ def main(argv=None) -> dict:
         if not main_process:
             return
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
+                 "scaler": scaler.state_dict(), "epoch": epochs_done,
                  "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng_state()}
         if also_best:
             save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
@@ -245,7 +249,7 @@ def main(argv=None) -> dict:
             try:
                 step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker,
                                        cfg, logger, skip=skip_now, after_step=after_step,
-                                       transform=method.transform_batch)
+                                       transform=method.transform_batch, schedule=schedule, base_lrs=base_lrs)
             except NonFiniteLossError as e:
                 kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
                     "no checkpoint had been written yet"
@@ -258,7 +262,6 @@ def main(argv=None) -> dict:
                 dist.cleanup()
                 sys.exit(128 + e.signum)
             epochs_done = epoch + 1
-            scheduler.step()
             done = cfg.train.max_steps and step >= cfg.train.max_steps
             last_epoch = epoch + 1 == cfg.train.epochs or done
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:

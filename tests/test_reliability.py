@@ -50,8 +50,8 @@ def wait_for_mid_epoch_checkpoint(run_dir: Path, proc: subprocess.Popen, min_ste
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
-    """The reference: the same run without interruption (its final weights, and the overrides)."""
+def long_run(tiny_data, tmp_path_factory):
+    """The overrides of a 5-epoch run on the tiny benchmark (LONG), and the folder its runs go to."""
     runs = tmp_path_factory.mktemp("reference")
     data_root, metadata_root = tiny_data
     from tests.conftest import TINY_SPEC
@@ -60,6 +60,13 @@ def uninterrupted(tiny_data, tmp_path_factory):
                  "data.crop_size=32", "data.num_workers=0", "model.backbone=smallcnn", "optim.lr=0.01",
                  "optim.head_lr_mult=1.0", "eval.batch_size=4", "eval.cam_curve_interval=0.01", "log.log_every=1",
                  "log.vis_num=2", f"log.runs_dir={runs}", *LONG]
+    return overrides, runs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(long_run):
+    """The reference: the same run without interruption (its final weights, and the overrides)."""
+    overrides, runs = long_run
     finish(overrides, "straight")
     return overrides, torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"], runs
 
@@ -96,6 +103,25 @@ def test_sigterm_writes_a_checkpoint_and_exits_then_resumes(uninterrupted):
     assert ckpt["step"] > 0
     finish(overrides, "termed", "--resume", "auto")
     assert_same_weights(torch.load(runs / "termed" / "checkpoints" / "last.pt", weights_only=True)["model"], reference)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_warmup_and_mid_cosine_then_resume_reaches_the_same_weights(long_run):
+    """30 steps: a 12-step warm-up, then the cosine; stopped after step 3 or so (in the warm-up) and
+    after step 18 or so (in the cosine), resumed each time."""
+    overrides, runs = long_run
+    overrides = [*overrides, "optim.schedule=cosine", "optim.lr_decay_epochs=[]", "optim.warmup_steps=12",
+                 "optim.final_lr_factor=0.01"]
+    finish(overrides, "cosine")
+    for min_step, flags in ((3, ()), (18, ("--resume", "auto"))):
+        proc = start(overrides, "cosine_termed", *flags)
+        wait_for_mid_epoch_checkpoint(runs / "cosine_termed", proc, min_step)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    finish(overrides, "cosine_termed", "--resume", "auto")
+    assert_same_weights(*(torch.load(runs / run / "checkpoints" / "last.pt", weights_only=True)["model"]
+                          for run in ("cosine_termed", "cosine")))
 
 
 class Unpicklable:
