@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--run", "--run-dir", dest="run", type=Path,
                         help="a run directory written by python -m acol.train (under torchrun write --run-dir: "
                              "torchrun's own parser reads --run as its --run-path)")
-    source.add_argument("--scoremaps", type=Path, help="a folder of <image_id>.npy score maps (wsolevaluation's layout)")
+    source.add_argument("--scoremaps", type=Path,
+                        help="a folder of <image_id>.npy score maps (wsolevaluation's layout)")
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
     p.add_argument("--split", default="test", help="with --scoremaps also a list, e.g. val,test: the first split's "
                                                    "best box threshold is reported as @val on the others")
@@ -190,8 +191,8 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
                 ignore = cv2.resize(ig, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
             masks_eval.accumulate(scoremap[None], fg[None], ignore[None])
     if both:
-        print(f"note: {len(both)} {split} images have a map in both forms (e.g. "
-              f"{scoremap_file(args.scoremaps, both[0]).name} and {stripped_scoremap_file(args.scoremaps, both[0]).name}); "
+        pair = scoremap_file(args.scoremaps, both[0]), stripped_scoremap_file(args.scoremaps, both[0])
+        print(f"note: {len(both)} {split} images have a map in both forms (e.g. {pair[0]} and {pair[1]}); "
               "the <image_id>.npy ones (wsolevaluation's) were read")
     metrics = {}
     if int(boxes_eval.state["num_boxed"]):
@@ -203,8 +204,8 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
 
 
 def evaluate_scoremap_splits(args, splits: list[str]) -> tuple[list[tuple[str, dict, BoxEvaluator]], float]:
-    """([(split, metrics, evaluator) of each split], fixed threshold); with several, the first split's best box threshold
-    (its @oracle, as a run's val chooses it) is reported as @val on the others."""
+    """([(split, metrics, evaluator) of each split], fixed threshold); with several, the first split's best
+    box threshold (its @oracle, as a run's val chooses it) is reported as @val on the others."""
     if len(splits) > 1 and args.threshold is not None:
         sys.exit(f"error: --split {args.split} chooses the threshold on {splits[0]}; leave out --threshold")
     results, threshold = [], args.threshold

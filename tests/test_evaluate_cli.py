@@ -56,6 +56,7 @@ def test_run_and_scoremap_modes_agree_with_training_and_wsolevaluation(trained_r
         path = tmp_path / "stripped" / Path(image_id).with_suffix(".npy")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, scoremap)
+        np.save(tmp_path / "wsol32" / Path(image_id).with_suffix(".npy"), np.zeros_like(scoremap))  # not read
     common = ["--dataset", "SYNTHETIC", "--metadata-root", str(metadata_root), "--data-root", str(data_root),
               "eval.cam_curve_interval=0.01"]
     one_call = {name: evaluate.main(["--scoremaps", str(root), "--split", "val,test", *common,
@@ -67,6 +68,7 @@ def test_run_and_scoremap_modes_agree_with_training_and_wsolevaluation(trained_r
     assert json.loads((tmp_path / "acol_eval" / "eval_val_test.json").read_text()) == one_call["acol"]
     assert "| MaxBoxAcc@30 | MaxBoxAcc@50 | MaxBoxAcc@70 | MaxBoxAccV2 (oracle) |" in out
     assert "| val |" in out and "| test |" in out and "test: box thresholds: fixed=0.2, val-chosen=" in out
+    assert "note: 6 val images have a map in both forms" in out and "note: 6 test images" in out
 
     # the two-call way: val, then test at val's threshold by hand
     val = evaluate.main(["--scoremaps", str(saved), "--split", "val", *common, "--out", str(tmp_path / "v")])

@@ -510,4 +510,5 @@ def test_summary_table_has_maxboxacc_at_each_iou_beside_v2():
         "| test | - | - | - | - | - | - | 40.25 |")
     # the IoU thresholds are those of the metrics (eval.iou_thresholds), in ascending order
     other = {"maxboxacc_iou75": 1.0, "maxboxacc_iou5": 2.0, "maxboxacc_v2": 1.5}
-    assert format_table([("test", other)]).splitlines()[0] == "| split | MaxBoxAcc@5 | MaxBoxAcc@75 | MaxBoxAccV2 (oracle) |"
+    assert format_table([("test", other)]).splitlines()[0] == \
+        "| split | MaxBoxAcc@5 | MaxBoxAcc@75 | MaxBoxAccV2 (oracle) |"
