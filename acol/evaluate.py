@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", help="with --localizer: the hooked layer's name (default: the model's default_cam_layer)")
     p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
     p.add_argument("--save-scoremaps", action="store_true",
-                   help="with --run: save the maps of val and the split as <out>/scoremaps/<image_id>.npy")
+                   help="with --run: save the maps evaluated (the split's, and val's when it chooses the "
+                        "threshold) as <out>/scoremaps/<image_id>.npy")
     p.add_argument("--dataset", help="with --scoremaps: the metadata's data set name (e.g. CUB)")
     p.add_argument("--metadata-root", default="data/metadata")
     p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
