@@ -39,7 +39,7 @@ from acol.datasets.dataset import build_dataset, build_loader, collate
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
 from acol.evaluate import load_run
-from acol.evaluation.report import mean_std, seed_group
+from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
 from acol.visualize import heatmap_rows, titled_grid
 
@@ -112,7 +112,12 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         cells.setdefault((r["group"], r["method"]), []).append(r)
-    present = [c for c in COLUMNS if any(value(r, c[0], c[1]) is not None for r in records)]
+    columns = []
+    for split, key, title in COLUMNS:  # test MaxBoxAccV2 preceded by its per-IoU parts
+        if (split, key) == ("test", "maxboxacc_v2"):
+            columns += [("test", k, t) for k, t in iou_columns([r["test"] for r in records])]
+        columns.append((split, key, title))
+    present = [c for c in columns if any(value(r, c[0], c[1]) is not None for r in records)]
     lines = ["| run group | method | n | " + " | ".join(t for _, _, t in present) + " |",
              "|---|---|---:|" + "---:|" * len(present)]
     rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]]

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process, sync_buffers
-from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize
+from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize, scoremap_file
 
 
 class NonFiniteLossError(RuntimeError):
@@ -136,8 +136,8 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
 
     Maps are the GT class's maps (the WSOL protocol) from `localizer` (default: the model's own
     map, `default_localizer`), upsampled to the input size and normalised in float32. With
-    `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id without extension>.npy`
-    (wsolevaluation's layout).
+    `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id>.npy`, extension kept
+    (wsolevaluation's layout, `scoremap_file`).
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     sync_buffers(core)
@@ -160,7 +160,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
             masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
         if scoremap_dir is not None:
             for image_id, scoremap in zip(batch["image_id"], scoremaps):
-                path = scoremap_dir / Path(image_id).with_suffix(".npy")
+                path = scoremap_file(scoremap_dir, image_id)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.save(path, scoremap)
     boxes_eval.all_reduce()

@@ -11,15 +11,18 @@ processes, each evaluating a shard (counts summed, rank 0 writes):
 
     torchrun --nproc-per-node=4 -m acol.evaluate --run-dir runs/cub_acol_vgg16-s0
 
-A folder of score maps in wsolevaluation's layout (`<root>/<image_id without extension>.npy`, 2-D
-float in [0, 1], at the network input size: one shape for all) against any metadata:
+A folder of score maps in wsolevaluation's layout (`<root>/<image_id>.npy`, the id's extension kept:
+`val/x.jpg` -> `val/x.jpg.npy`; the extension-stripped `val/x.npy` is read too), each 2-D float in
+[0, 1] at the network input size (one shape for all), against any metadata:
 
     python -m acol.evaluate --scoremaps DIR --dataset CUB --split test [--metadata-root data/metadata]
                             [--data-root data] [--threshold 0.25] [key=value ...]
+    python -m acol.evaluate --scoremaps DIR --dataset CUB --split val,test    # @val in one call
 
 The box threshold is reported under labelled policies: `@fixed` (eval.fixed_threshold), `@val`
-(chosen on the val split: evaluated first for a run, or given with --threshold) and `@oracle`
-(the split's own best). Outputs: a table on stdout, `<out>/eval_<split>.json`,
+(chosen on the val split: evaluated first for a run; for score maps the first split of `--split
+val,test`, or given with --threshold) and `@oracle` (the split's own best). Outputs: a table on stdout,
+`<out>/eval_<split>.json` (`eval_val_test.json`, {split: metrics}, for a split list),
 `<out>/curves_<split>.png` (BoxAcc vs threshold at each IoU, thresholds marked) and the same curves
 in TensorBoard under `<out>/`.
 """
@@ -42,7 +45,7 @@ from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.transforms import scale_boxes
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
-from acol.evaluation import BoxEvaluator, MaskEvaluator
+from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
 from acol.evaluation.report import format_table, threshold_line
 from acol.methods import build_model
 from acol.registry import UnknownNameError
@@ -59,15 +62,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--run", "--run-dir", dest="run", type=Path,
                         help="a run directory written by python -m acol.train (under torchrun write --run-dir: "
                              "torchrun's own parser reads --run as its --run-path)")
-    source.add_argument("--scoremaps", type=Path, help="a folder of <image_id>.npy score maps")
+    source.add_argument("--scoremaps", type=Path,
+                        help="a folder of <image_id>.npy score maps (wsolevaluation's layout)")
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="with --scoremaps also a list, e.g. val,test: the first split's "
+                                                   "best box threshold is reported as @val on the others")
     p.add_argument("--threshold", type=float, help="box threshold chosen elsewhere, reported as @val")
     p.add_argument("--localizer", help=f"with --run: one of {', '.join(LOCALIZERS.names_in_order())} "
                                        "(default: the model's own map)")
     p.add_argument("--layer", help="with --localizer: the hooked layer's name (default: the model's default_cam_layer)")
     p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
-    p.add_argument("--save-scoremaps", action="store_true", help="with --run: save the maps as <out>/scoremaps/<image_id>.npy")
+    p.add_argument("--save-scoremaps", action="store_true",
+                   help="with --run: save the maps evaluated (the split's, and val's when it chooses the "
+                        "threshold) as <out>/scoremaps/<image_id>.npy")
     p.add_argument("--dataset", help="with --scoremaps: the metadata's data set name (e.g. CUB)")
     p.add_argument("--metadata-root", default="data/metadata")
     p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
@@ -96,24 +103,37 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
         sys.exit(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
                  f"its localizers: {', '.join(model.localizers)}")
 
-    def run_split(split: str, scoremap_dir=None):
+    def run_split(split: str):
         dataset = build_dataset(cfg, split, train=False)
-        return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg, scoremap_dir,
-                                localizer)
+        return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg,
+                                out / "scoremaps" if args.save_scoremaps else None, localizer)
 
     threshold = args.threshold
     if threshold is None and args.split != "val":
         threshold = run_split("val")[0].compute().get("best_cam_threshold")
-    boxes_eval, masks_eval = run_split(args.split, out / "scoremaps" if args.save_scoremaps else None)
+    boxes_eval, masks_eval = run_split(args.split)
     metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
     return metrics, boxes_eval, cfg.eval.fixed_threshold
 
 
+def find_scoremap(root: Path, image_id: str) -> tuple[Path, bool]:
+    """(file of `image_id`'s map, whether the other form exists too): wsolevaluation's
+    `<root>/<image_id>.npy` (extension kept) when it exists, else the extension-stripped
+    `<root>/<image_id without extension>.npy`; FileNotFoundError naming both when neither exists."""
+    tried = list(dict.fromkeys([scoremap_file(root, image_id), stripped_scoremap_file(root, image_id)]))
+    found = [path for path in tried if path.is_file()]
+    if not found:
+        raise FileNotFoundError(f"score map not found for {image_id!r}: tried {' and '.join(map(str, tried))}")
+    return found[0], len(found) > 1
+
+
 def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A wsolevaluation score map: 2-D float in [0, 1], of `shape` (H, W) when it is given; anything else
-    is an error naming the file."""
+    is an error naming the file. float64 maps stay float64 (wsolevaluation evaluates in float64: its
+    inference saves float64 maps and its evaluation casts what it loads to float64), others become
+    float32 (for float32 maps the uint8 cut `int(map * 255)` is the same in either precision)."""
     if not path.is_file():
         raise FileNotFoundError(f"score map not found: {path}")
     try:
@@ -131,20 +151,28 @@ def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
     if scoremap.min() < 0 or scoremap.max() > 1:
         raise ValueError(f"{path}: score map values must lie in [0, 1] "
                          f"(min {scoremap.min():.4g}, max {scoremap.max():.4g})")
-    return scoremap.astype(np.float32)
+    return scoremap if scoremap.dtype == np.float64 else scoremap.astype(np.float32)
 
 
-def evaluate_scoremaps(args) -> tuple[dict, BoxEvaluator, float]:
+def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict, BoxEvaluator, float]:
+    """One split of a score-map folder; `threshold` (chosen elsewhere) is reported as @val."""
     if not args.dataset:
         sys.exit("--scoremaps needs --dataset (the metadata folder's name, e.g. CUB)")
     cfg = load_config(overrides=args.overrides)
-    meta = read_metadata(args.metadata_root, args.dataset, args.split)
+    meta = read_metadata(args.metadata_root, args.dataset, split)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if meta.masks else None
     no = np.zeros(1, bool)
     shape = None                # every map of a split has the first one's shape (the network input size)
+    both = []                   # ids with a map in both forms (the wsolevaluation form is read)
     for image_id in meta.image_ids:
-        scoremap = load_scoremap(args.scoremaps / Path(image_id).with_suffix(".npy"), shape)
+        try:
+            path, other_too = find_scoremap(args.scoremaps, image_id)
+            scoremap = load_scoremap(path, shape)
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        if other_too:
+            both.append(image_id)
         shape = height, width = scoremap.shape
         if image_id in meta.boxes:
             if image_id not in meta.sizes:
@@ -163,13 +191,31 @@ def evaluate_scoremaps(args) -> tuple[dict, BoxEvaluator, float]:
                 ig = load_mask(image_root / meta.ignore[image_id]).numpy()
                 ignore = cv2.resize(ig, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
             masks_eval.accumulate(scoremap[None], fg[None], ignore[None])
+    if both:
+        pair = scoremap_file(args.scoremaps, both[0]), stripped_scoremap_file(args.scoremaps, both[0])
+        print(f"note: {len(both)} {split} images have a map in both forms (e.g. {pair[0]} and {pair[1]}); "
+              "the <image_id>.npy ones (wsolevaluation's) were read")
     metrics = {}
     if int(boxes_eval.state["num_boxed"]):
-        metrics = {k: v for k, v in boxes_eval.compute(args.threshold).items()
+        metrics = {k: v for k, v in boxes_eval.compute(threshold).items()
                    if not k.startswith(CLASSIFICATION_KEYS)}
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
     return metrics, boxes_eval, cfg.eval.fixed_threshold
+
+
+def evaluate_scoremap_splits(args, splits: list[str]) -> tuple[list[tuple[str, dict, BoxEvaluator]], float]:
+    """([(split, metrics, evaluator) of each split], fixed threshold); with several, the first split's best
+    box threshold (its @oracle, as a run's val chooses it) is reported as @val on the others."""
+    if len(splits) > 1 and args.threshold is not None:
+        sys.exit(f"error: --split {args.split} chooses the threshold on {splits[0]}; leave out --threshold")
+    results, threshold = [], args.threshold
+    for i, split in enumerate(splits):
+        metrics, boxes_eval, fixed = evaluate_scoremaps(args, split, threshold)
+        results.append((split, metrics, boxes_eval))
+        if i == 0 and len(splits) > 1:
+            threshold = metrics.get("best_cam_threshold")
+    return results, fixed
 
 
 def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path) -> None:
@@ -193,25 +239,36 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = args.out or (args.run / "eval" if args.run else args.scoremaps.with_name(args.scoremaps.name + "_eval"))
     out.mkdir(parents=True, exist_ok=True)
+    splits = args.split.split(",")
+    if args.run and len(splits) > 1:
+        sys.exit(f"error: --split {args.split}: a split list is for --scoremaps; with --run, a split other "
+                 "than val is reported at val's threshold already")
     try:
-        metrics, boxes_eval, fixed = evaluate_run(args, out) if args.run else evaluate_scoremaps(args)
+        if args.run:
+            metrics, boxes_eval, fixed = evaluate_run(args, out)
+            results = [(args.split, metrics, boxes_eval)]
+        else:
+            results, fixed = evaluate_scoremap_splits(args, splits)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     except MetadataError as e:
         sys.exit(f"data error: {e}")
     except UnknownNameError as e:
         sys.exit(f"error: {e}")
+    by_split = {split: metrics for split, metrics, _ in results}
+    returned = by_split if len(by_split) > 1 else results[0][1]
     if not dist.is_main_process():
         dist.cleanup()
-        return metrics
-    (out / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2))
-    if int(boxes_eval.state["num_boxed"]):
-        write_curves(boxes_eval, metrics, args.split, out)
-    print(threshold_line(metrics, fixed))
-    print(format_table([(args.split, metrics)]))
+        return returned
+    (out / f"eval_{'_'.join(by_split)}.json").write_text(json.dumps(returned, indent=2))
+    for split, metrics, boxes_eval in results:
+        if int(boxes_eval.state["num_boxed"]):
+            write_curves(boxes_eval, metrics, split, out)
+        print(f"{split}: " * (len(results) > 1) + threshold_line(metrics, fixed))
+    print(format_table([(split, metrics) for split, metrics, _ in results]))
     print(f"written to {out}")
     dist.cleanup()
-    return metrics
+    return returned
 
 
 if __name__ == "__main__":

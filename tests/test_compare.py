@@ -51,9 +51,13 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
                                                            abs=1e-4)
     assert float(row["MaxBoxAccV2 std"]) == pytest.approx(statistics.stdev(r["test"]["maxboxacc_v2"] for r in acol),
                                                           abs=1e-4)
+    for d in (30, 50, 70):  # MaxBoxAccV2's per-IoU parts, beside it
+        assert float(row[f"MaxBoxAcc@{d} mean"]) == pytest.approx(
+            statistics.mean(r["test"][f"maxboxacc_iou{d}"] for r in acol), abs=1e-4)
     assert rows[("synthetic_cam", "cam")]["n"] == "1"
     table = (out / "results.md").read_text()
     assert "| synthetic_acol | inforward | 2 |" in table and "| synthetic_cam | cam | 1 |" in table
+    assert "| MaxBoxAcc@30 | MaxBoxAcc@50 | MaxBoxAcc@70 | MaxBoxAccV2 |" in table
     assert table in capsys.readouterr().out
 
     grid = cv2.imread(str(out / "grid.png"))

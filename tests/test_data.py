@@ -7,7 +7,7 @@ from PIL import Image
 
 from acol.datasets.dataset import WSOLDataset, collate
 from acol.datasets.metadata import MetadataError, read_metadata
-from acol.datasets.transforms import WSOLTransform, normalize_on_device, resized_shape
+from acol.datasets.transforms import WSOLTransform, normalize_on_device, resized_shape, scale_boxes
 
 
 def write_split(root: Path, files: dict[str, str], split="train", dataset="TOY") -> Path:
@@ -189,3 +189,14 @@ def test_missing_and_wrong_size_images_are_named(tmp_path):
     meta.sizes["a/1.png"] = (41, 30)
     with pytest.raises(ValueError, match=r"1.png: image is 40x30 but image_sizes.txt says 41x30"):
         dataset[0]
+
+
+def test_scale_boxes_truncates_as_wsolevaluation():
+    """int(float(x) * new_W / W) (wsolevaluation's resize_bbox); x * (new_W / W) gives 125 for 45 * 224 / 80."""
+    box = torch.tensor([[45, 55, 71, 71]])
+    assert scale_boxes(box, (80, 71), (224, 224)).tolist() == [[126, 173, 198, 224]]
+    for side in range(50, 601):   # every coordinate of every side 50..600, to 224
+        x = torch.arange(side + 1)
+        boxes = torch.stack([x, x, x, x], 1)
+        expected = (x.numpy().astype(np.float64) * 224 / side).astype(np.int64)
+        assert np.array_equal(scale_boxes(boxes, (side, side), (224, 224))[:, 0].numpy(), expected), side

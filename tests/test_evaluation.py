@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from acol.evaluation import (BoxEvaluator, MaskEvaluator, box_hits, box_ious_reference, compute_iou, contour_boxes,
                              normalize_scoremap, resize_and_normalize)
 from acol.evaluation.boxes import to_uint8
+from acol.evaluation.report import format_table
 
 TAUS = np.arange(0, 1, 0.01)
 DELTAS = np.array([0.3, 0.5, 0.7])
@@ -495,3 +496,19 @@ def test_images_without_boxes_count_for_classification_only():
     masks_only = BoxEvaluator(0.1)
     masks_only.accumulate(cam[None], [np.zeros((0, 4))], np.array([True]), np.array([True]))
     assert masks_only.compute() == {"num_images": 1.0, "top1_cls": 100.0, "top5_cls": 100.0}  # no box metrics
+
+
+def test_summary_table_has_maxboxacc_at_each_iou_beside_v2():
+    val = {"top1_cls": 80.0, "gt_known_loc@oracle": 50.0, "maxboxacc_iou30": 90.0, "maxboxacc_iou50": 60.0,
+           "maxboxacc_iou70": 30.0, "maxboxacc_v2": 60.0, "pxap": 55.5}
+    masks_only = {"pxap": 40.25}
+    assert format_table([("val", val), ("test", masks_only)]) == (
+        "| split | top-1 cls | GT-known loc @oracle | MaxBoxAcc@30 | MaxBoxAcc@50 | MaxBoxAcc@70 "
+        "| MaxBoxAccV2 (oracle) | PxAP |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| val | 80.00 | 50.00 | 90.00 | 60.00 | 30.00 | 60.00 | 55.50 |\n"
+        "| test | - | - | - | - | - | - | 40.25 |")
+    # the IoU thresholds are those of the metrics (eval.iou_thresholds), in ascending order
+    other = {"maxboxacc_iou75": 1.0, "maxboxacc_iou5": 2.0, "maxboxacc_v2": 1.5}
+    assert format_table([("test", other)]).splitlines()[0] == \
+        "| split | MaxBoxAcc@5 | MaxBoxAcc@75 | MaxBoxAccV2 (oracle) |"

@@ -143,7 +143,7 @@ CUB_TEST = {
     ],
     "localization.txt": [
         f"{ALBATROSS}/Black_Footed_Albatross_0046_18.jpg,6,2,36,27",
-        f"{ALBATROSS}/Black_Footed_Albatross_0002_55.jpg,0,0,48,36",     # the whole image: x1 = W, y1 = H
+        f"{ALBATROSS}/Black_Footed_Albatross_0002_55.jpg,0,0,47,35",     # the whole image: x1 = W - 1, y1 = H - 1
         f"{LAYSAN}/Laysan_Albatross_0082_524.jpg,12,4,42,16",
     ],
 }
@@ -173,6 +173,8 @@ def test_cub_metadata_line_by_line_and_loadable(tmp_path, capsys):
     assert re.search(r"train\s+4\s+4\s+0\s+2\s+5,994 images", out)
     assert re.search(r"test\s+3\s+3\s+0\s+2\s+5,794 images", out)
     assert "no problems found" in out and "not the full data set's 200" in out
+    assert re.search(r"note: clipped 1 boxes to the image .*, e\.g\. .*bounding_boxes.txt:3 \(001.Black_footed_"
+                     r"Albatross/Black_Footed_Albatross_0002_55.jpg\) \(0,0,48,36\) -> \(0,0,47,35\)\n", out)
     for _, path, *_ in CUB_IMAGES:           # symlinks to the untouched sources
         link = data / "CUB" / path
         assert link.is_symlink() and link.resolve() == (src / "images" / path).resolve()
@@ -270,9 +272,10 @@ def test_an_existing_different_target_is_reported_and_kept(tmp_path, capsys):
     ("images.txt", 2, "2", r"images.txt:2: expected 'id path', got '2'"),
     ("images.txt", 1, f"1 {ALBATROSS}/missing.jpg", r"images.txt:1: image not found: .*missing.jpg"),
     ("bounding_boxes.txt", 3, "3 0.0 zero 48.0 36.0", r"bounding_boxes.txt:3: box y 'zero' is not a number"),
-    ("bounding_boxes.txt", 1, "1 6.0 2.0 40.0 25.0",
-     r"bounding_boxes.txt:1: box \(6,2,46,27\) lies outside the 40x30 image"),
-    ("bounding_boxes.txt", 4, "4 10.0 11.0 -6.0 6.0", r"bounding_boxes.txt:4: box \(10,11,4,17\) does not have"),
+    ("bounding_boxes.txt", 1, "1 40.0 2.0 5.0 25.0",
+     r"bounding_boxes.txt:1 \(.*0046_18.jpg\): box \(40,2,45,27\) lies entirely outside the 40x30 image"),
+    ("bounding_boxes.txt", 4, "4 10.0 11.0 -6.0 6.0",
+     r"bounding_boxes.txt:4 \(.*0074_59.jpg\): box \(10,11,4,17\) does not have x0 <= x1 and y0 <= y1"),
     ("image_class_labels.txt", 8, "8 1", r"image_class_labels.txt:8: id 8 is not in .*images.txt"),
     ("image_class_labels.txt", 5, "5 3", r"image_class_labels.txt:5: class '3' is not in .*classes.txt"),
     ("image_class_labels.txt", 6, "5 2", r"image_class_labels.txt:6: duplicate id 5 \(first on line 5\)"),
@@ -464,8 +467,9 @@ def test_ilsvrc_metadata_line_by_line_with_every_box(tmp_path, capsys):
      r"ILSVRC2012_val_00000001.xml:1: <annotation> has no <size> with <width> and <height>"),
     ("ILSVRC2012_val_00000002", lambda t: t.replace("<xmax>43</xmax>", "<xmax>4x3</xmax>"),
      r"ILSVRC2012_val_00000002.xml:33: <xmax> '4x3' is not an integer"),
-    ("ILSVRC2012_val_00000002", lambda t: t.replace("<ymax>39</ymax>", "<ymax>41</ymax>"),
-     r"ILSVRC2012_val_00000002.xml:25: box \(0,6,43,41\) lies outside the 50x40 image"),
+    ("ILSVRC2012_val_00000002",
+     lambda t: t.replace("<ymin>6</ymin>", "<ymin>40</ymin>").replace("<ymax>39", "<ymax>45"),
+     r"ILSVRC2012_val_00000002.xml:25: box \(0,40,43,45\) lies entirely outside the 50x40 image"),
     ("ILSVRC2012_val_00000002", lambda t: t.replace(f"<name>{TENCH}</name>\n\t\t<pose>Unspecified</pose>\n\t\t"
                                                     f"<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n\t\t"
                                                     f"<bndbox>\n\t\t\t<xmin>0</xmin>", f"<name>{GOLDFISH}</name>\n"
@@ -491,6 +495,37 @@ def test_malformed_ilsvrc_annotations_name_the_file_and_line(tmp_path, capsys, s
                      "--data-root", tmp_path / "data", "--metadata-root", tmp_path / "data" / "metadata"], capsys)
     assert code == 2
     assert re.search(message, out), out
+
+
+def test_boxes_crossing_the_edge_are_clipped_and_counted(tmp_path, capsys):
+    """wsolevaluation's convention: x0, y0 >= 0 and x1 <= W - 1, y1 <= H - 1; crossing boxes are clipped."""
+    src = make_cub(tmp_path)
+    rows = lines(src / "bounding_boxes.txt")
+    rows[0] = "1 6.0 2.0 40.0 25.0"         # 40x30 image: x + w = 46 crosses the right edge
+    rows[4] = "5 -2.0 1.0 20.0 40.0"        # 44x33 image: left of it and past the bottom
+    (src / "bounding_boxes.txt").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "data"
+    code, out = run(["cub", "--source", src, "--data-root", data, "--metadata-root", data / "metadata"], capsys)
+    assert code == 0, out
+    assert lines(data / "metadata" / "CUB" / "test" / "localization.txt")[:2] == [
+        f"{ALBATROSS}/Black_Footed_Albatross_0046_18.jpg,6,2,39,27",
+        f"{ALBATROSS}/Black_Footed_Albatross_0002_55.jpg,0,0,47,35"]           # x + w = W: W - 1
+    assert lines(data / "metadata" / "CUB" / "train" / "localization.txt")[2] == \
+        f"{LAYSAN}/Laysan_Albatross_0002_1027.jpg,0,1,18,32"
+    note = [line for line in out.splitlines() if "clipped" in line]
+    assert len(note) == 1 and note[0].startswith("note: clipped 3 boxes to the image"), out
+    assert "bounding_boxes.txt:1 (001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg) (6,2,46,27) -> " \
+           "(6,2,39,27)" in note[0] and "bounding_boxes.txt:5 " in note[0] and "no problems found" in out
+
+    src_ilsvrc = make_ilsvrc(tmp_path / "ilsvrc")  # the same rule for ILSVRC's boxes
+    xml = src_ilsvrc["xml"] / "ILSVRC2012_val_00000001.xml"
+    xml.write_text(xml.read_text().replace("<xmax>44</xmax>", "<xmax>50</xmax>"))   # 50x40 image
+    code, out = run(["ilsvrc", "--train", src_ilsvrc["train"], "--val", src_ilsvrc["val"], "--val-annotations",
+                     src_ilsvrc["xml"], "--data-root", data, "--metadata-root", tmp_path / "meta_ilsvrc"], capsys)
+    assert code == 0, out
+    assert lines(tmp_path / "meta_ilsvrc" / "ILSVRC" / "test" / "localization.txt")[0] == \
+        "val/ILSVRC2012_val_00000001.JPEG,11,10,49,19"
+    assert re.search(r"note: clipped 1 boxes .*ILSVRC2012_val_00000001.xml:13 \(11,10,50,19\) -> \(11,10,49,19\)", out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,15 +24,21 @@ CUB (DATASET CUB). --source is the extracted CUB_200_2011/ folder. Ids are the i
   (`<class folder>/<file>.jpg`, wsolevaluation's ids); label = image_class_labels.txt label - 1;
   train = is_train 1 and test = is_train 0, both in images.txt order; W,H are read from the image.
   Box: bounding_boxes.txt `x y w h` (floats) -> x0 = int(x), y0 = int(y), x1 = int(x + w),
-  y1 = int(y + h). That is the conversion behind wsolevaluation's published CUB metadata: image 1,
-  `60.0 27.0 325.0 304.0`, is `001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg,60,27,385,331`
-  in its CUB/test/localization.txt.
+  y1 = int(y + h), then clipped to the image (below). That is the conversion behind wsolevaluation's
+  published CUB metadata: image 1, `60.0 27.0 325.0 304.0`, is
+  `001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg,60,27,385,331` in its CUB/test/localization.txt.
   val is CUBV2 (wsolevaluation's train-fullsup split: 1,000 images, 5 per class): --val-source is the
   folder CUBV2.tar was extracted to (`<class folder>/<file>.jpg`) and its metadata is wsolevaluation's
   metadata/CUB/val/ (--val-metadata, else the val split of --metadata, else --val-source itself).
   --val-from-train K instead moves, per class, the K train images with the smallest SHA-1 of their
   path from train to val. That is deterministic, but it is NOT the wsolevaluation protocol, so the
   results are not comparable with papers that use CUBV2.
+Boxes at the image edge (CUB and ILSVRC): x0, y0 are clipped to >= 0 and x1, y1 to <= W - 1, H - 1,
+  wsolevaluation's convention (its CUB metadata ends boxes that reach the edge at W - 1 / H - 1, e.g.
+  `004.Groove_billed_Ani/Groove_Billed_Ani_0005_1750.jpg,58,54,499,374` for a 500x375 image, as its
+  evaluation clips predicted boxes to W - 1, H - 1). A box crossing the edge is clipped, not refused; one
+  note counts the clipped boxes, with examples. A box with x1 < x0 or y1 < y0, or entirely outside the
+  image, is an error naming its file and line.
 ILSVRC (DATASET ILSVRC). The class index is the position of the wnid among the sorted train folder
   names (torchvision's ImageFolder order, which wsolevaluation uses), or in --synsets (the first word
   of each line, e.g. LOC_synset_mapping.txt).
@@ -40,7 +46,7 @@ ILSVRC (DATASET ILSVRC). The class index is the position of the wnid among the s
   no boxes; sizes only with --train-sizes (reading 1.28M image headers takes minutes).
   test: --val is ILSVRC2012_img_val extracted flat and --val-annotations holds its PASCAL-VOC files
   ILSVRC2012_val_<n>.xml; ids `val/ILSVRC2012_val_<n>.JPEG`; label = the wnid of its objects; W,H =
-  <size>; one box per <object>, in file order, with xmin,ymin,xmax,ymax copied unchanged. That is
+  <size>; one box per <object>, in file order, with xmin,ymin,xmax,ymax copied (clipped at the edge). That is
   what wsolevaluation's ILSVRC/test/localization.txt holds: ILSVRC2012_val_00000001.xml has the box
   111,108,441,193 and the metadata `val/ILSVRC2012_val_00000001.JPEG,111,108,441,193`.
   val is ImageNetV2 threshold0.7 (--val-source: the folder imagenetv2-threshold0.7.tar.gz extracts to,
@@ -179,7 +185,34 @@ def _number(text: str, path: Path, lineno: int, what: str) -> float:
     return value
 
 
-def read_cub(source: Path) -> dict[str, list[ImageRecord]]:
+Box = tuple[int, int, int, int]
+
+
+def clip_box(box: Box, size: tuple[int, int], where: str, clipped: list[tuple[str, Box, Box]]) -> Box:
+    """`box` (x0, y0, x1, y1) clipped to the (W, H) image as wsolevaluation's metadata is: x0, y0 >= 0,
+    x1 <= W - 1, y1 <= H - 1; a changed box is recorded in `clipped` as (where, before, after). A box with
+    x1 < x0 or y1 < y0, or entirely outside the image, is a PrepareError at `where` (its file:line)."""
+    x0, y0, x1, y1 = box
+    width, height = size
+    if x1 < x0 or y1 < y0:
+        raise PrepareError(f"{where}: box ({x0},{y0},{x1},{y1}) does not have x0 <= x1 and y0 <= y1")
+    if x0 > width - 1 or y0 > height - 1 or x1 < 0 or y1 < 0:
+        raise PrepareError(f"{where}: box ({x0},{y0},{x1},{y1}) lies entirely outside the {width}x{height} image")
+    inside = (max(x0, 0), max(y0, 0), min(x1, width - 1), min(y1, height - 1))
+    if inside != tuple(box):
+        clipped.append((where, tuple(box), inside))
+    return inside
+
+
+def clip_note(clipped: list[tuple[str, Box, Box]], examples: int = 3) -> str:
+    """One line: how many boxes were clipped to the image, with the first few."""
+    shown = "; ".join(f"{where} ({','.join(map(str, before))}) -> ({','.join(map(str, after))})"
+                      for where, before, after in clipped[:examples])
+    return (f"clipped {len(clipped)} boxes to the image (x0, y0 >= 0, x1 <= W - 1, y1 <= H - 1, wsolevaluation's "
+            f"convention), e.g. {shown}")
+
+
+def read_cub(source: Path, notes: list[str]) -> dict[str, list[ImageRecord]]:
     """The train and test records of an extracted CUB_200_2011/ folder (conventions: module docstring)."""
     images = _read_table(source / "images.txt", "id path")
     labels = _read_table(source / "image_class_labels.txt", "id label", images)
@@ -189,6 +222,7 @@ def read_cub(source: Path) -> dict[str, list[ImageRecord]]:
     if set(classes.rows) != {str(i) for i in range(1, len(classes.rows) + 1)}:
         raise PrepareError(f"{classes.path}: the class ids are not 1..{len(classes.rows)}")
     records: dict[str, list[ImageRecord]] = {"train": [], "test": []}
+    clipped: list[tuple[str, Box, Box]] = []
     for image_id, (lineno, (path,)) in images.rows.items():
         label_line, (label,) = labels.rows[image_id]
         if label not in classes.rows:
@@ -198,12 +232,11 @@ def read_cub(source: Path) -> dict[str, list[ImageRecord]]:
             raise PrepareError(f"{is_train.path}:{split_line}: is_train {flag!r} is not 0 or 1")
         box_line, xywh = boxes.rows[image_id]
         x, y, w, h = (_number(text, boxes.path, box_line, f"box {name}") for text, name in zip(xywh, "xywh"))
-        box = (int(x), int(y), int(x + w), int(y + h))
         size = _read_size(source / "images" / path, f"{images.path}:{lineno}")
-        problem = box_problem(box, size)
-        if problem:
-            raise PrepareError(f"{boxes.path}:{box_line}: {problem} ({path})")
+        box = clip_box((int(x), int(y), int(x + w), int(y + h)), size, f"{boxes.path}:{box_line} ({path})", clipped)
         records["train" if flag == "1" else "test"].append(ImageRecord(path, int(label) - 1, size, [box]))
+    if clipped:
+        notes.append(clip_note(clipped))
     return records
 
 
@@ -348,7 +381,7 @@ def read_voc_xml(path: Path) -> VocAnnotation:
     return VocAnnotation(size, parsed, root_line)
 
 
-def read_ilsvrc_val(val: Path, annotations: Path, classes: list[str]) -> list[ImageRecord]:
+def read_ilsvrc_val(val: Path, annotations: Path, classes: list[str], notes: list[str]) -> list[ImageRecord]:
     """The test records: each ILSVRC2012_img_val image with ALL the boxes of its XML file."""
     images = {p.stem: p for p in sorted(val.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     xmls = {p.stem: p for p in sorted(annotations.iterdir()) if p.is_file() and p.suffix.lower() == ".xml"}
@@ -363,6 +396,7 @@ def read_ilsvrc_val(val: Path, annotations: Path, classes: list[str]) -> list[Im
             raise PrepareError(f"{xml}: no image {stem}.JPEG in {val}")
     index = {wnid: label for label, wnid in enumerate(classes)}
     records = []
+    clipped: list[tuple[str, Box, Box]] = []
     for stem, image in images.items():
         xml = xmls[stem]
         annotation = read_voc_xml(xml)
@@ -375,11 +409,10 @@ def read_ilsvrc_val(val: Path, annotations: Path, classes: list[str]) -> list[Im
             if obj.name != first.name:
                 raise PrepareError(f"{xml}:{obj.line}: class {obj.name} differs from {first.name} (line "
                                    f"{first.line}); an ILSVRC val image has one class")
-            problem = box_problem(obj.box, annotation.size)
-            if problem:
-                raise PrepareError(f"{xml}:{obj.line}: {problem}")
-        records.append(ImageRecord(f"val/{image.name}", index[first.name], annotation.size,
-                                   [obj.box for obj in annotation.objects]))
+        boxes = [clip_box(obj.box, annotation.size, f"{xml}:{obj.line}", clipped) for obj in annotation.objects]
+        records.append(ImageRecord(f"val/{image.name}", index[first.name], annotation.size, boxes))
+    if clipped:
+        notes.append(clip_note(clipped))
     return records
 
 
@@ -858,7 +891,7 @@ def plan_cub(args, notes: list[str]) -> dict[str, SplitPlan]:
     copied = wsolevaluation_splits(args.metadata)
     if args.val_from_train and (copied or args.val_metadata):
         raise PrepareError("--val-from-train goes with neither --metadata nor --val-metadata")
-    records = read_cub(source) if not {"train", "test"} <= copied.keys() else {}
+    records = read_cub(source, notes) if not {"train", "test"} <= copied.keys() else {}
     if not args.val_from_train:
         plans = {split: _split_plan(split, images, "", copied, lambda split=split: records[split])
                  for split in ("train", "test")}
@@ -890,7 +923,8 @@ def plan_ilsvrc(args, notes: list[str]) -> dict[str, SplitPlan]:
     if val is None:
         notes.append("test not made: give --val (ILSVRC2012_img_val, extracted) and --val-annotations")
     else:
-        plans["test"] = _split_plan("test", val, "val/", copied, lambda: read_ilsvrc_val(val, annotations, classes))
+        plans["test"] = _split_plan("test", val, "val/", copied,
+                                    lambda: read_ilsvrc_val(val, annotations, classes, notes))
     return plans | _val_plan(args, copied, "val2/", ILSVRC_VAL_MISSING, notes)
 
 

@@ -24,8 +24,11 @@ def resized_shape(width: int, height: int, size: int, keep_aspect: bool) -> tupl
 
 
 def scale_boxes(boxes: torch.Tensor, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> torch.Tensor:
-    scale = torch.tensor([new_wh[0] / old_wh[0], new_wh[1] / old_wh[1]] * 2, dtype=torch.float64)
-    return (boxes.double() * scale).long()  # truncation, as wsolevaluation's resize_bbox
+    """(K, 4) x0y0x1y1 boxes of a W x H image -> the same on the new size: int(x * new_W / W), as
+    wsolevaluation's resize_bbox computes it (multiply, then divide: x * (new_W / W) can fall 1 short)."""
+    new = torch.tensor(list(new_wh) * 2, dtype=torch.float64)
+    old = torch.tensor(list(old_wh) * 2, dtype=torch.float64)
+    return (boxes.double() * new / old).long()
 
 
 def _crop_boxes(boxes: torch.Tensor, left: int, top: int, width: int, height: int) -> torch.Tensor:

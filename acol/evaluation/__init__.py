@@ -1,6 +1,7 @@
 """WSOL evaluation with wsolevaluation's protocol (clovaai): score maps, boxes, counts, metrics.
 
-- `maps`: `normalize_scoremap`, `resize_and_normalize` (cubic upsampling, then min-max, float32).
+- `maps`: `normalize_scoremap`, `resize_and_normalize` (cubic upsampling, then min-max, float32);
+  `scoremap_file`, wsolevaluation's `<root>/<image_id>.npy` layout of saved maps.
 - `boxes`: box extraction at every CAM threshold and the IoUs, by the per-threshold definition
   (`box_ious_reference`) and by the equivalent component-tree method (`box_hits`).
 - `evaluators`: `BoxEvaluator` (GT-known / top-1 / top-5 loc at fixed, val-chosen and oracle
@@ -9,7 +10,7 @@
 """
 from acol.evaluation.boxes import box_hits, box_ious_reference, compute_iou, contour_boxes
 from acol.evaluation.evaluators import BoxEvaluator, MaskEvaluator
-from acol.evaluation.maps import normalize_scoremap, resize_and_normalize
+from acol.evaluation.maps import normalize_scoremap, resize_and_normalize, scoremap_file, stripped_scoremap_file
 
 __all__ = ["BoxEvaluator", "MaskEvaluator", "box_hits", "box_ious_reference", "compute_iou", "contour_boxes",
-           "normalize_scoremap", "resize_and_normalize"]
+           "normalize_scoremap", "resize_and_normalize", "scoremap_file", "stripped_scoremap_file"]

@@ -1,5 +1,8 @@
-"""Score-map preparation as wsolevaluation's CAMComputer does it: cubic upsampling, then min-max."""
+"""Score-map preparation as wsolevaluation's CAMComputer does it: cubic upsampling, then min-max; and
+the files it saves them in."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,3 +40,16 @@ def resize_and_normalize(maps: np.ndarray | torch.Tensor, size: int | tuple[int,
     for i, cam in enumerate(maps):
         out[i] = normalize_scoremap(cv2.resize(cam, (width, height), interpolation=cv2.INTER_CUBIC))
     return out
+
+
+def scoremap_file(root: Path, image_id: str) -> Path:
+    """wsolevaluation's file of an image's score map: `<root>/<image_id>.npy`, the id's extension kept
+    (e.g. `val/x.jpg` -> `<root>/val/x.jpg.npy`): its CAMComputer saves `np.save(ospj(root, image_id))` and
+    its `evaluate_wsol` loads `ospj(root, image_id + '.npy')`."""
+    return Path(root) / f"{image_id}.npy"
+
+
+def stripped_scoremap_file(root: Path, image_id: str) -> Path:
+    """The extension-stripped form `<root>/<image_id without extension>.npy` (what acol wrote before, and
+    what wsolevaluation's `evaluate_wsol` docstring describes), accepted when reading."""
+    return Path(root) / Path(image_id).with_suffix(".npy")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 import statistics
 
-# (metric key, column title); the threshold policy is part of the title
+# (metric key, column title); the threshold policy is part of the title. `maxboxacc_v2` is preceded by
+# its per-IoU parts, `maxboxacc_iou{d}` as "MaxBoxAcc@{d}", for the IoU thresholds the metrics have.
 SUMMARY = [
     ("top1_cls", "top-1 cls"),
     ("gt_known_loc@fixed", "GT-known loc @fixed"),
@@ -17,9 +18,20 @@ SUMMARY = [
 ]
 
 
+def iou_columns(metrics: list[dict]) -> list[tuple[str, str]]:
+    """(key, "MaxBoxAcc@d") of each IoU threshold d (percent) in any of the metric dicts, ascending."""
+    ious = {int(k.removeprefix("maxboxacc_iou")) for m in metrics for k in m if k.startswith("maxboxacc_iou")}
+    return [(f"maxboxacc_iou{d}", f"MaxBoxAcc@{d}") for d in sorted(ious)]
+
+
 def format_table(rows: list[tuple[str, dict]], columns=SUMMARY) -> str:
     """A markdown table, one row per (label, metrics); columns no row has are left out."""
-    present = [(k, t) for k, t in columns if any(k in m for _, m in rows)]
+    expanded = []
+    for key, title in columns:
+        if key == "maxboxacc_v2":
+            expanded += iou_columns([m for _, m in rows])
+        expanded.append((key, title))
+    present = [(k, t) for k, t in expanded if any(k in m for _, m in rows)]
     lines = ["| split | " + " | ".join(t for _, t in present) + " |",
              "|---|" + "---:|" * len(present)]
     for label, metrics in rows:
