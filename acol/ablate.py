@@ -399,6 +399,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=8, help="columns of a group file's grid.png")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
     args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
     names, args.override = cli.overrides_of(args, others=True)
     if len(names) != 1:
         p.error(f"give one ablation NAME (got {len(names)}: {' '.join(names) or 'none'}); known: {known_ablations()}")

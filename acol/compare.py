@@ -194,6 +194,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
     args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
     runs, args.override = cli.overrides_of(args, others=True)
     args.runs = [Path(r) for r in runs]
     return args

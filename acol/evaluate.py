@@ -75,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
     args = p.parse_args(argv)
     _, args.overrides = cli.overrides_of(args)
+    if args.threshold is not None and not 0 <= args.threshold < 1:
+        p.error(f"argument --threshold: a box threshold lies in [0, 1); got {args.threshold}")
+    if args.layer and not args.localizer:
+        p.error("argument --layer: needs --localizer (the model's own map has no layer to choose)")
     return args
 
 
@@ -113,6 +117,11 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     if args.localizer and args.localizer not in model.localizers:
         cli.fail(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
                  f"its localizers: {', '.join(model.localizers)}")
+    layers = [name for name, _ in model.named_modules() if name]
+    if args.layer and args.layer not in layers:
+        shallow = [name for name in layers if name.count(".") < 2]
+        cli.fail(f"error: --layer {args.layer!r} is not a layer of the {cfg.model.name} model (default: "
+                 f"{getattr(model, 'default_cam_layer', None)}); its layers include {', '.join(shallow)}")
 
     def run_split(split: str, scoremap_dir=None):
         dataset = build_dataset(cfg, split, train=False)

@@ -87,6 +87,9 @@ LOCALIZER_NAMES = "inforward, inforward_a, inforward_b, cam, gradcam, gradcam_pp
     ("compare", ["--checkpoint", "bset"], ["'bset'", "'last', 'best'"]),
     ("compare", ["--target", "gtt"], ["'gtt'", "'gt', 'pred'"]),
     ("compare", ["missing_run"], ["missing_run", "no such folder"]),
+    ("compare", ["--num-images", "0"], ["--num-images", ">= 1"]),
+    ("evaluate", ["--run", "r", "--threshold", "2"], ["--threshold", "[0, 1)", "2.0"]),
+    ("evaluate", ["--run", "r", "--layer", "head"], ["--layer", "needs --localizer"]),
     ("evaluate", ["--run", "missing_run"], ["missing_run", "no such folder"]),
     ("evaluate", ["--run", "r", "--split", "tset"], ["'tset'", "'train', 'val', 'test'"]),
     ("evaluate", ["--run", "r", "--localizer", "gradcm"], ["'gradcm'", "'gradcam'"]),
@@ -127,6 +130,8 @@ def test_mistakes_about_a_trained_run_are_one_line(trained_run, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     err = one_line_error(capsys, evaluate.main, ["--run", str(trained_run), "--checkpoint", "bset"])
     assert "'bset'" in err and "last, best" in err
+    err = one_line_error(capsys, evaluate.main, ["--run", str(trained_run), "--localizer", "gradcam", "--layer", "nope"])
+    assert "--layer 'nope' is not a layer of the acol model (default: " in err and "backbone.features" in err
     (trained_run / "checkpoints" / "best.pt").unlink()
     err = one_line_error(capsys, compare.main, [str(trained_run), "--checkpoint", "best"])
     assert "checkpoints/best.pt" in err and "there: last" in err
