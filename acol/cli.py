@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 USER_ERROR = 2  # exit status of a user mistake (argparse's)
 
 
@@ -95,6 +93,8 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 def check_device(setting: str, key: str = "train.device") -> None:
     """A CUDA device asked for on a machine without one is a user mistake, named with its setting."""
+    import torch  # here: `acol-prepare` uses this module without torch
+
     if setting == "cuda" and not torch.cuda.is_available():
         fail(f"error: {key}=cuda but torch sees no CUDA device (torch {torch.__version__}, "
              f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}); "
@@ -105,4 +105,6 @@ def set_threads(threads: int) -> None:
     """train.threads: torch's intra-op CPU threads of this process (0: leave torch's default, which
     OMP_NUM_THREADS sets when given)."""
     if threads > 0:
+        import torch
+
         torch.set_num_threads(threads)
