@@ -54,7 +54,9 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     assert rows[("synthetic_cam", "cam")]["n"] == "1"
     table = (out / "results.md").read_text()
     assert "| synthetic_acol | inforward | 2 |" in table and "| synthetic_cam | cam | 1 |" in table
-    assert table in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert table in captured.out
+    assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in captured.err  # a notice per localizer
 
     grid = cv2.imread(str(out / "grid.png"))
     columns = 1 + 3 + 3  # the image, then 3 methods per group
