@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "torchrun's own parser reads --run as its --run-path)")
     source.add_argument("--scoremaps", type=Path, help="a folder of <image_id>.npy score maps")
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
     p.add_argument("--threshold", type=float, help="box threshold chosen elsewhere, reported as @val")
     p.add_argument("--localizer", choices=LOCALIZERS.names_in_order(),
                    help="with --run: the map's localizer (default: the model's own map)")
@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
     args = p.parse_args(argv)
     _, args.overrides = cli.overrides_of(args)
+    for split in args.split.split(","):
+        if split not in SPLITS:
+            p.error(f"argument --split: invalid choice: {split!r} (choose from {', '.join(SPLITS)})")
     if args.threshold is not None and not 0 <= args.threshold < 1:
         p.error(f"argument --threshold: a box threshold lies in [0, 1); got {args.threshold}")
     if args.layer and not args.localizer:
