@@ -1,7 +1,7 @@
 """Ablations: a family of training runs that differ in one factor, over seeds, in one table.
 
     python -m acol.ablate NAME [--seeds 0,1,2] [--base CONFIG] [--jobs N] [--runs-dir runs]
-                               [--override KEY=VALUE ...] [--dry-run]
+                               [--dry-run] [key=value ...]
 
 NAME is `experiments/ablations/NAME.toml` or the path of such a file (TOML data):
 
@@ -64,6 +64,7 @@ import cv2
 import numpy as np
 import torch
 
+from acol import cli
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, toml_value
 from acol.evaluation.report import mean_std
@@ -170,14 +171,17 @@ def _seeds(data: dict, key: str, path: Path) -> list[int]:
     return seeds
 
 
+def known_ablations() -> str:
+    return ", ".join(sorted(p.stem for p in ABLATIONS.glob("*.toml")))
+
+
 def load_ablation(name_or_path: str) -> Ablation:
     """Read and check an ablation file (unknown keys and bad values name the file and key)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = ABLATIONS / f"{name_or_path}.toml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in ABLATIONS.glob("*.toml")))
-        raise ConfigError(f"ablation file not found: {path} (known ablations: {known})")
+        raise ConfigError(f"ablation file not found: {path} (known ablations: {known_ablations()})")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -383,24 +387,44 @@ def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ablation", help="a name in experiments/ablations/ or the path of an ablation file")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the file's)")
+    p = cli.Parser(cli.prog("ablate"), __doc__, "erasing --seeds 0,1 --jobs 2 train.epochs=5")
+    cli.add_overrides(p, "train.epochs=5", metavar="NAME | key=value",
+                      help="NAME: a name in experiments/ablations/ or the path of an ablation file; then config "
+                           "overrides for every run")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds (default: the file's)")
     p.add_argument("--base", type=Path, help="another base config, e.g. experiments/cub_acol_vgg16.toml "
                                              "(files without groups)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at the same time")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run (repeatable)")
     p.add_argument("--num-images", type=int, default=8, help="columns of a group file's grid.png")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
+    names, args.override = cli.overrides_of(args, others=True)
+    if len(names) != 1:
+        p.error(f"give one ablation NAME (got {len(names)}: {' '.join(names) or 'none'}); known: {known_ablations()}")
+    args.ablation = names[0]
+    return args
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _configure(args) -> Ablation:
     ablation = load_ablation(args.ablation)
     if args.seeds:
-        ablation.seeds = [int(s) for s in args.seeds.split(",")]
+        ablation.seeds = args.seeds
         ablation.search_seeds = ablation.search_seeds and [s for s in ablation.search_seeds if s in ablation.seeds]
     if args.base:
         if ablation.grouped:
@@ -408,7 +432,7 @@ def _configure(args) -> Ablation:
         ablation.groups[0].base = args.base.resolve()
     for group in ablation.groups:  # every cell's config must load before anything trains
         for cell in group.cells:
-            load_config(group.base, cell.overrides + args.override)
+            cli.check_device(load_config(group.base, cell.overrides + args.override).train.device)
     return ablation
 
 
@@ -417,7 +441,7 @@ def main(argv=None) -> str:
     try:
         ablation = _configure(args)
     except (ConfigError, ValueError) as e:
-        sys.exit(f"ablation error: {e}")
+        cli.fail(f"ablation error: {e}")
     search = plan(ablation, args.runs_dir, ablation.search_seeds or ablation.seeds)
     if args.dry_run:
         for job in search:

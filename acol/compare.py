@@ -32,13 +32,14 @@ import cv2
 import numpy as np
 import torch
 
+from acol import cli
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError
 from acol.datasets.dataset import build_dataset, build_loader, collate
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
-from acol.evaluate import load_run
+from acol.evaluate import check_run, load_run
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
 from acol.visualize import heatmap_rows, titled_grid
@@ -87,9 +88,13 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
         with autocast(device, dtype):
             localizer(model, *warm_up)  # first-call costs (allocations, lazy inits) stay out of maps/s
         timed = Timed(localizer)
-        val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed)
+        print(f"{run.name} {name}: {len(loaders['val'].dataset)} val and {len(loaders['test'].dataset)} test images "
+              "...", file=sys.stderr, flush=True)
+        val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed,
+                                                desc=f"{run.name} {name} val")
         val = val_boxes.compute()
-        test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed)
+        test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed,
+                                                  desc=f"{run.name} {name} test")
         test = test_boxes.compute(threshold=val.get("best_cam_threshold"))
         for metrics, masks in ((val, val_masks), (test, test_masks)):
             if masks is not None:
@@ -183,36 +188,42 @@ def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", type=Path, help=f"run directories (default: {' '.join(DEFAULT_RUNS)})")
+    p = cli.Parser(cli.prog("compare"), __doc__,
+                   "runs/synthetic_acol-s0 runs/synthetic_cam-s0 --methods cam,gradcam eval.batch_size=32")
+    cli.add_overrides(p, "eval.batch_size=64", metavar="RUN | key=value",
+                      help=f"run folders (default: {' '.join(DEFAULT_RUNS)}) and config overrides applied to "
+                           "every run")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(LOCALIZERS.names_in_order())}")
     p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
-    p.add_argument("--checkpoint", default="last", help="last | best")
+    p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run (repeatable), e.g. eval.batch_size=64")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
+    runs, args.override = cli.overrides_of(args, others=True)
+    args.runs = [Path(r) for r in runs]
+    return args
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     runs = args.runs or [p for pattern in DEFAULT_RUNS for p in sorted(Path().glob(pattern))]
     if not runs:
-        sys.exit("no runs given and none found under runs/: train them first, e.g. bash scripts/compare_cams.sh")
+        cli.fail("error: no runs given and none found under runs/: train them first, e.g. bash scripts/compare_cams.sh")
     methods = args.methods.split(",") if args.methods else None
     for name in methods or []:
-        LOCALIZERS.get(name)  # an unknown name stops here, with the valid ones
+        if name not in LOCALIZERS:
+            cli.fail(f"error: --methods: unknown localizer {name!r}; valid: {', '.join(LOCALIZERS.names_in_order())}")
     for run in runs:
-        if not (run / "config.toml").is_file() or not (run / "checkpoints" / f"{args.checkpoint}.pt").is_file():
-            sys.exit(f"{run}: not a finished run (needs config.toml and checkpoints/{args.checkpoint}.pt)")
+        check_run(run, args.checkpoint)
     try:
         records = [r for run in runs for r in evaluate_methods(run, methods, args.target, args.checkpoint,
                                                                  args.override)]
     except ConfigError as e:
-        sys.exit(f"config error: {e}")
+        cli.fail(f"config error: {e}")
     if not records:
-        sys.exit(f"none of the methods {methods} applies to these runs' models")
+        cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.jsonl", "w") as f:
         for r in records:

@@ -95,6 +95,8 @@ class TrainCfg:
     global_batch_size: int = 20         # split over processes under torchrun
     seed: int = 0
     device: str = "auto"                # auto (cuda when present) | cpu | cuda
+    threads: int = 0                    # torch's CPU threads in this process (0: torch's default, i.e. OMP_NUM_THREADS
+                                        # or one per core); lower it on a shared or busy machine
     amp: str = "auto"                   # auto (bf16 on CUDA when supported) | bf16 | fp16 (with a GradScaler) | off
     channels_last: bool = False         # NHWC memory format for the model and its input (faster convs on GPUs)
     compile: bool = False               # torch.compile the training forward (evaluation runs the plain model)
@@ -327,6 +329,8 @@ def validate(cfg: Config) -> None:
                           f"{cfg.model.pretrained!r}")
     if not 0.0 <= cfg.model.head_dropout < 1.0:
         raise ConfigError(f"model.head_dropout must be in [0, 1); got {cfg.model.head_dropout}")
+    if cfg.train.threads < 0:
+        raise ConfigError(f"train.threads must be >= 0 (0: torch's default); got {cfg.train.threads}")
     if cfg.model.num_classes < 0:
         raise ConfigError(f"model.num_classes must be >= 0 (0: from the dataset); got {cfg.model.num_classes}")
     for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every",

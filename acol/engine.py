@@ -131,13 +131,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
                      scoremap_dir: Path | None = None,
-                     localizer: Localizer | None = None) -> tuple[BoxEvaluator, MaskEvaluator | None]:
+                     localizer: Localizer | None = None,
+                     desc: str = "eval") -> tuple[BoxEvaluator, MaskEvaluator | None]:
     """Run a localizer over one split and return its evaluators (counts summed over all ranks).
 
     Maps are the GT class's maps (the WSOL protocol) from `localizer` (default: the model's own
     map, `default_localizer`), upsampled to the input size and normalised in float32. With
     `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id>.npy`, extension kept
-    (wsolevaluation's layout, `scoremap_file`).
+    (wsolevaluation's layout, `scoremap_file`). desc: the progress bar's label.
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     sync_buffers(core)
@@ -146,7 +147,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
                               cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if loader.dataset.load_masks else None
     size = (cfg.data.crop_size, cfg.data.crop_size)
-    for batch in progress(loader, "eval"):
+    for batch in progress(loader, desc):
         images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, dtype):

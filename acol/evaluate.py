@@ -30,19 +30,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from acol import dist
+from acol import cli, dist
 from acol.cams import LOCALIZERS, build_localizer
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config
 from acol.datasets.dataset import build_dataset, build_loader, load_mask
 from acol.datasets.metadata import MetadataError, read_metadata
+from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
@@ -57,7 +57,7 @@ CLASSIFICATION_KEYS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(cli.prog("evaluate"), __doc__, "--run runs/synthetic_acol-s0 --localizer gradcam")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", "--run-dir", dest="run", type=Path,
                         help="a run directory written by python -m acol.train (under torchrun write --run-dir: "
@@ -65,11 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--scoremaps", type=Path,
                         help="a folder of <image_id>.npy score maps (wsolevaluation's layout)")
     p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
-    p.add_argument("--split", default="test", help="with --scoremaps also a list, e.g. val,test: the first split's "
-                                                   "best box threshold is reported as @val on the others")
+    p.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}; with --scoremaps also a list, e.g. "
+                                                   "val,test: the first split's best box threshold is reported as "
+                                                   "@val on the others")
     p.add_argument("--threshold", type=float, help="box threshold chosen elsewhere, reported as @val")
-    p.add_argument("--localizer", help=f"with --run: one of {', '.join(LOCALIZERS.names_in_order())} "
-                                       "(default: the model's own map)")
+    p.add_argument("--localizer", choices=LOCALIZERS.names_in_order(),
+                   help="with --run: the map's localizer (default: the model's own map)")
     p.add_argument("--layer", help="with --localizer: the hooked layer's name (default: the model's default_cam_layer)")
     p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
     p.add_argument("--save-scoremaps", action="store_true",
@@ -79,14 +80,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metadata-root", default="data/metadata")
     p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/eval or <scoremaps>_eval)")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides (e.g. eval.cam_curve_interval=0.01)")
-    return p.parse_args(argv)
+    cli.add_overrides(p, "eval.cam_curve_interval=0.01")
+    args = p.parse_args(argv)
+    _, args.overrides = cli.overrides_of(args)
+    for split in args.split.split(","):
+        if split not in SPLITS:
+            p.error(f"argument --split: invalid choice: {split!r} (choose from {', '.join(SPLITS)})")
+    if args.threshold is not None and not 0 <= args.threshold < 1:
+        p.error(f"argument --threshold: a box threshold lies in [0, 1); got {args.threshold}")
+    if args.layer and not args.localizer:
+        p.error("argument --layer: needs --localizer (the model's own map has no layer to choose)")
+    return args
+
+
+def check_run(run: Path, checkpoint: str) -> None:
+    """A run folder with config.toml and the checkpoint asked for (last, best or a file), or one line."""
+    if not (run / "config.toml").is_file():
+        what = "no such folder" if not run.exists() else "no config.toml in it"
+        cli.fail(f"error: {run} is not a run folder of python -m acol.train ({what})")
+    if checkpoint in ("last", "best"):
+        if not (run / "checkpoints" / f"{checkpoint}.pt").is_file():
+            there = sorted(p.stem for p in (run / "checkpoints").glob("*.pt"))
+            cli.fail(f"error: {run} has no checkpoints/{checkpoint}.pt (an unfinished run?); checkpoints there: "
+                     f"{', '.join(there) or 'none'}")
+    elif not Path(checkpoint).is_file():
+        cli.fail(f"error: --checkpoint {checkpoint!r} is not last, best or a checkpoint file")
 
 
 def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
     checkpoint: "last", "best" or a path."""
     cfg = load_config(run / "config.toml", list(overrides))
+    cli.check_device(cfg.train.device)
+    cli.set_threads(cfg.train.threads)
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
     state = load_checkpoint(path)["model"]
@@ -100,13 +126,19 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
     localizer = build_localizer(args.localizer, args.target, args.layer) if args.localizer else None
     if args.localizer and args.localizer not in model.localizers:
-        sys.exit(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
+        cli.fail(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
                  f"its localizers: {', '.join(model.localizers)}")
+    layers = [name for name, _ in model.named_modules() if name]
+    if args.layer and args.layer not in layers:
+        shallow = [name for name in layers if name.count(".") < 2]
+        cli.fail(f"error: --layer {args.layer!r} is not a layer of the {cfg.model.name} model (default: "
+                 f"{getattr(model, 'default_cam_layer', None)}); its layers include {', '.join(shallow)}")
 
     def run_split(split: str):
         dataset = build_dataset(cfg, split, train=False)
         return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg,
-                                out / "scoremaps" if args.save_scoremaps else None, localizer)
+                                out / "scoremaps" if args.save_scoremaps else None, localizer,
+                                desc=f"{args.localizer or 'own map'} {split}")
 
     threshold = args.threshold
     if threshold is None and args.split != "val":
@@ -157,7 +189,7 @@ def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
 def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict, BoxEvaluator, float]:
     """One split of a score-map folder; `threshold` (chosen elsewhere) is reported as @val."""
     if not args.dataset:
-        sys.exit("--scoremaps needs --dataset (the metadata folder's name, e.g. CUB)")
+        cli.fail("error: --scoremaps needs --dataset (the metadata folder's name, e.g. CUB)")
     cfg = load_config(overrides=args.overrides)
     meta = read_metadata(args.metadata_root, args.dataset, split)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
@@ -170,7 +202,7 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
             path, other_too = find_scoremap(args.scoremaps, image_id)
             scoremap = load_scoremap(path, shape)
         except (FileNotFoundError, ValueError) as e:
-            sys.exit(f"error: {e}")
+            cli.fail(f"error: {e}")
         if other_too:
             both.append(image_id)
         shape = height, width = scoremap.shape
@@ -208,7 +240,7 @@ def evaluate_scoremap_splits(args, splits: list[str]) -> tuple[list[tuple[str, d
     """([(split, metrics, evaluator) of each split], fixed threshold); with several, the first split's best
     box threshold (its @oracle, as a run's val chooses it) is reported as @val on the others."""
     if len(splits) > 1 and args.threshold is not None:
-        sys.exit(f"error: --split {args.split} chooses the threshold on {splits[0]}; leave out --threshold")
+        cli.fail(f"error: --split {args.split} chooses the threshold on {splits[0]}; leave out --threshold")
     results, threshold = [], args.threshold
     for i, split in enumerate(splits):
         metrics, boxes_eval, fixed = evaluate_scoremaps(args, split, threshold)
@@ -237,11 +269,14 @@ def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path)
 def main(argv=None) -> dict:
     """Under `torchrun` (--run only) every rank evaluates its shard, counts are summed, rank 0 writes."""
     args = parse_args(argv)
+    if args.run:
+        check_run(args.run, args.checkpoint)
+    elif not args.scoremaps.is_dir():
+        cli.fail(f"error: --scoremaps {args.scoremaps}: no such folder")
     out = args.out or (args.run / "eval" if args.run else args.scoremaps.with_name(args.scoremaps.name + "_eval"))
-    out.mkdir(parents=True, exist_ok=True)
     splits = args.split.split(",")
     if args.run and len(splits) > 1:
-        sys.exit(f"error: --split {args.split}: a split list is for --scoremaps; with --run, a split other "
+        cli.fail(f"error: --split {args.split}: a split list is for --scoremaps; with --run, a split other "
                  "than val is reported at val's threshold already")
     try:
         if args.run:
@@ -250,16 +285,17 @@ def main(argv=None) -> dict:
         else:
             results, fixed = evaluate_scoremap_splits(args, splits)
     except ConfigError as e:
-        sys.exit(f"config error: {e}")
+        cli.fail(f"config error: {e}")
     except MetadataError as e:
-        sys.exit(f"data error: {e}")
+        cli.fail(f"data error: {e}")
     except UnknownNameError as e:
-        sys.exit(f"error: {e}")
+        cli.fail(f"error: {e}")
     by_split = {split: metrics for split, metrics, _ in results}
     returned = by_split if len(by_split) > 1 else results[0][1]
     if not dist.is_main_process():
         dist.cleanup()
         return returned
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_{'_'.join(by_split)}.json").write_text(json.dumps(returned, indent=2))
     for split, metrics, boxes_eval in results:
         if int(boxes_eval.state["num_boxed"]):

@@ -1,5 +1,8 @@
 """Train a WSOL model: `python -m acol.train --config experiments/X.toml [key=value ...]`.
 
+The same command again, once the run has finished, prints its results table and does nothing else;
+a run folder without results.json (an interrupted run) is continued with `--resume auto`.
+
 The same command runs on one process or under `torchrun --nproc-per-node=N` (DDP). The run
 directory `<log.runs_dir>/<name>/` gets config.toml (re-runnable), meta.json, log.txt,
 metrics.jsonl, TensorBoard events, checkpoints/{last,best}.pt and results.json.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import platform
 import random
@@ -16,13 +20,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from acol import dist
+from acol import cli, dist
 from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
 from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.check import check_data
@@ -40,25 +45,34 @@ HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(cli.prog("train"), __doc__, "--config experiments/synthetic_acol.toml train.seed=1")
     p.add_argument("--config", help="experiment TOML file (defaults apply without one)")
     p.add_argument("--name", help="run name (default: config stem + overrides + seed)")
     p.add_argument("--resume", help="'auto' (the run's checkpoints/last.pt, if any) or a checkpoint path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--check-data", action="store_true",
-                   help="check every split of the configured data set (files, images, metadata), report every "
-                        "problem and exit")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. acol.threshold=0.7")
-    return p.parse_args(argv)
+                   help="check every split of the configured data set (files, images, metadata): counts, a "
+                        "summary of the problems by kind, and exit (1 if there are problems)")
+    p.add_argument("--verbose", action="store_true", help="with --check-data: list every problem")
+    cli.add_overrides(p, "acol.threshold=0.7")
+    args = p.parse_args(argv)
+    _, args.overrides = cli.overrides_of(args)
+    return args
+
+
+MAX_NAME = 120  # longer default names are cut and end in a hash of the whole (file names stop at 255 bytes)
 
 
 def default_run_name(config_path: str | None, overrides: list[str], seed: int) -> str:
-    """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic."""
+    """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic; past MAX_NAME characters
+    `<first characters>~<8 hex digits of the whole name's SHA-1>-s<seed>`."""
     name = Path(config_path).stem if config_path else "default"
     extra = [o for o in overrides if not o.startswith("train.seed=")]
     if extra:
         name += "+" + ",".join(extra)
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+    if len(name) > MAX_NAME:
+        name = name[:MAX_NAME - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{name}-s{seed}"
 
 
@@ -122,18 +136,66 @@ def prepare_data(cfg: Config) -> None:
         dist.barrier()
 
 
+def final_report(cfg: Config, run_dir: Path, results: dict) -> str:
+    """The table a run prints at its end: val and test metrics, the box thresholds used."""
+    table = format_table([("val", results["val"]), ("test", results["test"])])
+    return (f"\n{cfg.model.name} / {cfg.model.backbone} on {cfg.data.dataset} ({run_dir})\n"
+            f"{threshold_line(results['test'], cfg.eval.fixed_threshold)}\n{table}\n")
+
+
+def config_changes(saved_toml: str, cfg: Config) -> list[str]:
+    """`key: saved -> now` for each config value that differs between a run's config.toml and `cfg`."""
+    def leaves(node: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in node.items():
+            out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    saved, now = leaves(tomllib.loads(saved_toml)), leaves(tomllib.loads(to_toml(cfg)))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in {**saved, **now} if saved.get(k) != now.get(k)]
+
+
+def show_finished(cfg: Config, run_dir: Path) -> dict:
+    """The same command once its run has finished: the run's results table again, and how to start
+    another run. A finished run of another config under this name is refused."""
+    saved = run_dir / "config.toml"
+    changes = config_changes(saved.read_text(), cfg) if saved.is_file() else []
+    if changes:
+        cli.fail(f"error: {run_dir} holds a finished run of another config ({'; '.join(changes[:3])}"
+                 f"{'; ...' if len(changes) > 3 else ''}): pass --name NEW to train this one")
+    results = json.loads((run_dir / "results.json").read_text())
+    if dist.is_main_process():
+        print(final_report(cfg, run_dir, results), flush=True)
+        print(f"this run has finished ({run_dir / 'results.json'}); to train another, pass --name NEW "
+              "(or, without --name, another train.seed=N)", flush=True)
+    return results
+
+
+def check_files(datasets) -> None:
+    """Every image and mask listed by the splits' metadata exists (existence only; --check-data decodes)."""
+    for dataset in datasets:
+        missing = dataset.missing_files()
+        if missing:
+            listed = dataset.meta.split_dir
+            cli.fail(f"data error: {len(missing)} of the files listed in {listed} are missing under "
+                     f"{dataset.image_root} (data.root / data.dataset), e.g. {missing[0]}; fix data.root, or "
+                     "list every problem with --check-data")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        sys.exit(f"config error: {e}")
+        cli.fail(f"config error: {e}")
     if args.print_config:
         print(to_toml(cfg))
         return {}
+    cli.check_device(cfg.train.device)
+    cli.set_threads(cfg.train.threads)
     if args.check_data:  # every problem of every split at once, then exit (1 if any)
         prepare_data(cfg)
-        sys.exit(1 if check_data(cfg) else 0)
+        sys.exit(1 if check_data(cfg, verbose=args.verbose) else 0)
 
     device = dist.init_distributed(dist.device_type(cfg.train.device))
     world, main_process = dist.get_world_size(), dist.is_main_process()
@@ -145,10 +207,17 @@ def main(argv=None) -> dict:
         resume_path = last if last.is_file() else None
     elif args.resume:
         resume_path = Path(args.resume)
+        if not resume_path.is_file():
+            cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
+    elif (run_dir / "results.json").is_file():
+        results = show_finished(cfg, run_dir)
+        dist.cleanup()
+        return results
     elif run_dir.exists() and any(run_dir.iterdir()):
-        sys.exit(f"run directory {run_dir} already exists: pass --resume auto to continue it, or --name")
+        cli.fail(f"error: run folder {run_dir} exists without results.json (an unfinished run): continue it "
+                 "with --resume auto, or pass --name NEW to start another")
     if cfg.train.sync_bn and device.type != "cuda":
-        sys.exit("config error: train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+        cli.fail("config error: train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
                  "set train.sync_bn=false for CPU runs")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     dtype = amp_dtype(cfg.train.amp, device)
@@ -159,12 +228,13 @@ def main(argv=None) -> dict:
         num_classes = cfg.model.num_classes or train_set.meta.num_classes
         check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
     except MetadataError as e:
-        sys.exit(f"data error: {e}")
+        cli.fail(f"data error: {e} (data.metadata_root={cfg.data.metadata_root}, data.dataset={cfg.data.dataset})")
+    check_files((train_set, val_set, test_set))
     train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
     try:
         schedule = build_schedule(cfg, steps_per_epoch=len(train_loader))
     except ValueError as e:
-        sys.exit(f"config error: {e}")
+        cli.fail(f"config error: {e}")
     dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +259,7 @@ def main(argv=None) -> dict:
         try:
             ckpt = load_checkpoint(resume_path)
         except (FileNotFoundError, RuntimeError) as e:
-            sys.exit(f"cannot resume: {e}")
+            cli.fail(f"cannot resume: {e}")
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
@@ -202,7 +272,7 @@ def main(argv=None) -> dict:
     if main_process:
         (run_dir / "config.toml").write_text(to_toml(cfg))
         meta = {"argv": sys.argv, "git": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
-                "host": platform.node(), "device": str(device), "world_size": world,
+                "host": platform.node(), "device": str(device), "threads": torch.get_num_threads(), "world_size": world,
                 "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
                 "amp": str(dtype), "num_classes": num_classes, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "resumed_from": str(resume_path) if resume_path else None}
@@ -212,7 +282,7 @@ def main(argv=None) -> dict:
         tracker.text("config", "```toml\n" + to_toml(cfg) + "\n```\n\ngit: " + git_sha())
     logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
                 f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
-                f"device {device} x{world}, amp {dtype}")
+                f"device {device} x{world} ({torch.get_num_threads()} CPU threads), amp {dtype}")
 
     runner = torch.compile(model) if cfg.train.compile else model  # the training forward; evaluation uses `model`
     vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
@@ -276,7 +346,7 @@ def main(argv=None) -> dict:
                     f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
                     if k in val_metrics))
             if val_metrics and cfg.eval.best_metric not in val_metrics:
-                sys.exit(f"config error: eval.best_metric={cfg.eval.best_metric!r} is not among the val metrics "
+                cli.fail(f"config error: eval.best_metric={cfg.eval.best_metric!r} is not among the val metrics "
                          f"({', '.join(sorted(val_metrics))}); for a masks-only data set use pxap")
             improved = bool(val_metrics) and val_metrics[cfg.eval.best_metric] > best["value"]
             if improved:
@@ -297,11 +367,9 @@ def main(argv=None) -> dict:
     tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
     tracker.scalars({f"test/{k}": v for k, v in test_metrics.items()}, step)
     tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in HPARAM_METRICS if k in test_metrics})
-    table = format_table([("val", val_metrics), ("test", test_metrics)])
     if main_process:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"\n{cfg.model.name} / {cfg.model.backbone} on {cfg.data.dataset} ({run_dir})\n"
-              f"{threshold_line(test_metrics, cfg.eval.fixed_threshold)}\n{table}\n", flush=True)
+        print(final_report(cfg, run_dir, results), flush=True)
     tracker.close()
     dist.cleanup()
     return results

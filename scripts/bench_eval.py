@@ -9,7 +9,6 @@ throughput of each and the speed-up.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
+from acol import cli  # noqa: E402
 from acol.evaluation import BoxEvaluator, resize_and_normalize  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def timed_accumulate(evaluator: BoxEvaluator, data) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser("python scripts/bench_eval.py", __doc__, "--num-images 20 --interval 0.01")
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--size", type=int, default=224, help="score map side (the evaluation size)")
     p.add_argument("--low", type=int, default=28, help="side of the low-resolution CAM grid")
@@ -64,6 +64,11 @@ def main(argv=None) -> None:
     p.add_argument("--interval", type=float, default=0.001, help="cam_curve_interval (0.001: 1000 thresholds)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for name in ("num_images", "size", "low"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.interval < 1:
+        p.error(f"argument --interval: must be in (0, 1), got {args.interval}")
 
     data = cam_like_maps(args.num_images, args.size, args.low, args.noise, args.seed)
     fast = BoxEvaluator(args.interval, method="fast")

@@ -17,7 +17,6 @@ Every figure comes from the same process, after one untimed warm-up step of each
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -27,11 +26,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
+from acol import cli  # noqa: E402
 from acol.cams import build_localizer  # noqa: E402
-from acol.config import load_config  # noqa: E402
+from acol.config import ConfigError, load_config  # noqa: E402
 from acol.dist import device_type  # noqa: E402
 from acol.engine import amp_dtype, autocast, build_optimizer  # noqa: E402
 from acol.methods import METHODS, build_method  # noqa: E402
+from acol.models.backbones import BACKBONES  # noqa: E402
 
 LOCALIZER_ORDER = ("inforward", "cam", "gradcam", "gradcam_pp", "guided_backprop")
 
@@ -65,22 +66,32 @@ def peak_memory(device: torch.device) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser("python scripts/benchmark.py", __doc__, "--backbone resnet50 --batch 8")
     p.add_argument("--model", default="acol", choices=METHODS.names(), help="the method (model.name)")
-    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--backbone", default="vgg16", choices=BACKBONES.names())
     p.add_argument("--size", type=int, default=224, help="input side in pixels")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--classes", type=int, default=200)
     p.add_argument("--steps", type=int, default=3, help="timed calls per phase")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--amp", default="auto", help="auto (bf16 on CUDA when supported) | bf16 | off")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="auto (bf16 on CUDA when supported)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (training and evaluation)")
-    p.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.large_feature_map=false")
+    cli.add_overrides(p, "model.large_feature_map=false")
     args = p.parse_args(argv)
+    _, overrides = cli.overrides_of(args)
+    for name in ("size", "batch", "classes", "steps"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name}: must be >= 1, got {getattr(args, name)}")
 
-    cfg = load_config(overrides=[f"model.name={args.model}", f"model.backbone={args.backbone}",
-                                 f"train.amp={args.amp}", *args.overrides])
+    try:
+        cfg = load_config(overrides=[f"model.name={args.model}", f"model.backbone={args.backbone}",
+                                     f"train.amp={args.amp}", *overrides])
+    except ConfigError as e:
+        cli.fail(f"config error: {e}")
+    cli.check_device(args.device, "--device")
+    cli.set_threads(cfg.train.threads)
     device = torch.device(device_type(args.device))
     dtype = amp_dtype(cfg.train.amp, device)
     torch.manual_seed(0)

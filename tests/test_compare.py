@@ -58,7 +58,9 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| synthetic_acol | inforward | 2 |" in table and "| synthetic_cam | cam | 1 |" in table
     assert "| MaxBoxAcc@30 | MaxBoxAcc@50 | MaxBoxAcc@70 | MaxBoxAccV2 |" in table
-    assert table in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert table in captured.out
+    assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in captured.err  # a notice per localizer
 
     grid = cv2.imread(str(out / "grid.png"))
     columns = 1 + 3 + 3  # the image, then 3 methods per group
@@ -78,7 +80,7 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
 
 
 def test_compare_rejects_unknown_methods_and_unfinished_runs(tmp_path):
-    with pytest.raises(KeyError, match="gradcam_pp"):
+    with pytest.raises(SystemExit, match="unknown localizer 'nope'; valid: .*gradcam_pp"):
         compare.main([str(tmp_path), "--methods", "gradcam,nope"])
-    with pytest.raises(SystemExit, match="not a finished run"):
+    with pytest.raises(SystemExit, match="is not a run folder of python -m acol.train \\(no config.toml in it\\)"):
         compare.main([str(tmp_path)])

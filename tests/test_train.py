@@ -61,7 +61,7 @@ def test_resume_auto_continues_to_the_same_weights(tiny_overrides, tmp_path, cap
     assert straight["model"].keys() == resumed["model"].keys()
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    with pytest.raises(SystemExit, match="already exists: pass --resume auto"):
+    with pytest.raises(SystemExit, match=r"holds a finished run of another config \(train.epochs: 2 -> 1\)"):
         run(overrides, "--name", "resumed")
 
 

@@ -42,6 +42,13 @@ class WSOLDataset(Dataset):
     def __len__(self) -> int:
         return len(self.meta.image_ids)
 
+    def missing_files(self) -> list[Path]:
+        """The listed images (and masks, when loaded) that are not files under image_root."""
+        listed = list(self.meta.image_ids)
+        if self.load_masks:
+            listed += [rel for rels in self.meta.masks.values() for rel in rels] + list(self.meta.ignore.values())
+        return [self.image_root / rel for rel in listed if not (self.image_root / rel).is_file()]
+
     def _mask(self, image_id: str, height: int, width: int) -> torch.Tensor:
         mask = torch.zeros(height, width, dtype=torch.uint8)
         for rel in self.meta.masks.get(image_id, []):

@@ -64,6 +64,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -74,6 +75,7 @@ from xml.parsers import expat
 
 from PIL import Image
 
+from acol.cli import prog
 from acol.datasets.images import DECODE_ERRORS, read_mask, read_rgb
 from acol.datasets.metadata import MetadataError, box_problem, label_problem, read_metadata
 
@@ -653,6 +655,19 @@ class SplitCounts:
     classes: int
 
 
+SHOWN_PROBLEMS = 20     # more problems than this are summarized by kind
+EXAMPLES_PER_KIND = 3
+
+
+def problem_kind(problem: str) -> str:
+    """A problem's message without its location and particulars: `<file>[:<line>]: <message>` with
+    paths, quoted values and numbers in the message replaced by placeholders."""
+    message = re.sub(r"^\S+?(:\d+)?: ", "", problem, count=1)
+    message = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", message)
+    message = re.sub(r"[^\s:]*/[^\s:]*", "<path>", message)
+    return re.sub(r"\d+", "N", message)
+
+
 @dataclass
 class CheckReport:
     """What `check` found: counts per split, problems (each naming its file and line), warnings, notes."""
@@ -664,7 +679,9 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def format(self) -> str:
+    def format(self, verbose: bool = False) -> str:
+        """Counts per split, notes, warnings and the problems: every one when verbose or when there are
+        at most SHOWN_PROBLEMS, else a summary by kind (`problem_kind`) with a few examples of each."""
         full = FULL_SIZE.get(self.dataset)
         lines = [f"{self.dataset}: images in {self.image_root}, metadata in {self.metadata_dir}",
                  f"{'split':<6}{'images':>11}{'boxes':>11}{'masks':>11}{'classes':>9}"
@@ -678,9 +695,18 @@ class CheckReport:
                 row += f"   {full.images[split]:,} images{boxes}, {full.classes:,} classes"
             lines.append(row)
         lines += [f"note: {n}" for n in self.notes] + [f"warning: {w}" for w in self.warnings]
-        if self.problems:
+        if self.problems and (verbose or len(self.problems) <= SHOWN_PROBLEMS):
             lines.append(f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}:")
             lines += [f"  {p}" for p in self.problems]
+        elif self.problems:
+            kinds: dict[str, list[str]] = {}
+            for p in self.problems:
+                kinds.setdefault(problem_kind(p), []).append(p)
+            lines.append(f"{len(self.problems):,} problems of {len(kinds)} kind{'s' if len(kinds) > 1 else ''} "
+                         "(the full list: --verbose):")
+            for kind, problems in sorted(kinds.items(), key=lambda item: -len(item[1])):
+                lines.append(f"  {len(problems):,} x {kind}, e.g.")
+                lines += [f"      {p}" for p in problems[:EXAMPLES_PER_KIND]]
         else:
             lines.append("no problems found")
         return "\n".join(lines)
@@ -949,7 +975,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m acol.datasets.prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog("datasets.prepare"), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare the WSOL benchmarks in the wsolevaluation format, or check a prepared one.",
         epilog=__doc__.split("\n\n", 1)[1])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -959,6 +985,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="metadata is at <metadata-root>/<DATASET>/<split>/")
     roots.add_argument("--skip-size-check", action="store_true",
                        help="do not open the images to compare them with image_sizes.txt")
+    roots.add_argument("--verbose", action="store_true",
+                       help=f"list every problem (default: a summary by kind when there are more than {SHOWN_PROBLEMS})")
     making = argparse.ArgumentParser(add_help=False, parents=[roots])
     making.add_argument("--copy", action="store_true", help="copy the files instead of symlinking them")
 
@@ -997,6 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split", choices=SPLITS, help="only this split (default: all three)")
     check.add_argument("--decode", action="store_true",
                        help="decode every image and mask in full (finds truncated files; slower)")
+
     return parser
 
 
@@ -1014,7 +1043,7 @@ def main(argv=None) -> int:
     except MetadataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.format())
+    print(report.format(verbose=args.verbose))
     return 1 if report.problems else 0
 
 

@@ -18,9 +18,12 @@ Two implementations with identical results:
 """
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 
+from acol.dist import is_main_process
 from acol.evaluation.component_tree import UNDECIDED, cut_ious
 
 _CONTOUR_INDEX = 1 if cv2.__version__.split(".")[0] == "3" else 0
@@ -83,6 +86,20 @@ def box_ious_reference(scoremap: np.ndarray, gt_boxes: np.ndarray,
     return v1, v2
 
 
+def announce_compile() -> None:
+    """Before `cut_ious` first runs in a process: one line on stderr when numba will compile it, i.e. when
+    numba's on-disk cache (`cache=True`: __pycache__ next to component_tree.py, or NUMBA_CACHE_DIR) holds
+    no valid copy; it does after the first evaluation on a machine, until component_tree.py or numba
+    changes. Reads numba's cache index (an internal; an unknown layout counts as not cached)."""
+    try:
+        cached = bool(cut_ious._cache._cache_file._load_index())
+    except Exception:  # noqa: BLE001 - numba's internals moved: say it may compile
+        cached = False
+    if not cached and is_main_process():
+        print("compiling the box evaluator with numba (once per machine, about 30-90 s on a busy CPU; "
+              "cached for later runs) ...", file=sys.stderr, flush=True)
+
+
 def box_hits(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
              iou_thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which thresholds localise the image, without a contour pass per threshold.
@@ -100,6 +117,8 @@ def box_hits(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
     u8 = np.ascontiguousarray(to_uint8(scoremap))
     gt = np.ascontiguousarray(np.asarray(gt_boxes, np.int64).reshape(-1, 4))
     cuts = threshold_cuts(u8, thresholds)
+    if not cut_ious.signatures:  # not compiled in this process yet
+        announce_compile()
     v1, v2 = cut_ious(u8, gt, cuts, float(deltas.max(initial=0.0)))
     for cut in np.unique(cuts[v1 == UNDECIDED]).tolist():  # the few cuts the areas leave open
         v1[cuts == cut] = compute_iou(contour_boxes(u8, cut)[0][None], gt).max()

@@ -1,0 +1,110 @@
+"""What every command line shares: its program name, its parser, one-line errors, its device and threads.
+
+Grammar of `acol-train`, `acol-evaluate`, `acol-compare` and `acol-ablate` (or `python -m acol.X`):
+flags, then `key=value` config overrides as positional arguments (TOML values: `optim.lr=1e-3`,
+`eval.iou_thresholds=[30,50]`). An argument `dotted.key=...` is an override unless a file or folder of
+that name exists; any other positional argument is what the command works on (compare's run folders,
+ablate's ablation name; ablation run folders such as `runs/ablations/X/acol.threshold=0.5-s0` hold `=`
+after a `/`, so they are paths).
+A user mistake ends the command with one line on stderr naming the bad value and the valid ones,
+and exit status 2 (as argparse does for a bad flag).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+USER_ERROR = 2  # exit status of a user mistake (argparse's)
+
+
+def prog(module: str) -> str:
+    """The program name for --help and errors: `acol-train` when run as the console command (whose
+    argv[0] is `.../acol-train`), `python -m acol.train` otherwise. module: e.g. "train"."""
+    command = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return command if command.startswith("acol-") else f"python -m acol.{module}"
+
+
+class UserError(SystemExit):
+    """Exit with status 2 after printing one line; str() is the line (pytest.raises(match=...) reads it)."""
+
+    def __init__(self, message: str):
+        super().__init__(USER_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str) -> NoReturn:
+    """Print `message` (one line: what is wrong, the bad value, the valid ones) on stderr and exit 2."""
+    print(message, file=sys.stderr, flush=True)
+    raise UserError(message)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the program name `name` (e.g. `prog("train")`), the module docstring as description,
+    an example line at the end of --help, and one-line errors."""
+
+    def __init__(self, name: str, doc: str | None, example: str, **kwargs):
+        super().__init__(prog=name, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=f"example:\n  {name} {example}", **kwargs)
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """Positional arguments may come between flags (`RUN --methods cam RUN key=value`)."""
+        return self.parse_intermixed_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str, metavar: str = "key=value",
+                  help: str = "config overrides") -> None:
+    """Positional arguments `items` (`metavar`: overrides, and for some commands what they work on) and
+    `--override KEY=VALUE` (repeatable), an alias of a positional override."""
+    parser.add_argument("items", nargs="*", metavar=metavar, help=f"{help}, e.g. {example}")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="the same as a positional key=value (repeatable)")
+
+
+def overrides_of(args: argparse.Namespace, others: bool = False) -> tuple[list[str], list[str]]:
+    """(the positional arguments that are not overrides, every override in order) of `add_overrides`'s
+    arguments; others=False: any such argument is a mistake."""
+    rest, overrides = split_overrides(args.items)
+    if rest and not others:
+        fail(f"error: {rest[0]!r} is not a key=value config override (e.g. optim.lr=1e-3)")
+    return rest, overrides + args.override
+
+
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)
+
+
+def is_override(item: str) -> bool:
+    return bool(OVERRIDE.fullmatch(item)) and not Path(item).exists()
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """(the other positional arguments, the overrides), by the grammar's rule (`is_override`)."""
+    return [a for a in items if not is_override(a)], [a for a in items if is_override(a)]
+
+
+def check_device(setting: str, key: str = "train.device") -> None:
+    """A CUDA device asked for on a machine without one is a user mistake, named with its setting."""
+    import torch  # here: `acol-prepare` uses this module without torch
+
+    if setting == "cuda" and not torch.cuda.is_available():
+        fail(f"error: {key}=cuda but torch sees no CUDA device (torch {torch.__version__}, "
+             f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}); "
+             f"use {key}=cpu or {key}=auto")
+
+
+def set_threads(threads: int) -> None:
+    """train.threads: torch's intra-op CPU threads of this process (0: leave torch's default, which
+    OMP_NUM_THREADS sets when given)."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,0 +1,264 @@
+"""The command lines: one grammar, program names in --help, one-line errors (exit 2, nothing written),
+a finished run's command run again, data checked before the run folder exists, the check's summary."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from acol import ablate, cli, compare, evaluate, train
+from acol.datasets import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "experiments" / "synthetic_acol.toml")
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_line_error(capsys, main, argv) -> str:
+    """Run main(argv), expecting a user error: exit 2 and exactly one line on stderr; return it."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# --------------------------------------------------------------------------------------------
+# Grammar and program names
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv0, expected", [("/venv/bin/acol-train", "acol-train"),
+                                             (str(ROOT / "acol" / "train.py"), "python -m acol.train"),
+                                             ("", "python -m acol.train")])
+def test_program_name_follows_how_it_was_started(monkeypatch, argv0, expected):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert cli.prog("train") == expected
+
+
+@pytest.mark.parametrize("main, module", [(train.main, "train"), (evaluate.main, "evaluate"),
+                                          (compare.main, "compare"), (ablate.main, "ablate")])
+def test_help_shows_the_command_and_an_example(monkeypatch, capsys, main, module):
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/acol-{module}"])
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert out.startswith(f"usage: acol-{module} ") and f"example:\n  acol-{module} " in out
+    assert "key=value" in out and "--override KEY=VALUE" in out
+
+
+def test_overrides_and_run_folders_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd=name").mkdir()
+    items = ["runs/a-s0", "eval.batch_size=2", "runs/ablations/x/acol.threshold=0.5-s0", "odd=name", "a=b=c"]
+    assert cli.split_overrides(items) == (["runs/a-s0", "runs/ablations/x/acol.threshold=0.5-s0", "odd=name"],
+                                          ["eval.batch_size=2", "a=b=c"])
+
+
+def test_compare_and_ablate_take_positional_overrides_and_the_override_alias():
+    args = compare.parse_args(["runs/a-s0", "eval.batch_size=2", "--override", "data.num_workers=0", "runs/b-s0"])
+    assert args.runs == [Path("runs/a-s0"), Path("runs/b-s0")]
+    assert args.override == ["eval.batch_size=2", "data.num_workers=0"]
+    args = ablate.parse_args(["train.epochs=2", "erasing", "--override=eval.batch_size=2", "--dry-run"])
+    assert args.ablation == "erasing" and args.override == ["train.epochs=2", "eval.batch_size=2"]
+    assert train.parse_args(["a.b=1", "--override", "c.d=2"]).overrides == ["a.b=1", "c.d=2"]
+
+
+# --------------------------------------------------------------------------------------------
+# One-line errors
+# --------------------------------------------------------------------------------------------
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+LOCALIZER_NAMES = "inforward, inforward_a, inforward_b, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam"
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("compare", ["runs/x-s0", "--methods", "cam,gradcm"], ["'gradcm'", LOCALIZER_NAMES]),
+    ("compare", ["--checkpoint", "bset"], ["'bset'", "'last', 'best'"]),
+    ("compare", ["--target", "gtt"], ["'gtt'", "'gt', 'pred'"]),
+    ("compare", ["missing_run"], ["missing_run", "no such folder"]),
+    ("compare", ["--num-images", "0"], ["--num-images", ">= 1"]),
+    ("evaluate", ["--run", "r", "--threshold", "2"], ["--threshold", "[0, 1)", "2.0"]),
+    ("evaluate", ["--run", "r", "--layer", "head"], ["--layer", "needs --localizer"]),
+    ("evaluate", ["--run", "missing_run"], ["missing_run", "no such folder"]),
+    ("evaluate", ["--run", "r", "--split", "tset"], ["'tset'", "train, val, test"]),
+    ("evaluate", ["--scoremaps", "m", "--split", "val,tset"], ["'tset'", "train, val, test"]),
+    ("evaluate", ["--run", "r", "--localizer", "gradcm"], ["'gradcm'", "'gradcam'"]),
+    ("evaluate", ["--run", "r", "--target", "x"], ["'x'", "'gt', 'pred'"]),
+    ("evaluate", ["--scoremaps", "nomaps", "--dataset", "CUB"], ["nomaps", "no such folder"]),
+    ("ablate", ["erasng"], ["erasng.toml", "erasing, feature_map"]),
+    ("ablate", ["erasing", "--seeds", "0,x"], ["'0,x'", "integers"]),
+    ("ablate", ["erasing", "--jobs", "0"], ["'0'", "positive integer"]),
+    ("train", ["foo"], ["'foo'", "key=value"]),
+    ("train", ["train.amp=fp32"], ["train.amp", "auto, bf16, fp16, off", "'fp32'"]),
+    ("train", ["train.threads=-1"], ["train.threads", "-1"]),
+    ("train", ["--resume", "nowhere.pt"], ["'nowhere.pt'", "auto"]),
+    ("benchmark", ["--backbone", "vgg61"], ["'vgg61'", "'resnet50', 'smallcnn', 'vgg16'"]),
+    ("benchmark", ["--batch", "0"], ["--batch", ">= 1"]),
+    ("bench_eval", ["--interval", "0"], ["--interval", "(0, 1)"]),
+    pytest.param("train", ["train.device=cuda"], ["train.device=cuda", "train.device=cpu"], marks=NO_CUDA),
+    pytest.param("benchmark", ["--device", "cuda"], ["--device=cuda", "--device=cpu"], marks=NO_CUDA),
+    pytest.param("ablate", ["erasing", "train.device=cuda"], ["train.device=cuda", "train.device=cpu"], marks=NO_CUDA),
+])
+def test_a_user_mistake_is_one_line_naming_the_value_and_the_choices(command, argv, expected, tmp_path,
+                                                                      monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main = {"train": train.main, "evaluate": evaluate.main, "compare": compare.main, "ablate": ablate.main}.get(command)
+    main = main or script(command).main
+    err = one_line_error(capsys, main, argv)
+    for text in expected:
+        assert text in err, (text, err)
+    assert list(tmp_path.iterdir()) == []           # no run folder, no output folder
+
+
+@pytest.fixture
+def trained_run(tiny_overrides, tmp_path):
+    train.main(["--config", CONFIG, "--name", "run", *tiny_overrides, "train.global_batch_size=6"])
+    return tmp_path / "runs" / "run"
+
+
+def test_mistakes_about_a_trained_run_are_one_line(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, evaluate.main, ["--run", str(trained_run), "--checkpoint", "bset"])
+    assert "'bset'" in err and "last, best" in err
+    err = one_line_error(capsys, evaluate.main, ["--run", str(trained_run), "--localizer", "gradcam", "--layer", "nope"])
+    assert "--layer 'nope' is not a layer of the acol model (default: " in err and "backbone.features" in err
+    (trained_run / "checkpoints" / "best.pt").unlink()
+    err = one_line_error(capsys, compare.main, [str(trained_run), "--checkpoint", "best"])
+    assert "checkpoints/best.pt" in err and "there: last" in err
+    err = one_line_error(capsys, compare.main, [str(trained_run), "--methods", "cam"])
+    assert "none of the methods cam applies" in err
+    if not torch.cuda.is_available():
+        for main in (evaluate.main, compare.main):
+            argv = ["--run", str(trained_run)] if main is evaluate.main else [str(trained_run)]
+            err = one_line_error(capsys, main, [*argv, "train.device=cuda"])
+            assert "train.device=cuda but torch sees no CUDA device" in err
+    assert not (tmp_path / "runs" / "compare").exists() and not (trained_run / "eval").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The same training command again
+# --------------------------------------------------------------------------------------------
+def test_a_finished_run_command_again_prints_its_table(tiny_overrides, tmp_path, capsys):
+    argv = ["--config", CONFIG, *tiny_overrides, "train.global_batch_size=6"]
+    first = train.main(argv)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    out = capsys.readouterr().out
+    table = out[out.index(f"acol / smallcnn on SYNTHETIC ({run_dir})\n"):].strip()  # the run's last words
+    assert "| test |" in table
+    log = (run_dir / "log.txt").read_text()
+    again = train.main(argv)
+    out = capsys.readouterr().out
+    assert again == first
+    assert out.startswith(f"\n{table}\n")                                         # the same table, only
+    assert "this run has finished" in out and "--name NEW" in out and "train.seed=" in out
+    assert (run_dir / "log.txt").read_text() == log                              # nothing ran again
+    err = one_line_error(capsys, train.main, [*argv, "--name", run_dir.name, "optim.lr=0.02"])
+    assert f"{run_dir} holds a finished run of another config (optim.lr: 0.01 -> 0.02)" in err
+
+
+def test_an_unfinished_run_folder_is_refused_with_resume_auto(tiny_overrides, tmp_path, capsys):
+    (tmp_path / "runs" / "half").mkdir(parents=True)
+    (tmp_path / "runs" / "half" / "log.txt").write_text("")
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "half", *tiny_overrides])
+    assert "exists without results.json" in err and "--resume auto" in err and "--name NEW" in err
+
+
+def test_threads_setting_is_applied_and_recorded(tiny_overrides, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        train.main(["--config", CONFIG, "--name", "one", *tiny_overrides, "train.global_batch_size=6",
+                    "train.threads=1"])
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "runs" / "one" / "meta.json").read_text())["threads"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Data checked before work; the check's summary
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def moved_data(tiny_data, tmp_path):
+    """The tiny set's metadata as data set TINY under tmp_path/metadata; its images nowhere (12/6/6 ids)."""
+    _, metadata_root = tiny_data
+    shutil.copytree(metadata_root / "SYNTHETIC", tmp_path / "metadata" / "TINY")
+    return ["data.dataset=TINY", f"data.metadata_root={tmp_path / 'metadata'}", f"data.root={tmp_path / 'nowhere'}"]
+
+
+def test_a_wrong_data_root_is_one_line_before_the_run_folder(tiny_overrides, moved_data, tmp_path, capsys):
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "r", *tiny_overrides, *moved_data])
+    assert (f"data error: 12 of the files listed in {tmp_path / 'metadata' / 'TINY' / 'train'} are missing under "
+            f"{tmp_path / 'nowhere' / 'TINY'} (data.root / data.dataset), e.g. {tmp_path / 'nowhere' / 'TINY'}/") in err
+    assert not (tmp_path / "runs").exists()
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "r", *tiny_overrides, *moved_data,
+                                              f"data.metadata_root={tmp_path / 'nometa'}"])
+    assert f"metadata folder not found: {tmp_path / 'nometa' / 'TINY' / 'train'}" in err and "data.metadata_root=" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_data_summarizes_many_problems_and_lists_them_on_request(tiny_overrides, moved_data, capsys):
+    with pytest.raises(SystemExit) as failed:
+        train.main(["--config", CONFIG, *tiny_overrides, *moved_data, "--check-data"])
+    out = capsys.readouterr().out
+    assert failed.value.code == 1
+    # 24 images and their 24 masks missing
+    assert "48 problems of 1 kind (the full list: --verbose):" in out
+    assert "  48 x file not found: <path>, e.g." in out and out.count("file not found: /") == 3
+    assert len(out.splitlines()) < 15
+    with pytest.raises(SystemExit):
+        train.main(["--config", CONFIG, *tiny_overrides, *moved_data, "--check-data", "--verbose"])
+    assert capsys.readouterr().out.count("file not found: /") == 48
+    roots = ["--dataset", "TINY", "--metadata-root", moved_data[1].split("=", 1)[1],
+             "--data-root", moved_data[2].split("=", 1)[1]]
+    assert prepare.main(["check", *roots]) == 1
+    out = capsys.readouterr().out
+    assert "48 problems of 1 kind" in out and out.count("file not found: /") == 3
+    assert prepare.main(["check", "--verbose", *roots]) == 1
+    assert capsys.readouterr().out.count("file not found: /") == 48
+
+
+@pytest.mark.parametrize("problem, kind", [
+    ("/m/TINY/train/image_ids.txt:3: file not found: /d/TINY/a/1.png", "file not found: <path>"),
+    ("/m/image_sizes.txt:12: says 40x30 but /d/a/1.png is 20x20", "says NxN but <path> is NxN"),
+    ("/d/a/b.jpg: cannot read image /d/a/b.jpg: image file is truncated",
+     "cannot read image <path>: image file is truncated"),
+    ("/m/val/image_ids.txt:7: duplicate image id 'val/1.png' (first on line 3)",
+     "duplicate image id '…' (first on line N)"),
+])
+def test_problem_kinds(problem, kind):
+    assert prepare.problem_kind(problem) == kind
+
+
+# --------------------------------------------------------------------------------------------
+# The numba notice
+# --------------------------------------------------------------------------------------------
+def test_compiling_the_box_evaluator_is_announced_only_when_not_cached(tmp_path, capsys):
+    from acol.evaluation import boxes
+
+    boxes.box_hits(boxes.np.zeros((4, 4), boxes.np.float32), boxes.np.array([[0, 0, 1, 1]]), [0.5], [0.5])
+    capsys.readouterr()
+    boxes.announce_compile()                        # compiled and cached now: no notice
+    assert capsys.readouterr().err == ""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty_cache"))
+    fresh = subprocess.run([sys.executable, "-c", "from acol.evaluation import boxes; boxes.announce_compile()"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0 and fresh.stderr.startswith("compiling the box evaluator with numba"), fresh.stderr
+
+
+def test_long_default_run_names_are_cut_and_keep_a_hash_of_the_whole():
+    short = train.default_run_name("experiments/synthetic_acol.toml", ["optim.lr=0.01", "train.seed=3"], 3)
+    assert short == "synthetic_acol+optim.lr=0.01-s3"
+    long_a, long_b = (train.default_run_name("synthetic_acol.toml", [f"data.root=/{'a' * 300}{end}"], 3)
+                      for end in "xy")
+    assert len(long_a) == train.MAX_NAME + 3 and long_a.endswith("-s3") and long_a != long_b
+    assert long_a.startswith("synthetic_acol+data.root=_aaa") and long_a[-12] == "~"
