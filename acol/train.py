@@ -30,12 +30,13 @@ from acol.datasets.metadata import MetadataError, check_labels
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
-from acol.evaluation.report import format_table, threshold_line
+from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_grid
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
+FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -292,8 +293,9 @@ def main(argv=None) -> dict:
     test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics.get("best_cam_threshold"))
     results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
     tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
-    tracker.scalars({f"test/{k}": v for k, v in test_metrics.items()}, step)
-    tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in HPARAM_METRICS if k in test_metrics})
+    tracker.scalars({f"z_test/{k}": v for k, v in test_metrics.items()}, step, description=FINAL_TEST)
+    tracker.hparams(flatten(cfg), {f"z_test/{k}": f"test {dict(SUMMARY).get(k, k)}" for k in HPARAM_METRICS
+                                   if k in test_metrics})
     table = format_table([("val", val_metrics), ("test", test_metrics)])
     if main_process:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
