@@ -33,7 +33,7 @@ from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluat
 from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
 from acol.tracking import Tracker, setup_logging
-from acol.visualize import heatmap_grid
+from acol.visualize import heatmap_strips
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
 FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
@@ -268,8 +268,9 @@ def main(argv=None) -> dict:
                 tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
                 evals = (epoch + 1) // cfg.eval.every
                 if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                    grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
-                    tracker.image("val/heatmaps", grid, step)
+                    strips = heatmap_strips(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                    for k, strip in enumerate(strips):
+                        tracker.image(f"vis/heatmaps/{k}", strip, step)
                 logger.info(f"epoch {epoch + 1} val: " + " ".join(
                     f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
                     if k in val_metrics))
