@@ -130,7 +130,7 @@ def heatmap_strips(model: torch.nn.Module, dataset, indices: list[int], device, 
         maps["map"] = core.localization_map(out, labels)
     core.train()
     titles = ["image:GT box"] + [f"branch {k}" for k in maps if k != "map"]
-    titles.append(f"{'fused map' if len(maps) > 1 else 'map'}:box @{threshold:.2f}")
+    titles.append(f"{'fused map' if len(maps) > 1 else 'map'}:pred @{threshold:.2f}")
     scale = -(-min_tile // images.shape[-1])
     rows = heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], {"map": threshold})
     return [titled_grid([row], titles, scale, font=min_tile / 192) for row in rows]
