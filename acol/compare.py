@@ -175,15 +175,15 @@ def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray) -> None:
     for old in out.glob("events.out.tfevents.*"):
         old.unlink()
     tracker = Tracker(out, enabled=True)
-    tracker.image("compare/grid", grid, 0)
+    tracker.image("z_compare/grid", grid, 0)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["group"], r["method"]), []).append(r)
     for (group, method), runs in groups.items():
         names = [k for k in runs[0]["test_curves"] if k != "thresholds"]
         mean = {k: np.mean([r["test_curves"][k] for r in runs], axis=0) for k in names}
-        tracker.curves(f"test_curves/{group}/{method}/", {"thresholds": np.array(runs[0]["test_curves"]["thresholds"]),
-                                                           **mean})
+        tracker.curves(f"z_compare/test/{group}/{method}/",
+                       {"thresholds": np.array(runs[0]["test_curves"]["thresholds"]), **mean})
     tracker.close()
 
 

@@ -116,8 +116,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             values = {f"train/{k}": v.item() for k, v in losses.items()}
             elapsed = time.perf_counter() - tick
             values["train/cls_acc"] = (out["logits"].argmax(1) == labels).float().mean().item() * 100
-            values["opt/lr"] = optimizer.param_groups[0]["lr"]
-            values["perf/img_per_s"] = seen * int(os.environ.get("WORLD_SIZE", 1)) / elapsed
+            values["train/lr"] = optimizer.param_groups[0]["lr"]
+            values["train/img_per_s"] = seen * int(os.environ.get("WORLD_SIZE", 1)) / elapsed
             tracker.scalars(values, step)
             logger.info(f"epoch {epoch + 1} step {step} " + " ".join(
                 f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))

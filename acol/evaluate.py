@@ -49,7 +49,7 @@ from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped
 from acol.evaluation.report import format_table, threshold_line
 from acol.methods import build_model
 from acol.registry import UnknownNameError
-from acol.tracking import Tracker
+from acol.tracking import THRESHOLD_AXIS, Tracker
 from acol.visualize import plot_curves
 
 # metrics that need the classifier's predictions (absent when evaluating bare score maps)
@@ -251,7 +251,8 @@ def evaluate_scoremap_splits(args, splits: list[str]) -> tuple[list[tuple[str, d
 
 
 def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path) -> None:
-    """BoxAcc vs threshold (V2 at each IoU, V1 GT-known) as a PNG and in TensorBoard."""
+    """BoxAcc vs threshold (V2 at each IoU, V1 GT-known) as a PNG and in TensorBoard (`out` is its own run):
+    `z_eval/<split>/threshold_x1000/<curve>` scalars (step: threshold x 1000), the PNG, the metrics as text."""
     curves = boxes_eval.box_acc_curves()
     lines = {f"IoU {d}": curves[f"box_acc_iou{d}"] for d in boxes_eval.iou_thresholds}
     lines["GT-known (V1)"] = curves["gt_known"]
@@ -261,8 +262,11 @@ def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path)
     image = plot_curves(curves["thresholds"], lines, marks, f"BoxAcc vs box threshold ({split})")
     cv2.imwrite(str(out / f"curves_{split}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     tracker = Tracker(out, enabled=True)
-    tracker.curves(f"{split}/box_acc_", curves)
-    tracker.image(f"{split}/box_acc_curves", image, 0)
+    tracker.curves(f"z_eval/{split}/", curves)
+    tracker.image(f"z_eval/{split}/box_acc_curves", image, 0)
+    note = f"Curves `z_eval/{split}/threshold_x1000/<curve>`: {THRESHOLD_AXIS}."
+    tracker.text(f"z_eval/{split}/metrics",
+                 f"{format_table([(split, metrics)])}\n\n{threshold_line(metrics, marks['fixed'])}\n\n{note}")
     tracker.close()
 
 

@@ -1,6 +1,14 @@
 """The run directory's writers: log.txt + console, metrics.jsonl and TensorBoard (rank 0 only).
 
 Other ranks get a tracker whose methods do nothing, so training code never branches on the rank.
+
+TensorBoard tags: Time Series and Scalars sort tag groups (the part before the first '/') by name
+and open the first two, so the curves of training come first: `train/...` (per step) and `val/...`
+(per evaluation). Then `vis/heatmaps/<k>` (a heatmap strip per fixed val image), and what is written
+once after training starts with `z_`: `z_test/...` (the final test report, also the HParams
+dashboard's metric columns), `z_eval/<split>/...` (`acol.evaluate`, in its own run folder) and
+`z_compare/...` (`acol.compare`). Curves over the box threshold (`curves`) are tagged
+`.../threshold_x1000/<curve>`: their step is the threshold x 1000 (`THRESHOLD_AXIS`).
 """
 from __future__ import annotations
 
@@ -10,10 +18,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 LOGGER_NAME = "acol"
+THRESHOLD_AXIS = ("x axis: the box threshold x 1000 (TensorBoard steps are integers): step 250 is threshold "
+                  "0.25; y axis: accuracy in %")
 
 
 def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Logger:
@@ -42,21 +54,24 @@ class Tracker:
         self.run_dir = run_dir
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step) if enabled else None
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
+    def scalars(self, values: dict[str, float], step: int, description: str = "") -> None:
+        """`add_scalar` for each tag, with `description` (shown with the card) when one is given."""
         if self.writer:
+            metadata = SummaryMetadata(summary_description=description) if description else None
             for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+                value = Summary.Value(tag=tag, simple_value=float(value), metadata=metadata)
+                self.writer.file_writer.add_summary(Summary(value=[value]), step)
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
         if self.writer:
             self.writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
     def curves(self, prefix: str, curves: dict[str, np.ndarray]) -> None:
-        """Per-threshold curves (`BoxEvaluator.box_acc_curves`) as scalars `<prefix><name>`, the step
-        being the threshold in thousandths (TensorBoard's x axis is an integer step)."""
+        """Per-threshold curves (`BoxEvaluator.box_acc_curves`) as scalars `<prefix>threshold_x1000/<name>`,
+        the step being the threshold in thousandths (`THRESHOLD_AXIS`, also the cards' description)."""
         for i, tau in enumerate(curves["thresholds"]):
-            self.scalars({f"{prefix}{name}": float(v[i]) for name, v in curves.items() if name != "thresholds"},
-                         step=int(round(tau * 1000)))
+            self.scalars({f"{prefix}threshold_x1000/{name}": float(v[i]) for name, v in curves.items()
+                          if name != "thresholds"}, step=int(round(tau * 1000)), description=THRESHOLD_AXIS)
 
     def text(self, tag: str, text: str) -> None:
         if self.writer:
@@ -67,15 +82,21 @@ class Tracker:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """HParams dashboard entry written into this run's own event file (no timestamped sub-run)."""
+    def hparams(self, hparams: dict, metrics: dict[str, str]) -> None:
+        """HParams dashboard entry in this run's own event file: the hparams and, as metric columns,
+        `metrics` {tag: column title}: tags of scalars the run writes itself (the dashboard shows each
+        one's last value). Unlike `SummaryWriter.add_hparams`: no timestamped sub-run, no extra cards."""
         if not self.writer:
             return
         clean = {k: (str(v) if isinstance(v, list) else v) for k, v in hparams.items()}
-        for summary in hparams_summary(clean, metrics):
+        experiment, start, end = hparams_summary(clean, dict.fromkeys(metrics, 0.0))
+        plugin = experiment.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin.content)
+        for info in content.experiment.metric_infos:
+            info.display_name = metrics[info.name.tag]
+        plugin.content = content.SerializeToString()
+        for summary in (experiment, start, end):
             self.writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, 0)
 
     def flush(self) -> None:
         if self.writer:

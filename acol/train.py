@@ -35,13 +35,14 @@ from acol.datasets.metadata import MetadataError, check_labels
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
-from acol.evaluation.report import format_table, threshold_line
+from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
 from acol.schedule import build_schedule
 from acol.tracking import Tracker, setup_logging
-from acol.visualize import heatmap_grid
+from acol.visualize import heatmap_strips
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
+FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -340,8 +341,9 @@ def main(argv=None) -> dict:
                 tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
                 evals = (epoch + 1) // cfg.eval.every
                 if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                    grid = heatmap_grid(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
-                    tracker.image("val/heatmaps", grid, step)
+                    strips = heatmap_strips(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                    for k, strip in enumerate(strips):
+                        tracker.image(f"vis/heatmaps/{k}", strip, step)
                 logger.info(f"epoch {epoch + 1} val: " + " ".join(
                     f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
                     if k in val_metrics))
@@ -365,8 +367,9 @@ def main(argv=None) -> dict:
     test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics.get("best_cam_threshold"))
     results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
     tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
-    tracker.scalars({f"test/{k}": v for k, v in test_metrics.items()}, step)
-    tracker.hparams(flatten(cfg), {f"hparam/{k}": test_metrics[k] for k in HPARAM_METRICS if k in test_metrics})
+    tracker.scalars({f"z_test/{k}": v for k, v in test_metrics.items()}, step, description=FINAL_TEST)
+    tracker.hparams(flatten(cfg), {f"z_test/{k}": f"test {dict(SUMMARY).get(k, k)}" for k in HPARAM_METRICS
+                                   if k in test_metrics})
     if main_process:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(final_report(cfg, run_dir, results), flush=True)

@@ -81,17 +81,19 @@ def enlarge(rows: list[list[np.ndarray]], scale: int) -> list[list[np.ndarray]]:
     return [[cv2.resize(t, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for t in row] for row in rows]
 
 
-def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2) -> np.ndarray:
+def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2, font: float = 0.38) -> np.ndarray:
     """`tile(rows)` with each tile enlarged `scale` times (nearest) under a header of column titles
-    (two lines each where a title holds a ':')."""
+    (two lines each where a title holds a ':') in a font of that scale (cv2's Hershey simplex)."""
     big = enlarge(rows, scale)
     grid = tile(big)
     width = big[0][0].shape[1]
-    header = np.full((34, grid.shape[1], 3), 255, np.uint8)
+    line = int(40 * font)                           # line height in pixels (15 at 0.38)
+    chars = max(4, int(width / (18 * font)))        # that fit in a tile's width
+    header = np.full((2 * line + 4, grid.shape[1], 3), 255, np.uint8)
     for j, title in enumerate(titles):
-        for k, line in enumerate(title.split(":")[:2]):
-            cv2.putText(header, line[: max(4, width // 7)], (2 + j * (width + 2) + 2, 14 + 15 * k),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        for k, text in enumerate(title.split(":")[:2]):
+            cv2.putText(header, text[:chars], (2 + j * (width + 2) + 2, line - 1 + line * k),
+                        cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([header, grid])
 
 
@@ -108,8 +110,12 @@ def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 
     return tile(tagged)
 
 
-def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float) -> np.ndarray:
-    """The heatmap grid of fixed validation images: image | A | B | fused (ACoL) or image | map."""
+def heatmap_strips(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float,
+                   min_tile: int = 128) -> list[np.ndarray]:
+    """(H, W, 3) uint8 images: per fixed validation image, one strip of tiles under column titles:
+    image | branch A | branch B | fused map (ACoL) or image | map, the last with the GT (green) and
+    predicted (red, at `threshold`) boxes; tiles enlarged (nearest) to at least `min_tile` px. One
+    strip per image keeps each legible in TensorBoard's image card (which fits the image into the card)."""
     batch = collate([dataset[i] for i in indices])
     core = unwrap(model)
     core.eval()
@@ -123,7 +129,11 @@ def heatmap_grid(model: torch.nn.Module, dataset, indices: list[int], device, dt
             maps["A"], maps["B"] = core.branch_maps(out, labels)
         maps["map"] = core.localization_map(out, labels)
     core.train()
-    return tile(heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], {"map": threshold}))
+    titles = ["image:GT box"] + [f"branch {k}" for k in maps if k != "map"]
+    titles.append(f"{'fused map' if len(maps) > 1 else 'map'}:pred @{threshold:.2f}")
+    scale = -(-min_tile // images.shape[-1])
+    rows = heatmap_rows(images, maps, [b.numpy() for b in batch["boxes"]], {"map": threshold})
+    return [titled_grid([row], titles, scale, font=min_tile / 192) for row in rows]
 
 
 CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]

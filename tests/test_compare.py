@@ -68,8 +68,8 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     (event_file,) = out.glob("events.out.tfevents.*")
     events = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
-    assert "compare/grid" in events.Tags()["images"]
-    curve = events.Scalars("test_curves/synthetic_acol/gradcam/box_acc_iou50")
+    assert "z_compare/grid" in events.Tags()["images"]
+    curve = events.Scalars("z_compare/test/synthetic_acol/gradcam/threshold_x1000/box_acc_iou50")
     expected = [statistics.mean(r["test_curves"]["box_acc_iou50"][i] for r in acol) for i in range(len(curve))]
     assert [e.value for e in curve] == pytest.approx(expected, abs=1e-4)
     assert [e.step for e in curve[:3]] == [0, 10, 20]  # thresholds in thousandths (interval 0.01)

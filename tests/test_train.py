@@ -4,27 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from acol import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "synthetic_acol.toml")
-SCALAR_TAGS = {"train/loss", "train/loss_a", "train/loss_b", "train/cls_acc", "opt/lr", "perf/img_per_s",
-               "val/top1_cls", "val/top1_loc@fixed", "val/gt_known_loc@fixed", "val/maxboxacc_v2",
-               "val/maxboxacc_iou30", "val/maxboxacc_iou50", "val/maxboxacc_iou70", "val/best_cam_threshold",
-               "val/pxap"}
 
 
 def run(overrides, *flags):
     return train.main(["--config", CONFIG, *flags, *overrides])
-
-
-def events(run_dir: Path) -> EventAccumulator:
-    (event_file,) = run_dir.glob("events.out.tfevents.*")
-    acc = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    return acc
 
 
 def test_two_step_run_writes_the_run_directory(tiny_overrides, tmp_path):
@@ -36,11 +24,7 @@ def test_two_step_run_writes_the_run_directory(tiny_overrides, tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records] == ["val", "test"]
     assert 0 <= records[1]["top1_cls"] <= 100
-    tb = events(run_dir)
-    assert SCALAR_TAGS <= set(tb.Tags()["scalars"])
-    assert "val/heatmaps" in tb.Tags()["images"]
-    grid = tb.Images("val/heatmaps")[-1]
-    assert grid.width == 2 + 4 * (32 + 2) and grid.height == 2 + 2 * (32 + 2)  # image | A | B | fused, 2 rows
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # their content: tests/test_tensorboard.py
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "rng"}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
