@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
     checkpoint: "last", "best" or a path."""
-    cfg = load_config(run / "config.toml", list(overrides))
+    # config.toml holds absolute paths; one saved before they were holds paths relative to where it ran
+    cfg = load_config(run / "config.toml", list(overrides), paths_from=Path.cwd())
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
     state = load_checkpoint(path)["model"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from acol import dist
-from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
+from acol.config import Config, ConfigError, flatten, load_config, locate, to_dict, to_toml
 from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.check import check_data
 from acol.datasets.metadata import MetadataError, check_labels
@@ -40,7 +40,8 @@ HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="experiment TOML file (defaults apply without one)")
+    p.add_argument("--config", help="experiment TOML file, or acol:NAME for experiments/NAME of acol (defaults "
+                                    "apply without one)")
     p.add_argument("--name", help="run name (default: config stem + overrides + seed)")
     p.add_argument("--resume", help="'auto' (the run's checkpoints/last.pt, if any) or a checkpoint path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_run_name(config_path: str | None, overrides: list[str], seed: int) -> str:
     """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic."""
-    name = Path(config_path).stem if config_path else "default"
+    name = locate(config_path, Path()).stem if config_path else "default"
     extra = [o for o in overrides if not o.startswith("train.seed=")]
     if extra:
         name += "+" + ",".join(extra)
