@@ -1,7 +1,10 @@
-"""pyproject.toml: what `pip install .` ships, and the console commands it installs."""
+"""pyproject.toml (what `pip install .` ships, the console commands it installs) and the shell scripts, run
+from outside the repository."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -58,3 +61,17 @@ def test_console_commands_exit_with_0_on_success_and_prepare_with_its_status(mon
     monkeypatch.setattr(sys, "argv", ["acol-prepare", "check", "--dataset", "NONE", "--data-root", str(tmp_path),
                                       "--metadata-root", str(tmp_path)])
     assert console.prepare() == 1 and "no split folder" in capsys.readouterr().out
+
+
+def test_the_train_script_runs_where_the_user_stands(tmp_path):
+    (tmp_path / "mine.toml").write_text('_base_ = "acol:synthetic_cam.toml"\n[data]\nroot = "images"\n')
+    env = dict(os.environ, PYTHON=sys.executable)
+    script = str(REPO / "scripts" / "train_acol.sh")
+    for args, name, root in ((["--print-config"], "acol", tmp_path / "data"),        # the repository's default
+                             (["mine.toml", "--print-config"], "cam", tmp_path / "images"),
+                             (["--config", "mine.toml", "--print-config"], "cam", tmp_path / "images")):
+        done = subprocess.run(["bash", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        resolved = tomllib.loads(done.stdout)
+        assert resolved["model"]["name"] == name and resolved["data"]["root"] == str(root)
+        assert resolved["log"]["runs_dir"] == str(tmp_path / "runs")
