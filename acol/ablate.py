@@ -3,10 +3,11 @@
     python -m acol.ablate NAME [--seeds 0,1,2] [--base CONFIG] [--jobs N] [--runs-dir runs]
                                [--dry-run] [key=value ...]
 
-NAME is `experiments/ablations/NAME.toml` or the path of such a file (TOML data):
+NAME is `experiments/ablations/NAME.toml` of acol or the path of such a file (TOML data):
 
     description = "ACoL erase threshold"
-    base = "../synthetic_acol.toml"   # the config of every cell, relative to this file (--base replaces it)
+    base = "../synthetic_acol.toml"   # the config of every cell, relative to this file, or acol:NAME
+                                       # (--base replaces it)
     seeds = [0, 1, 2]                  # --seeds replaces it
     select = "maxboxacc_v2"            # the val metric (higher is better) that chooses the cell
 
@@ -15,7 +16,7 @@ NAME is `experiments/ablations/NAME.toml` or the path of such a file (TOML data)
 
     [[cells]]                          # explicit cells, after the grid's
     name = "Grad-CAM"                  # the table's label (default: its settings)
-    set = { "model.name" = "cam" }     # config overrides (default: none)
+    set = { "model.name" = "cam" }     # config overrides, as on the command line (default: none)
     localizer = "gradcam"              # evaluate with this localizer, not the model's own map (default: none)
 
 Each cell x seed is one `python -m acol.train` run in `<runs-dir>/ablations/<NAME>/<cell>-s<seed>`
@@ -66,11 +67,11 @@ import torch
 
 from acol import cli
 from acol.cams import LOCALIZERS
-from acol.config import ConfigError, load_config, toml_value
+from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
 from acol.evaluation.report import mean_std
 from acol.visualize import heatmap_rows, labelled_rows
 
-ABLATIONS = Path(__file__).resolve().parents[1] / "experiments" / "ablations"
+ABLATIONS = recipe_dir() / "ablations"
 TOP_KEYS = {"description", "base", "seeds", "search_seeds", "select", "axes", "cells", "groups"}
 GROUP_KEYS = {"name", "base", "axes", "cells"}
 CELL_KEYS = {"name", "set", "localizer"}
@@ -201,12 +202,12 @@ def load_ablation(name_or_path: str) -> Ablation:
                                    f"(valid: {', '.join(sorted(GROUP_KEYS))})")
             if "name" not in table or "base" not in table:
                 raise _error(path, f"groups[{i}]: a group needs a name and a base")
-            groups.append(Group(table["name"], (path.parent / table["base"]).resolve(),
+            groups.append(Group(table["name"], locate(table["base"], path.parent).resolve(),
                                 _cells(table, path, f"groups[{i}].")))
     else:
         if "base" not in data:
             raise _error(path, "missing key 'base' (the config every cell starts from)")
-        groups = [Group("", (path.parent / data["base"]).resolve(), _cells(data, path, ""))]
+        groups = [Group("", locate(data["base"], path.parent).resolve(), _cells(data, path, ""))]
     seeds = _seeds(data, "seeds", path) if "seeds" in data else [0]
     search = _seeds(data, "search_seeds", path) if "search_seeds" in data else None
     if search is not None and not set(search) <= set(seeds):
@@ -392,8 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="NAME: a name in experiments/ablations/ or the path of an ablation file; then config "
                            "overrides for every run")
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds (default: the file's)")
-    p.add_argument("--base", type=Path, help="another base config, e.g. experiments/cub_acol_vgg16.toml "
-                                             "(files without groups)")
+    p.add_argument("--base", help="another base config, e.g. experiments/cub_acol_vgg16.toml or "
+                                  "acol:cub_acol_vgg16.toml (files without groups)")
     p.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at the same time")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--num-images", type=int, default=8, help="columns of a group file's grid.png")
@@ -429,7 +430,7 @@ def _configure(args) -> Ablation:
     if args.base:
         if ablation.grouped:
             raise ConfigError(f"--base applies to an ablation without groups; {args.ablation} has groups")
-        ablation.groups[0].base = args.base.resolve()
+        ablation.groups[0].base = locate(args.base, Path.cwd()).resolve()
     for group in ablation.groups:  # every cell's config must load before anything trains
         for cell in group.cells:
             cli.check_device(load_config(group.base, cell.overrides + args.override).train.device)

@@ -2,7 +2,8 @@
 
 The defaults below are the single source of truth. An experiment file overrides a subset of them:
 
-    _base_ = "synthetic_acol.toml"      # a path or a list of paths, relative to this file
+    _base_ = "synthetic_acol.toml"      # a path or a list of paths, relative to this file, or
+                                        # "acol:NAME" for experiments/NAME shipped with acol
     [acol]
     threshold = 0.8
 
@@ -13,11 +14,19 @@ then dropped, so one base file may hold settings for several methods. Command-li
 dotted keys and the TOML value grammar (`optim.lr=1e-3`, `eval.iou_thresholds=[30,50,70]`,
 `model.backbone=vgg16`). Unknown keys, unknown names and values of the wrong type are errors that
 name the key (and the file).
+
+Paths (`PATH_KEYS`: data.root, data.metadata_root, log.runs_dir, and model.pretrained when it names a
+file) resolve where they are written: a value in a config file against that file's folder (as
+`_base_` does), a command-line override against the current directory, a default (the key set
+nowhere) against the current directory. `load_config` returns them absolute, so the config.toml a run
+saves is re-runnable from anywhere. The repository's experiment files set no data or run folders:
+`data/` and `runs/` are those of the current directory, as before.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -147,6 +156,26 @@ class Config:
 
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "log")  # the fixed tables; method tables come after model
+PATH_KEYS = ("data.root", "data.metadata_root", "log.runs_dir", "model.pretrained")  # resolved as the docstring says
+NOT_PATHS = {"model.pretrained": ("", "imagenet")}  # values of a path key that name no file
+RECIPE = "acol:"                                    # `acol:NAME`: experiments/NAME shipped with acol
+
+
+def recipe_dir() -> Path:
+    """The experiments/ folder of acol: inside the package when installed from a wheel, beside it in a
+    source checkout (an editable install included)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "experiments"
+    return installed if installed.is_dir() else package.parent / "experiments"
+
+
+def locate(path: str | Path, folder: Path) -> Path:
+    """A config file named `path` from `folder`: `acol:NAME` is experiments/NAME of acol, a relative path
+    is relative to `folder`."""
+    text = str(path)
+    if text.startswith(RECIPE):
+        return recipe_dir() / text[len(RECIPE):]
+    return folder / Path(text).expanduser()
 
 
 def method_tables() -> dict[str, type]:
@@ -222,7 +251,8 @@ def _read_toml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict
     if path in seen:
         raise ConfigError(f"{path}: circular _base_ chain")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        hint = f" ({RECIPE}NAME names a file under {recipe_dir()})" if path.is_relative_to(recipe_dir()) else ""
+        raise ConfigError(f"config file not found: {path}{hint}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
@@ -232,7 +262,7 @@ def _read_toml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict
         bases = [bases]
     layers = []
     for base in bases:
-        layers += _read_toml_chain(path.parent / base, seen + (path,))
+        layers += _read_toml_chain(locate(base, path.parent), seen + (path,))
     return layers + [(data, str(path))]
 
 
@@ -272,17 +302,45 @@ def _keep_raw_strings(nested: dict, raw: str, types: dict[str, Any]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- the TOML file and its `_base_` chain <- dotted overrides; then the method's table."""
+def _dotted_keys(nested: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in nested.items():
+        out |= _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
+def absolute(path: str, folder: Path) -> str:
+    """`path` (`~` expanded) made absolute against `folder`, `..` collapsed."""
+    return os.path.abspath(os.path.join(folder, os.path.expanduser(path)))
+
+
+def _resolve_paths(cfg: Config, folders: dict[str, Path]) -> None:
+    """Make every path key absolute against the folder of the layer that set it (`folders`), else the cwd."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        table, value = getattr(cfg, section), getattr(getattr(cfg, section), name)
+        if value not in NOT_PATHS.get(key, ()):
+            setattr(table, name, absolute(value, folders.get(key, Path.cwd())))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), paths_from: Path | None = None) -> Config:
+    """Defaults <- the TOML file and its `_base_` chain <- dotted overrides; then the method's table.
+    `path` is relative to the cwd (or `acol:NAME`). Path values come back absolute (module docstring);
+    `paths_from` replaces the files' folders for the paths written in them (an old run's relative
+    config.toml)."""
     cfg = Config()
     tables: dict[str, Any] = {}  # method name -> its table, merged over every layer
+    folders: dict[str, Path] = {}  # path key -> the folder it is relative to (the last layer that set it)
     if path is not None:
-        for data, source in _read_toml_chain(Path(path)):
+        for data, source in _read_toml_chain(locate(path, Path.cwd())):
             _merge_layer(cfg, tables, data, source)
+            folders |= dict.fromkeys(_dotted_keys(data) & set(PATH_KEYS), paths_from or Path(source).parent)
     types = _field_types(Config) | method_tables()
     for item in overrides:
         nested = _keep_raw_strings(parse_override(item), item.split("=", 1)[1], types)
         _merge_layer(cfg, tables, nested, f"override {item!r}")
+        folders |= dict.fromkeys(_dotted_keys(nested) & set(PATH_KEYS), Path.cwd())
+    _resolve_paths(cfg, folders)
     cfg.method = tables.get(cfg.model.name, method_table(cfg.model.name))
     validate(cfg)
     return cfg

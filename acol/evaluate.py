@@ -110,7 +110,8 @@ def check_run(run: Path, checkpoint: str) -> None:
 def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
     checkpoint: "last", "best" or a path."""
-    cfg = load_config(run / "config.toml", list(overrides))
+    # config.toml holds absolute paths; one saved before they were holds paths relative to where it ran
+    cfg = load_config(run / "config.toml", list(overrides), paths_from=Path.cwd())
     cli.check_device(cfg.train.device)
     cli.set_threads(cfg.train.threads)
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from acol import cli, dist
-from acol.config import Config, ConfigError, flatten, load_config, to_dict, to_toml
+from acol.config import Config, ConfigError, flatten, load_config, locate, to_dict, to_toml
 from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.check import check_data
 from acol.datasets.metadata import MetadataError, check_labels
@@ -47,7 +47,8 @@ FINAL_TEST = "the test split after training (@val: at the box threshold chosen o
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.Parser(cli.prog("train"), __doc__, "--config experiments/synthetic_acol.toml train.seed=1")
-    p.add_argument("--config", help="experiment TOML file (defaults apply without one)")
+    p.add_argument("--config", help="experiment TOML file, or acol:NAME for experiments/NAME of acol (defaults "
+                                    "apply without one)")
     p.add_argument("--name", help="run name (default: config stem + overrides + seed)")
     p.add_argument("--resume", help="'auto' (the run's checkpoints/last.pt, if any) or a checkpoint path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -67,7 +68,7 @@ MAX_NAME = 120  # longer default names are cut and end in a hash of the whole (f
 def default_run_name(config_path: str | None, overrides: list[str], seed: int) -> str:
     """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic; past MAX_NAME characters
     `<first characters>~<8 hex digits of the whole name's SHA-1>-s<seed>`."""
-    name = Path(config_path).stem if config_path else "default"
+    name = locate(config_path, Path()).stem if config_path else "default"
     extra = [o for o in overrides if not o.startswith("train.seed=")]
     if extra:
         name += "+" + ",".join(extra)

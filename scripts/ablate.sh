@@ -8,7 +8,8 @@
 #   bash scripts/ablate.sh delta --dry-run             # which runs exist, which are to do
 #
 # Finished runs are skipped and interrupted ones resumed, so the same command completes a grid.
-# Results: runs/ablations/<NAME>/results.md and results.csv.
+# Results: runs/ablations/<NAME>/results.md and results.csv, under the current folder. The arguments
+# are those of `python -m acol.ablate`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m acol.ablate "$@"
+. "$(dirname "$0")/common.sh"
+exec "$PYTHON" -m acol.ablate "$@"

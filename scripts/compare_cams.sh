@@ -8,16 +8,16 @@
 # Trains runs/synthetic_acol-s<seed> and runs/synthetic_cam-s<seed> with scripts/train_acol.sh where
 # their results.json is missing, then runs `python -m acol.compare` on them (arguments are passed on)
 # and writes runs/compare/{results.md,results.csv,results.jsonl,grid.png} and TensorBoard events.
+# data/ and runs/ are those of the current folder.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+. "$(dirname "$0")/common.sh"
 RUNS=()
 for seed in ${SEEDS:-0 1 2}; do
   for method in acol cam; do
     run=runs/synthetic_${method}-s${seed}
     if [[ ! -f $run/results.json ]]; then
       if [[ -d $run ]]; then resume=(--resume auto); else resume=(); fi
-      bash scripts/train_acol.sh "experiments/synthetic_${method}.toml" "train.seed=${seed}" "${resume[@]}"
+      bash "$REPO/scripts/train_acol.sh" "$REPO/experiments/synthetic_${method}.toml" "train.seed=${seed}" "${resume[@]}"
     fi
     RUNS+=("$run")
   done

@@ -16,10 +16,9 @@
 #        --metadata /datasets/wsolevaluation/metadata/OpenImages
 #    --copy copies instead of linking. All options: bash scripts/prepare_openimages.sh -h
 #
-# The script runs from the repository root: give absolute paths, or paths relative to the root.
+# Relative paths are relative to the current folder (the script runs where you stand).
 # It ends with a check of every split (exit status 1 when a problem is found).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+. "$(dirname "$0")/common.sh"
 if [[ $# -eq 0 ]]; then sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 2; fi
 exec "$PYTHON" -m acol.datasets.prepare openimages "$@"

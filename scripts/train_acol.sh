@@ -4,18 +4,21 @@
 #   bash scripts/train_acol.sh                                   # ACoL on the synthetic benchmark
 #   bash scripts/train_acol.sh experiments/synthetic_cam.toml    # another experiment
 #   bash scripts/train_acol.sh experiments/synthetic_acol.toml acol.threshold=0.7 --name thr0.7
+#   bash ~/acol/scripts/train_acol.sh --config my.toml           # from any folder: my.toml is ./my.toml
 #   NGPUS=4 bash scripts/train_acol.sh experiments/cub_acol_vgg16.toml      # 4 GPUs, one machine
 #   NGPUS=2 bash scripts/train_acol.sh ...     # without GPUs: 2 CPU processes (gloo)
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 NGPUS=8 bash scripts/train_acol.sh ...   # on each node
 #
-# Everything after the config is passed to `python -m acol.train` (key=value overrides, --name,
-# --resume auto). The global batch size (train.global_batch_size) is split over all processes.
+# The arguments are those of `python -m acol.train` (--config, key=value overrides, --name, --resume
+# auto); a first argument ending in .toml is the config; without one, experiments/synthetic_acol.toml
+# of this repository. Relative paths are the current folder's, and so are the default data/ and runs/.
+# The global batch size (train.global_batch_size) is split over all processes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/common.sh"
 
-CONFIG=experiments/synthetic_acol.toml
-if [[ "${1:-}" == *.toml ]]; then CONFIG=$1; shift; fi
-PYTHON=${PYTHON:-python}
+CONFIG=(--config "$REPO/experiments/synthetic_acol.toml")
+if [[ "${1:-}" == *.toml ]]; then CONFIG=(--config "$1"); shift
+elif [[ " $* " == *" --config "* || " $* " == *" --config="* ]]; then CONFIG=(); fi
 
 # torchrun sets OMP_NUM_THREADS=1 per process unless told otherwise: share the cores instead.
 NPROC=${NGPUS:-1}
@@ -27,9 +30,9 @@ if [[ "${NNODES:-1}" -gt 1 ]]; then
   exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node-rank="${NODE_RANK:?set NODE_RANK}" \
     --nproc-per-node="$NPROC" --rdzv-backend=c10d --rdzv-id="${RDZV_ID:-acol}" \
     --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" \
-    -m acol.train --config "$CONFIG" "$@"
+    -m acol.train "${CONFIG[@]}" "$@"
 elif [[ "$NPROC" -gt 1 ]]; then
-  exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m acol.train --config "$CONFIG" "$@"
+  exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m acol.train "${CONFIG[@]}" "$@"
 else
-  exec "$PYTHON" -m acol.train --config "$CONFIG" "$@"
+  exec "$PYTHON" -m acol.train "${CONFIG[@]}" "$@"
 fi

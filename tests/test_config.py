@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from acol.config import Config, ConfigError, flatten, load_config, parse_override, to_toml
+from acol.config import Config, ConfigError, DataCfg, LogCfg, flatten, load_config, parse_override, to_toml
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -15,7 +15,8 @@ def write(path: Path, text: str) -> Path:
 
 def test_defaults_without_a_file():
     cfg = load_config()
-    assert cfg == Config()
+    assert cfg == Config(data=DataCfg(root=str(Path.cwd() / "data"), metadata_root=str(Path.cwd() / "data/metadata")),
+                         log=LogCfg(runs_dir=str(Path.cwd() / "runs")))  # default paths: the cwd's
     assert cfg.acol.threshold == 0.6 and cfg.optim.nesterov is True
 
 
@@ -45,7 +46,7 @@ def test_overrides_are_typed_with_the_toml_grammar():
 
 def test_string_fields_keep_the_raw_override_text():
     cfg = load_config(overrides=["model.pretrained=2024-01-01", "data.dataset=inf"])
-    assert cfg.model.pretrained == "2024-01-01"
+    assert cfg.model.pretrained == str(Path.cwd() / "2024-01-01")  # a path: relative to the cwd
     assert cfg.data.dataset == "inf"
 
 
@@ -107,3 +108,36 @@ def test_every_experiment_file_loads_and_round_trips(path, tmp_path):
 def test_synthetic_spec_errors_name_the_config_key():
     with pytest.raises(ConfigError, match="data.synthetic.image_size must be >= 32"):
         load_config(overrides=["data.synthetic.image_size=8"])
+
+
+# --- where paths resolve -----------------------------------------------------------------------------
+def test_paths_resolve_against_the_file_that_sets_them_overrides_and_defaults_against_the_cwd(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    write(tmp_path / "recipes" / "base.toml", "[data]\nroot = '../images'\n[model]\npretrained = 'w/vgg.pth'\n")
+    (tmp_path / "mine").mkdir()
+    mine = write(tmp_path / "mine" / "exp.toml", "_base_ = '../recipes/base.toml'\n[data]\nmetadata_root = 'meta'\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config("../mine/exp.toml")                         # the --config path itself: from the cwd
+    assert cfg.data.root == str(tmp_path / "images")               # the base file's folder
+    assert cfg.model.pretrained == str(tmp_path / "recipes" / "w" / "vgg.pth")
+    assert cfg.data.metadata_root == str(tmp_path / "mine" / "meta")  # the file that set it
+    assert cfg.log.runs_dir == str(elsewhere / "runs")               # a default: the cwd
+    cfg = load_config(mine, ["data.root=here", "log.runs_dir=/abs/runs", "model.pretrained=imagenet"])
+    assert cfg.data.root == str(elsewhere / "here") and cfg.log.runs_dir == "/abs/runs"
+    assert cfg.model.pretrained == "imagenet"                        # names no file
+    assert load_config(mine, paths_from=elsewhere).data.metadata_root == str(elsewhere / "meta")
+    # the saved (absolute) config loads to the same config from any folder
+    saved = write(tmp_path / "saved.toml", to_toml(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert load_config(saved) == cfg
+
+
+def test_a_recipe_shipped_with_acol_is_named_acol_colon(tmp_path):
+    mine = write(tmp_path / "mine.toml", "_base_ = 'acol:synthetic_cam.toml'\n[optim]\nlr = 0.5\n")
+    cfg = load_config(mine)
+    assert cfg.model.name == "cam" and cfg.model.backbone == "smallcnn" and cfg.optim.lr == 0.5
+    assert load_config("acol:wsolevaluation/cub_cam_vgg16.toml") == load_config(EXPERIMENTS / "wsolevaluation" / "cub_cam_vgg16.toml")
+    with pytest.raises(ConfigError, match=r"config file not found: .*experiments/nope\.toml \(acol:NAME names a file"):
+        load_config("acol:nope.toml")

@@ -245,16 +245,46 @@ def test_cub_from_wsolevaluation_metadata(tmp_path, capsys):
     assert (data / "CUB" / CUB_TEST["image_ids.txt"][0]).is_symlink()
 
 
-def test_the_shell_wrapper_runs_from_the_repository_root(tmp_path):
-    src, data = make_cub(tmp_path), tmp_path / "data"
+def test_the_shell_wrapper_reads_relative_paths_from_where_the_user_stands(tmp_path):
+    make_cub(tmp_path)
     env = dict(os.environ, PYTHON=sys.executable)
-    done = subprocess.run(["bash", str(REPO / "scripts" / "prepare_cub.sh"), "--source", str(src),
-                           "--data-root", str(data), "--metadata-root", str(data / "metadata")],
+    done = subprocess.run(["bash", str(REPO / "scripts" / "prepare_cub.sh"), "--source", "CUB_200_2011"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+    data = tmp_path / "data"                                    # the default --data-root: the cwd's data/
     assert lines(data / "metadata" / "CUB" / "test" / "localization.txt") == CUB_TEST["localization.txt"]
+    assert (data / "CUB" / CUB_TEST["image_ids.txt"][0]).resolve() == tmp_path / "CUB_200_2011" / "images" / CUB_TEST["image_ids.txt"][0]
     usage = subprocess.run(["bash", str(REPO / "scripts" / "prepare_cub.sh")], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "https://www.vision.caltech.edu/datasets/cub_200_2011/" in usage.stdout
+
+
+@pytest.mark.parametrize("layout", ["the archive", "a folder holding it"])
+def test_an_archive_not_extracted_gets_one_line_with_the_command(tmp_path, capsys, monkeypatch, layout):
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "CUB_200_2011.tgz").write_bytes(b"\x1f\x8b")
+    monkeypatch.chdir(tmp_path)
+    source = "downloads/CUB_200_2011.tgz" if layout == "the archive" else "downloads"
+    code, out = run(["cub", "--source", source, "--val-from-train", 1], capsys)
+    expected = {"the archive": "--source downloads/CUB_200_2011.tgz is an archive: extract it first "
+                               "(tar xzf downloads/CUB_200_2011.tgz -C downloads)",
+                "a folder holding it": "--source downloads holds only the archive downloads/CUB_200_2011.tgz: "
+                                       "extract it first (tar xzf downloads/CUB_200_2011.tgz -C downloads)"}[layout]
+    assert code == 2 and out == f"error: {expected}\n"
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_folder_of_archives_and_an_archived_val_source_are_named(tmp_path, capsys):
+    train = tmp_path / "ILSVRC2012_img_train"
+    for wnid in ("n01440764", "n01443537"):
+        write_text(train / f"{wnid}.tar", "")
+    code, out = run(["ilsvrc", "--train", train], capsys)
+    assert code == 2 and out == (f"error: --train {train} holds only archives (2, e.g. n01440764.tar): extract them "
+                                 f"first (e.g. tar xf {train / 'n01440764.tar'} -C {train})\n")
+    src = make_cub(tmp_path)
+    write_text(tmp_path / "CUBV2.tar", "")
+    code, out = run(["cub", "--source", src, "--val-source", tmp_path / "CUBV2.tar"], capsys)
+    assert code == 2 and out == (f"error: --val-source {tmp_path / 'CUBV2.tar'} is an archive: extract it first "
+                                 f"(tar xf {tmp_path / 'CUBV2.tar'} -C {tmp_path})\n")
 
 
 def test_an_existing_different_target_is_reported_and_kept(tmp_path, capsys):

@@ -873,8 +873,30 @@ def wsolevaluation_splits(metadata: Path | None) -> dict[str, Path]:
     return found
 
 
+ARCHIVES = {".tar.gz": "tar xzf {} -C {}", ".tgz": "tar xzf {} -C {}", ".tar": "tar xf {} -C {}",
+            ".zip": "unzip {} -d {}"}  # name ending -> the command that extracts it beside itself
+
+
+def _extract_command(path: Path) -> str | None:
+    """The command that extracts the archive `path` into its folder; None when the name is no archive's."""
+    return next((command.format(path, path.parent) for suffix, command in ARCHIVES.items()
+                 if path.name.lower().endswith(suffix)), None)
+
+
 def _folder(path: Path | None, option: str) -> Path | None:
-    if path is not None and not path.is_dir():
+    """`path` (relative: to the cwd) when it is a folder that is not just archives; else PrepareError."""
+    if path is None:
+        return None
+    entries = sorted(path.iterdir()) if path.is_dir() else [path] if path.exists() else []
+    if entries and all(_extract_command(e) for e in entries):
+        command = _extract_command(entries[0])
+        if entries[0] == path:
+            raise PrepareError(f"{option} {path} is an archive: extract it first ({command})")
+        if len(entries) == 1:
+            raise PrepareError(f"{option} {path} holds only the archive {entries[0]}: extract it first ({command})")
+        raise PrepareError(f"{option} {path} holds only archives ({len(entries)}, e.g. {entries[0].name}): extract "
+                           f"them first (e.g. {command})")
+    if not path.is_dir():
         raise PrepareError(f"{option} {path}: folder not found")
     return path
 
@@ -894,11 +916,12 @@ def _val_plan(args, copied: dict[str, Path], prefix: str, missing_note: str, not
             raise PrepareError("the val metadata is given, but its images need --val-source")
         notes.append(missing_note)
         return {}
-    metadata = args.val_metadata or copied.get("val") or args.val_source
+    val_source = _folder(args.val_source, "--val-source")
+    metadata = args.val_metadata or copied.get("val") or val_source
     if not (metadata / "image_ids.txt").is_file():
         raise PrepareError(f"{metadata}: no image_ids.txt; give wsolevaluation's metadata/<DATASET>/val/ folder "
                            f"with --val-metadata")
-    return {"val": SplitPlan(_folder(args.val_source, "--val-source"), prefix, copy_from=metadata)}
+    return {"val": SplitPlan(val_source, prefix, copy_from=metadata)}
 
 
 CUB_VAL_MISSING = (f"val not made: wsolevaluation's CUB val is CUBV2 (1,000 images). To add it, get CUBV2.tar (links "

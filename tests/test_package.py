@@ -1,0 +1,77 @@
+"""pyproject.toml (what `pip install .` ships, the console commands it installs) and the shell scripts, run
+from outside the repository."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from acol import console
+from acol.config import recipe_dir
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_every_package_and_experiment_folder_is_shipped():
+    setuptools = PROJECT["tool"]["setuptools"]
+    code = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "acol").rglob("__init__.py")}
+    experiments = {".".join(("acol", *p.relative_to(REPO).parts)) for p in (REPO / "experiments").rglob("*")
+                   if p.is_dir() and any(p.glob("*.toml"))} | {"acol.experiments"}
+    assert set(setuptools["packages"]) == code | experiments
+    assert setuptools["package-dir"] == {"acol.experiments": "experiments"}
+    assert all(setuptools["package-data"][name] == ["*.toml"] for name in experiments)
+    assert recipe_dir() == REPO / "experiments"  # a source checkout reads them in place
+
+
+def test_the_dependencies_are_requirements_txt_less_the_exact_pins_and_pytest():
+    pinned = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert "-e ." in pinned                      # pip install -r requirements.txt installs the package too
+    pinned = [line for line in pinned if line and line != "-e ."]
+    def names(specs):
+        return sorted(re.split("[<>=]", spec)[0] for spec in specs)
+
+    assert names(PROJECT["project"]["dependencies"]) == names(p for p in pinned if not p.startswith("pytest"))
+    assert PROJECT["project"]["optional-dependencies"]["test"] == [p for p in pinned if p.startswith("pytest")]
+
+
+@pytest.mark.parametrize("command, option", [("acol-train", "--check-data"), ("acol-evaluate", "--scoremaps"),
+                                             ("acol-compare", "--methods"), ("acol-ablate", "--dry-run"),
+                                             ("acol-prepare", "openimages")])
+def test_each_console_command_runs_its_module(command, option, monkeypatch, capsys):
+    """`option`: one that only that module's --help lists."""
+    assert set(PROJECT["project"]["scripts"]) == {"acol-train", "acol-evaluate", "acol-compare", "acol-ablate",
+                                                  "acol-prepare"}
+    name = command.removeprefix("acol-")
+    assert PROJECT["project"]["scripts"][command] == f"acol.console:{name}"
+    monkeypatch.setattr(sys, "argv", [command, "--help"])
+    with pytest.raises(SystemExit) as done:
+        getattr(console, name)()
+    assert done.value.code == 0 and option in capsys.readouterr().out
+
+
+def test_console_commands_exit_with_0_on_success_and_prepare_with_its_status(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["acol-train", "--print-config"])
+    assert console.train() == 0                                        # main returned a dict, not an error
+    monkeypatch.setattr(sys, "argv", ["acol-prepare", "check", "--dataset", "NONE", "--data-root", str(tmp_path),
+                                      "--metadata-root", str(tmp_path)])
+    assert console.prepare() == 1 and "no split folder" in capsys.readouterr().out
+
+
+def test_the_train_script_runs_where_the_user_stands(tmp_path):
+    (tmp_path / "mine.toml").write_text('_base_ = "acol:synthetic_cam.toml"\n[data]\nroot = "images"\n')
+    env = dict(os.environ, PYTHON=sys.executable)
+    script = str(REPO / "scripts" / "train_acol.sh")
+    for args, name, root in ((["--print-config"], "acol", tmp_path / "data"),        # the repository's default
+                             (["mine.toml", "--print-config"], "cam", tmp_path / "images"),
+                             (["--config", "mine.toml", "--print-config"], "cam", tmp_path / "images")):
+        done = subprocess.run(["bash", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        resolved = tomllib.loads(done.stdout)
+        assert resolved["model"]["name"] == name and resolved["data"]["root"] == str(root)
+        assert resolved["log"]["runs_dir"] == str(tmp_path / "runs")
