@@ -9,7 +9,7 @@ import torch
 from acol import train
 from acol.config import ConfigError, load_config
 from acol.schedule import LRSchedule, build_schedule
-from tests.test_train import events
+from tests.test_tensorboard import events
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -106,7 +106,7 @@ def test_a_cosine_warmup_as_long_as_the_run_is_refused_before_the_run_directory(
 
 
 def logged_lrs(run_dir: Path) -> list[float]:
-    return [event.value for event in events(run_dir).Scalars("opt/lr")]
+    return [event.value for event in events(run_dir).Scalars("train/lr")]
 
 
 def test_cosine_cut_by_max_steps_ends_at_the_final_factor(tiny_overrides, tmp_path):
