@@ -88,11 +88,12 @@ def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2,
     grid = tile(big)
     width = big[0][0].shape[1]
     line = int(40 * font)                           # line height in pixels (15 at 0.38)
-    chars = max(4, int(width / (18 * font)))        # that fit in a tile's width
     header = np.full((2 * line + 4, grid.shape[1], 3), 255, np.uint8)
     for j, title in enumerate(titles):
         for k, text in enumerate(title.split(":")[:2]):
-            cv2.putText(header, text[:chars], (2 + j * (width + 2) + 2, line - 1 + line * k),
+            while len(text) > 1 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] > width - 4:
+                text = text[:-1]                    # cut to the tile's width
+            cv2.putText(header, text, (2 + j * (width + 2) + 2, line - 1 + line * k),
                         cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([header, grid])
 

@@ -5,8 +5,9 @@
 
 Each command runs from the repository root with its output hidden, writing its runs into a
 temporary folder (the synthetic data set included, so its generation is part of the first
-timing). Times are wall-clock seconds. They mean something only on an idle machine: the load
-average before each command is printed beside it, and a warning is printed when the machine is busy.
+timing). Times are wall-clock seconds. They mean something only on an idle machine: the share of
+CPU time left idle in the second before each command is printed beside it, with a warning when other
+work was running.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def commands(work: Path) -> dict[str, list[str]]:
     runs = f"log.runs_dir={work / 'runs'}"
     python = sys.executable
     return {
-        "quickstart": ["bash", "scripts/train_acol.sh", *data, runs],
+        "quickstart": ["bash", "scripts/train_acol.sh", *data, runs, "--name", "synthetic_acol-s0"],
         "evaluate": [python, "-m", "acol.evaluate", "--run", str(work / "runs" / "synthetic_acol-s0"),
                      "--localizer", "gradcam"],
         "compare": [python, "-m", "acol.compare", str(work / "runs" / "synthetic_acol-s0"),
@@ -36,6 +37,21 @@ def commands(work: Path) -> dict[str, list[str]]:
         "benchmark": [python, "scripts/benchmark.py"],
         "tests": [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
     }
+
+
+def idle_share(seconds: float = 1.0) -> float:
+    """The share of all cores' time spent idle over the next `seconds` (Linux /proc/stat; 1.0 elsewhere)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def cpu_model() -> str:
@@ -61,9 +77,9 @@ def main(argv=None) -> int:
             p.error(f"unknown command {unknown[0]!r}; valid: {', '.join(table)}")
         cores = os.cpu_count()
         print(f"{cpu_model()}, {cores} cores, Python {platform.python_version()}")
-        print("| command | seconds | load average before |\n|---|---:|---:|")
+        print("| command | seconds | CPU idle before |\n|---|---:|---:|")
         for name in args.names or list(table):
-            load = os.getloadavg()[0]
+            idle = idle_share()
             start = time.perf_counter()
             done = subprocess.run(table[name], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
@@ -71,9 +87,9 @@ def main(argv=None) -> int:
             if done.returncode != 0:
                 print(f"{name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr)
                 return 1
-            print(f"| {name} | {seconds:.0f} | {load:.2f} |", flush=True)
-            if load > 0.5:
-                print(f"warning: the load average was {load:.2f} before {name}: the machine was not idle",
+            print(f"| {name} | {seconds:.0f} | {idle:.0%} |", flush=True)
+            if idle < 0.9:
+                print(f"warning: the CPUs were {idle:.0%} idle before {name}: other work was running",
                       file=sys.stderr)
     return 0
 
