@@ -22,7 +22,9 @@ the batch). Maps are computed in float32, also under autocast.
 
 Which localizers apply to a model is declared by its class (`model.localizers`, see
 acol.models.wsol). The gradient methods take the layer by name (`layer="head_a.3"`; default: the
-model's `default_cam_layer`, the last feature map before the class scores).
+model's `default_cam_layer`, the last feature map before the class scores). The perturbation
+localizers (scorecam, ablationcam, rise) are in acol.cams.perturbation; `build_localizer` passes
+their options (`chunk=...`) to the constructor.
 """
 from __future__ import annotations
 
@@ -62,6 +64,17 @@ class Localizer:
     def forward_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
         """What the forward pass sees (ACoL erases with it): the GT, or nothing for "pred"."""
         return labels if self.target == "gt" else None
+
+    def target_layer(self, model: nn.Module) -> nn.Module:
+        """The hooked layer: `layer` by name, default the model's `default_cam_layer`."""
+        name = self.layer or getattr(model, "default_cam_layer", None)
+        if name is None:
+            raise ValueError(f"{type(model).__name__} has no default_cam_layer; give the layer by name")
+        try:
+            return model.get_submodule(name)
+        except AttributeError as e:
+            names = ", ".join(n for n, _ in model.named_modules() if n)
+            raise ValueError(f"{type(model).__name__} has no layer {name!r}; layers: {names}") from e
 
 
 class InForward(Localizer):
@@ -106,16 +119,6 @@ class CAM(Localizer):
 
 class _Gradients(Localizer):
     """The target logits' gradients at a layer: (logits, activation, gradient), float32."""
-
-    def target_layer(self, model: nn.Module) -> nn.Module:
-        name = self.layer or getattr(model, "default_cam_layer", None)
-        if name is None:
-            raise ValueError(f"{type(model).__name__} has no default_cam_layer; give the layer by name")
-        try:
-            return model.get_submodule(name)
-        except AttributeError as e:
-            names = ", ".join(n for n, _ in model.named_modules() if n)
-            raise ValueError(f"{type(model).__name__} has no layer {name!r}; layers: {names}") from e
 
     def gradients(self, model, images, labels):
         with eval_mode(model), torch.enable_grad(), capture(self.target_layer(model)) as activation:
@@ -182,9 +185,9 @@ class GuidedGradCAM(Localizer):
         return logits, guided * cam
 
 
-def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> Localizer:
-    """A localizer by registered name (the error lists the valid names)."""
-    return LOCALIZERS.get(name)(target=target, layer=layer)
+def build_localizer(name: str, target: str = "gt", layer: str | None = None, **options) -> Localizer:
+    """A localizer by registered name (the error lists the valid names); `options` go to its constructor."""
+    return LOCALIZERS.get(name)(target=target, layer=layer, **options)
 
 
 def default_localizer_name(model: nn.Module) -> str:
