@@ -15,6 +15,7 @@ from acol.config import load_config
 from acol.methods import METHODS, build_model
 
 NUM_CLASSES = 4
+FAST = {"rise": {"n_masks": 16, "grid": 3}}  # options that keep a test fast (RISE's default: 1000 masks)
 
 
 class Quadratic(nn.Module):
@@ -123,7 +124,7 @@ def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batc
     names = applicable_localizers(model)
     assert {"gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam"} <= set(names)
     for name in names:
-        localizer = build_localizer(name)
+        localizer = build_localizer(name, **FAST.get(name, {}))
         with torch.no_grad():
             logits, maps = localizer(model, x, y)
         for i in range(len(x)):
@@ -134,7 +135,8 @@ def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batc
 
 def test_applicable_localizers_per_model():
     assert applicable_localizers(tiny("acol")) == ["inforward", "inforward_a", "inforward_b", "gradcam",
-                                                   "gradcam_pp", "guided_backprop", "guided_gradcam"]
+                                                   "gradcam_pp", "guided_backprop", "guided_gradcam", "scorecam",
+                                                   "ablationcam", "rise"]
     assert applicable_localizers(tiny("single"))[0] == "inforward"
     assert "inforward_b" not in applicable_localizers(tiny("single"))
     assert applicable_localizers(tiny("cam"))[0] == "cam"
@@ -203,7 +205,7 @@ def test_maps_are_float32_under_bf16_autocast(batch):
     x, y = batch
     for name in applicable_localizers(model):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, maps = build_localizer(name)(model, x, y)
+            _, maps = build_localizer(name, **FAST.get(name, {}))(model, x, y)
         assert maps.dtype == torch.float32 and torch.isfinite(maps).all(), name
 
 
@@ -215,7 +217,7 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="head_a.3"):
         build_localizer("gradcam", layer="head_z")(tiny("acol"), torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
     assert set(LOCALIZERS.names()) == {"inforward", "inforward_a", "inforward_b", "cam", "gradcam", "gradcam_pp",
-                                       "guided_backprop", "guided_gradcam"}
+                                       "guided_backprop", "guided_gradcam", "scorecam", "ablationcam", "rise"}
 
 
 def test_bf16_maps_and_boxes_stay_close_to_float32():

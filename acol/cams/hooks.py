@@ -82,3 +82,27 @@ def guided_relus(model: nn.Module):
     finally:
         for handle in handles:
             handle.remove()
+
+
+class Ablation:
+    """What `ablate_channels` zeroes: `channels` (n,), the channel each of the batch's n elements loses."""
+
+    channels: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def ablate_channels(layer: nn.Module):
+    """Zero one channel of `layer`'s output (B, K, h, w) per batch element, element i losing channel
+    `record.channels[i]` (set before each forward inside). The output itself is left untouched."""
+    record = Ablation()
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[torch.arange(len(output), device=output.device), record.channels.to(output.device)] = 0
+        return output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield record
+    finally:
+        handle.remove()

@@ -1,0 +1,180 @@
+"""Perturbation localizers: maps from the class scores of masked or ablated copies of each image,
+forward passes only (no gradients). The interface and rules are those of acol.cams.localizers.
+
+| name | map | forwards per image |
+|---|---|---|
+| scorecam | ReLU(sum_k a_k A^k), a_k = P(c | x * H^k), H^k = min-max of A^k upsampled to the input | 1 + K |
+| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K |
+| rise | sum_i P(c | x * M_i) M_i / (N p) over N random smooth masks M_i, input resolution | 1 + N |
+
+K is the hooked layer's channel count (`layer`, default the model's `default_cam_layer`). The copies
+(image-major for the K-methods, mask-major for RISE) are forwarded `chunk` at a time under
+`torch.no_grad()`, each with its image's forward labels, so a map does not depend on the batch or
+the chunk size; a call of many chunks shows a progress bar on a terminal. Masks multiply the
+normalised image (a masked pixel is the dataset mean colour). `forwards_per_image` gives a call's
+cost in forward passes (set by the last call for the K-methods).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from acol.cams.hooks import ablate_channels, capture, eval_mode
+from acol.cams.localizers import LOCALIZERS, Localizer
+from acol.cams.ops import minmax_normalize
+
+PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
+
+
+class _Perturbation(Localizer):
+    """Chunked forward passes of image copies; the class scores they give."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
+        super().__init__(target, layer)
+        if chunk < 1:
+            raise ValueError(f"chunk (masked images per forward) must be >= 1; got {chunk}")
+        self.chunk = chunk
+        self.forwards_per_image: int | None = None
+
+    def chunks(self, total: int):
+        """Index tensors of `chunk` consecutive copies out of `total`."""
+        starts = range(0, total, self.chunk)
+        if len(starts) >= PROGRESS_MIN_CHUNKS:
+            from acol.engine import progress  # acol.engine imports acol.cams
+            starts = progress(starts, f"{type(self).__name__} chunks")
+        for start in starts:
+            yield torch.arange(start, min(start + self.chunk, total))
+
+    def class_scores(self, model, copies, labels, classes, prob: bool) -> torch.Tensor:
+        """(n,) float32: each copy's logit of its class, or its softmax probability."""
+        logits = model(copies, self.forward_labels(labels))["logits"].float()
+        if prob:
+            logits = logits.softmax(dim=1)
+        return logits.gather(1, classes[:, None])[:, 0]
+
+    def activation(self, model, images, labels):
+        """The plain forward: (logits, classes, the hooked layer's output (B, K, h, w) float32)."""
+        with capture(self.target_layer(model)) as activation:
+            logits = model(images, self.forward_labels(labels))["logits"]
+        if activation.value.dim() != 4:
+            raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
+        return logits, self.classes(logits, labels), activation.value.detach().float()
+
+
+SCORECAM_WEIGHTS = ("prob", "softmax_logit")
+
+
+@LOCALIZERS.register("scorecam")
+class ScoreCAM(_Perturbation):
+    """Score-CAM (Wang et al., CVPR-W 2020). Each channel A^k, upsampled to the input (bilinear,
+    align_corners=False) and min-max normalised to H^k, masks the image; the weight of A^k is the
+    score of the masked image x * H^k. weights="prob" (default): a_k = P(c | x * H^k), the softmax
+    probability, as the authors' code (haofanwang/Score-CAM, cam/scorecam.py) computes the paper's
+    increase of confidence, without the baseline term and giving flat channels weight 0.
+    weights="softmax_logit": a = softmax over k of the raw logits of class c (what pytorch-grad-cam
+    and torchcam compute; their baseline term cancels in the softmax). map = ReLU(sum_k a_k A^k)
+    at the layer's resolution."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, weights: str = "prob"):
+        super().__init__(target, layer, chunk)
+        if weights not in SCORECAM_WEIGHTS:
+            raise ValueError(f"scorecam weights must be one of {', '.join(SCORECAM_WEIGHTS)}; got {weights!r}")
+        self.weights = weights
+
+    def raw(self, model, images, labels):
+        with eval_mode(model), torch.no_grad():
+            logits, classes, act = self.activation(model, images, labels)
+            (b, k), flat = act.shape[:2], act.flatten(0, 1)  # (B K, h, w), image-major
+            scores = torch.empty(b * k, device=act.device)
+            for idx in self.chunks(b * k):
+                image = idx // k
+                up = F.interpolate(flat[idx, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+                masks = minmax_normalize(up).to(images.dtype)
+                scores[idx] = self.class_scores(model, images[image] * masks, labels[image], classes[image],
+                                                prob=self.weights == "prob")
+        scores = scores.view(b, k)
+        if self.weights == "prob":
+            weights = torch.where(act.amax(dim=(2, 3)) > act.amin(dim=(2, 3)), scores, 0)
+        else:
+            weights = scores.softmax(dim=1)
+        self.forwards_per_image = 1 + k
+        return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act))
+
+
+@LOCALIZERS.register("ablationcam")
+class AblationCAM(_Perturbation):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (y^c - y^c_k) / y^c with y^c the raw logit
+    of class c and y^c_k the logit with channel k of the layer set to zero (a forward hook, one
+    channel per copy), map = ReLU(sum_k w_k A^k) at the layer's resolution. A logit of exactly 0
+    divides by 1 instead (the same map after min-max)."""
+
+    def raw(self, model, images, labels):
+        with eval_mode(model), torch.no_grad():
+            logits, classes, act = self.activation(model, images, labels)
+            b, k = act.shape[:2]
+            ablated = torch.empty(b * k, device=act.device)
+            with ablate_channels(self.target_layer(model)) as ablation:
+                for idx in self.chunks(b * k):
+                    image, ablation.channels = idx // k, idx % k
+                    ablated[idx] = self.class_scores(model, images[image], labels[image], classes[image], prob=False)
+        y = logits.float().gather(1, classes[:, None])  # (B, 1)
+        weights = (y - ablated.view(b, k)) / torch.where(y == 0, 1, y)
+        self.forwards_per_image = 1 + k
+        return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act))
+
+
+@LOCALIZERS.register("rise")
+class RISE(_Perturbation):
+    """RISE (Petsiuk et al., BMVC 2018): saliency = sum_i P(c | x * M_i) M_i / (N p), at the input
+    resolution. Mask i: an s x s grid of cells kept with probability p, upsampled bilinearly
+    (align_corners=False) to (s + 1) * ceil(H / s) x (s + 1) * ceil(W / s), then cropped to H x W
+    at a random shift in [0, cell). The N masks come from a CPU generator seeded with `seed`: the
+    same masks for every image, call and device. Paper defaults N = 4000-8000, s = 7, p = 0.5;
+    here N = 1000 so that CPUs manage (1000 forwards per image)."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, n_masks: int = 1000,
+                 grid: int = 7, p: float = 0.5, seed: int = 0):
+        super().__init__(target, layer, chunk)
+        if n_masks < 1 or grid < 1:
+            raise ValueError(f"rise n_masks and grid must be >= 1; got n_masks={n_masks}, grid={grid}")
+        if not 0 < p <= 1:
+            raise ValueError(f"rise p (probability of keeping a cell) must be in (0, 1]; got {p}")
+        self.n_masks, self.grid, self.p, self.seed = n_masks, grid, p, seed
+        self.forwards_per_image = 1 + n_masks
+
+    def mask_parameters(self, size: tuple[int, int]):
+        """The N binary grids (N, 1, s, s) and the crop offsets (N, 2) for an input of `size`."""
+        g = torch.Generator().manual_seed(self.seed)
+        grids = (torch.rand(self.n_masks, 1, self.grid, self.grid, generator=g) < self.p).float()
+        offsets = [torch.randint(0, math.ceil(n / self.grid), (self.n_masks,), generator=g) for n in size]
+        return grids, torch.stack(offsets, dim=1)
+
+    def masks(self, grids: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(n, H, W) float32 masks in [0, 1] from n grids and their offsets."""
+        h, w = size
+        cells = [math.ceil(n / self.grid) for n in size]
+        up = F.interpolate(grids, size=[(self.grid + 1) * c for c in cells], mode="bilinear", align_corners=False)
+        return torch.stack([m[0, y:y + h, x:x + w] for m, (y, x) in zip(up, offsets.tolist())])
+
+    def all_masks(self, size: tuple[int, int]) -> torch.Tensor:
+        """The N masks (N, H, W) a call on an input of `size` uses."""
+        return self.masks(*self.mask_parameters(size), size)
+
+    def raw(self, model, images, labels):
+        size = tuple(images.shape[-2:])
+        grids, offsets = self.mask_parameters(size)
+        b = len(images)
+        saliency = torch.zeros(b, *size, device=images.device)
+        with eval_mode(model), torch.no_grad():
+            logits = model(images, self.forward_labels(labels))["logits"]
+            classes = self.classes(logits, labels)
+            for idx in self.chunks(self.n_masks * b):
+                mask, image = idx // b, idx % b  # mask-major
+                unique, which = torch.unique(mask, return_inverse=True)
+                masks = self.masks(grids[unique], offsets[unique], size).to(images.device)[which]
+                scores = self.class_scores(model, images[image] * masks[:, None].to(images.dtype), labels[image],
+                                           classes[image], prob=True)
+                saliency.index_add_(0, image.to(images.device), scores[:, None, None] * masks)
+        return logits, saliency / (self.n_masks * self.p)
