@@ -79,7 +79,8 @@ def test_compare_and_ablate_take_positional_overrides_and_the_override_alias():
 # One-line errors
 # --------------------------------------------------------------------------------------------
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
-LOCALIZER_NAMES = "inforward, inforward_a, inforward_b, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam"
+LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, "
+                   "hirescam, xgradcam, layercam, eigencam, smoothgradcampp, integrated_gradients")
 
 
 @pytest.mark.parametrize("command, argv, expected", [

@@ -26,6 +26,8 @@ model's `default_cam_layer`, the last feature map before the class scores).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,9 +184,15 @@ class GuidedGradCAM(Localizer):
         return logits, guided * cam
 
 
-def build_localizer(name: str, target: str = "gt", layer: str | None = None) -> Localizer:
-    """A localizer by registered name (the error lists the valid names)."""
-    return LOCALIZERS.get(name)(target=target, layer=layer)
+def build_localizer(name: str, target: str = "gt", layer: str | None = None, **options) -> Localizer:
+    """A localizer by registered name (the error lists the valid names), with its own keyword
+    options (`samples`, `steps`, `chunk`, ...; the error lists the valid ones)."""
+    cls = LOCALIZERS.get(name)
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("target", "layer")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"localizer {name!r} has no option {', '.join(unknown)}; options: {', '.join(valid) or 'none'}")
+    return cls(target=target, layer=layer, **options)
 
 
 def default_localizer_name(model: nn.Module) -> str:
