@@ -223,10 +223,9 @@ def test_rules_on_smallcnn_models(name, model_name, batch):
     assert [m.training for m in model.modules()] == flags
 
 
-@pytest.mark.parametrize("name", NEW)
-def test_every_model_declares_the_new_localizers(name):
+def test_every_model_declares_the_new_localizers():
     for model_name in METHODS.names():
-        assert name in tiny(model_name).localizers, model_name
+        assert set(NEW) <= set(tiny(model_name).localizers), model_name
 
 
 def test_options_are_checked():
