@@ -135,8 +135,9 @@ def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batc
 
 def test_applicable_localizers_per_model():
     assert applicable_localizers(tiny("acol")) == ["inforward", "inforward_a", "inforward_b", "gradcam",
-                                                   "gradcam_pp", "guided_backprop", "guided_gradcam", "scorecam",
-                                                   "ablationcam", "rise"]
+                                                   "gradcam_pp", "guided_backprop", "guided_gradcam", "hirescam",
+                                                   "xgradcam", "layercam", "eigencam", "smoothgradcampp",
+                                                   "integrated_gradients", "scorecam", "ablationcam", "rise"]
     assert applicable_localizers(tiny("single"))[0] == "inforward"
     assert "inforward_b" not in applicable_localizers(tiny("single"))
     assert applicable_localizers(tiny("cam"))[0] == "cam"
@@ -217,7 +218,9 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="head_a.3"):
         build_localizer("gradcam", layer="head_z")(tiny("acol"), torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
     assert set(LOCALIZERS.names()) == {"inforward", "inforward_a", "inforward_b", "cam", "gradcam", "gradcam_pp",
-                                       "guided_backprop", "guided_gradcam", "scorecam", "ablationcam", "rise"}
+                                       "guided_backprop", "guided_gradcam", "hirescam", "xgradcam", "layercam",
+                                       "eigencam", "smoothgradcampp", "integrated_gradients", "scorecam",
+                                       "ablationcam", "rise"}
 
 
 def test_bf16_maps_and_boxes_stay_close_to_float32():

@@ -80,7 +80,8 @@ def test_compare_and_ablate_take_positional_overrides_and_the_override_alias():
 # --------------------------------------------------------------------------------------------
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, "
-                   "scorecam, ablationcam, rise")
+                   "hirescam, xgradcam, layercam, eigencam, smoothgradcampp, integrated_gradients, scorecam, "
+                   "ablationcam, rise")
 
 
 @pytest.mark.parametrize("command, argv, expected", [

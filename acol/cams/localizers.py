@@ -28,6 +28,8 @@ their options (`chunk=...`) to the constructor.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -186,8 +188,14 @@ class GuidedGradCAM(Localizer):
 
 
 def build_localizer(name: str, target: str = "gt", layer: str | None = None, **options) -> Localizer:
-    """A localizer by registered name (the error lists the valid names); `options` go to its constructor."""
-    return LOCALIZERS.get(name)(target=target, layer=layer, **options)
+    """A localizer by registered name (the error lists the valid names), with its own keyword
+    options (`samples`, `steps`, `chunk`, ...; the error lists the valid ones)."""
+    cls = LOCALIZERS.get(name)
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("target", "layer")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"localizer {name!r} has no option {', '.join(unknown)}; options: {', '.join(valid) or 'none'}")
+    return cls(target=target, layer=layer, **options)
 
 
 def default_localizer_name(model: nn.Module) -> str:

@@ -22,7 +22,9 @@ from torch import nn
 
 from acol.cams.ops import minmax_normalize, select_class
 
-POST_HOC = ("gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam", "scorecam", "ablationcam", "rise")  # localizers that apply to any model
+POST_HOC = ("gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam", "hirescam", "xgradcam", "layercam",
+            "eigencam", "smoothgradcampp", "integrated_gradients", "scorecam", "ablationcam",
+            "rise")  # localizers that apply to any model
 
 
 class ClassActivationHead(nn.Sequential):

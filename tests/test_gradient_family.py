@@ -1,0 +1,253 @@
+"""Gradient-family localizers: each against its paper's formula on the hand-built quadratic model,
+the identities with Grad-CAM / CAM / Grad-CAM++, IG completeness, the noise's reproducibility, the
+side-effect rules, and every model of the synthetic setup."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from acol.cams import build_localizer
+from acol.methods import METHODS
+from tests.test_cams import Quadratic, hook_count, quadratic_input, tiny
+
+NEW = ("hirescam", "xgradcam", "layercam", "eigencam", "smoothgradcampp", "integrated_gradients")
+FAST = {"smoothgradcampp": {"samples": 3, "chunk": 4}, "integrated_gradients": {"steps": 4, "chunk": 5}}  # several chunks
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 3, 1])
+
+
+# Quadratic, class 0: A = x, g0 = dy/dA0 = A0 / 2, g1 = -A1 / 2, with
+# A0 = [[1, 2], [3, 4]] (sum 10, sum of squares 30), A1 = [[0, 2], [0, 2]] (sum 4, sum of squares 8).
+
+def test_hirescam_by_hand():
+    x, a0, a1 = quadratic_input()
+    _, raw = build_localizer("hirescam").raw(Quadratic(), x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], a0 ** 2 / 2 - a1 ** 2 / 2)  # [[0.5, 0], [4.5, 6]]: signed, no ReLU
+    _, raw = build_localizer("hirescam").raw(Quadratic(), -x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], a0 ** 2 / 2 - a1 ** 2 / 2)  # g and A both change sign
+
+
+def test_hirescam_keeps_negative_values():
+    x, a0, a1 = quadratic_input()
+    _, raw = build_localizer("hirescam").raw(Quadratic(), x, torch.tensor([1]))  # g0 = A0 / 4, g1 = A1
+    torch.testing.assert_close(raw[0], a0 ** 2 / 4 + a1 ** 2)
+    x = torch.stack([x[0, 0], 3 * x[0, 1]])[None]  # A1 = 3 [[0, 2], [0, 2]]: class 0 goes negative there
+    _, raw = build_localizer("hirescam").raw(Quadratic(), x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], a0 ** 2 / 2 - 9 * a1 ** 2 / 2)
+    assert (raw < 0).any()
+
+
+def test_xgradcam_by_hand():
+    # w0 = sum(A0 / 10 * A0 / 2) = 30 / 20 = 1.5, w1 = sum(A1 / 4 * -A1 / 2) = -8 / 8 = -1
+    x, a0, a1 = quadratic_input()
+    _, raw = build_localizer("xgradcam").raw(Quadratic(), x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], torch.relu(1.5 * a0 - a1))  # [[1.5, 1], [4.5, 4]]
+
+
+def test_xgradcam_weight_is_zero_where_the_activations_sum_to_zero():
+    x, a0, _ = quadratic_input()
+    x = torch.stack([x[0, 0], torch.tensor([[1.0, -1.0], [2.0, -2.0]])])[None]  # A1 sums to 0
+    _, raw = build_localizer("xgradcam").raw(Quadratic(), x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], 1.5 * a0)
+
+
+def test_layercam_by_hand():
+    x, a0, a1 = quadratic_input()
+    _, raw = build_localizer("layercam").raw(Quadratic(), x, torch.tensor([0]))
+    torch.testing.assert_close(raw[0], a0 ** 2 / 2)  # relu(g1) = 0
+    _, raw = build_localizer("layercam").raw(Quadratic(), x, torch.tensor([1]))
+    torch.testing.assert_close(raw[0], a0 ** 2 / 4 + a1 ** 2)
+
+
+def test_eigencam_by_hand():
+    # M (pixels x channels) = [[1, 0], [2, 2], [3, 0], [4, 2]], M^T M = [[30, 12], [12, 8]]:
+    # lambda_1 = 19 + sqrt(265), v_1 ~ (12, lambda_1 - 30)
+    x, a0, a1 = quadratic_input()
+    lam = 19 + math.sqrt(265)
+    v = torch.tensor([12.0, lam - 30])
+    v = v / v.norm()
+    expected = v[0] * a0 + v[1] * a1
+    for sign in (1, -1):  # the singular vector's sign is fixed: A and -A give the same map
+        for label in (0, 1):  # class-agnostic
+            _, raw = build_localizer("eigencam").raw(Quadratic(), sign * x, torch.tensor([label]))
+            torch.testing.assert_close(raw[0], expected)
+
+
+def test_eigencam_is_not_centred():
+    # Two channels, one constant: centring would remove it and leave only the varying one.
+    x = torch.stack([torch.full((2, 2), 5.0), torch.tensor([[0.0, 1.0], [0.0, 1.0]])])[None]
+    _, raw = build_localizer("eigencam").raw(Quadratic(), x, torch.tensor([0]))
+    m = x[0].flatten(1).T
+    v = torch.linalg.eigh(m.T @ m).eigenvectors[:, -1]
+    torch.testing.assert_close(raw[0].flatten(), (m @ v).abs())
+    assert raw[0].min() > 0  # the constant channel dominates: no negative pixels
+
+
+def grad_cam_pp_weights(g1, g2, g3, act):
+    denominator = 2 * g2 + act.sum(dim=(-2, -1), keepdim=True) * g3
+    alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1), 0)
+    return (alpha * torch.relu(g1)).sum(dim=(-2, -1), keepdim=True)
+
+
+def test_smoothgradcampp_by_hand():
+    # For the quadratic model dy^c/dA_k(x + e) = v_ck (x_k + e_k) / 2, for each noisy copy.
+    x, a0, a1 = quadratic_input()
+    localizer = build_localizer("smoothgradcampp", samples=5, sigma=0.2, chunk=2, seed=3)
+    _, raw = localizer.raw(Quadratic(), x, torch.tensor([0]))
+    noisy = x[0] + 0.2 * (4 - 0) * localizer.noise(x)  # (5, 2, 2, 2): the image's range is 4
+    v = torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
+    g = v * noisy / 2
+    weights = grad_cam_pp_weights(g.mean(0), g.pow(2).mean(0), g.pow(3).mean(0), x[0])
+    torch.testing.assert_close(raw[0], torch.relu((weights * x[0]).sum(0)))
+    assert not torch.allclose(raw, build_localizer("gradcam_pp").raw(Quadratic(), x, torch.tensor([0]))[1])
+
+
+# ACoL's head_a.1 (the first ReLU of the head): the gradient there depends on the input, unlike at the
+# features a GAP-linear head pools, where it is constant and noise would change nothing.
+
+def test_smoothgradcampp_without_noise_is_gradcam_pp(batch):
+    model = tiny("acol")
+    x, y = batch
+    _, smooth = build_localizer("smoothgradcampp", layer="head_a.1", samples=3, sigma=0.0).raw(model, x, y)
+    _, plain = build_localizer("gradcam_pp", layer="head_a.1").raw(model, x, y)
+    torch.testing.assert_close(smooth, plain, atol=1e-6, rtol=1e-5)
+    _, noisy = build_localizer("smoothgradcampp", layer="head_a.1", samples=3).raw(model, x, y)
+    assert not torch.allclose(noisy, plain, atol=1e-4)
+
+
+def test_smoothgradcampp_noise_is_reproducible_and_seeded(batch):
+    model = tiny("acol")
+    x, y = batch
+    first = build_localizer("smoothgradcampp", layer="head_a.1", samples=4, chunk=5)(model, x, y)[1]
+    again = build_localizer("smoothgradcampp", layer="head_a.1", samples=4, chunk=3)(model, x, y)[1]
+    other = build_localizer("smoothgradcampp", layer="head_a.1", samples=4, seed=1)(model, x, y)[1]
+    torch.testing.assert_close(first, again, atol=1e-6, rtol=1e-5)  # chunking changes nothing
+    assert not torch.allclose(first, other, atol=1e-3)
+
+
+def test_integrated_gradients_by_hand():
+    # y_0 = mean(x0^2) - mean(x1^2), baseline 0: the right Riemann sum of m steps gives
+    # x * mean_k 2 v x (k/m) / 4 = v x^2 / 4 * (m + 1) / m, per channel.
+    x, a0, a1 = quadratic_input()
+    for steps, chunk in ((1, 1), (4, 3), (10, 64)):
+        localizer = build_localizer("integrated_gradients", steps=steps, chunk=chunk, baseline=(0.0, 0.0))
+        _, attributions = localizer.attributions(Quadratic(), x, torch.tensor([0]))
+        factor = (steps + 1) / steps
+        torch.testing.assert_close(attributions[0], torch.stack([a0 ** 2, -a1 ** 2]) / 4 * factor)
+        _, raw = localizer.raw(Quadratic(), x, torch.tensor([0]))
+        torch.testing.assert_close(raw[0], (a0 ** 2 - a1 ** 2).abs() / 4 * factor)
+
+
+def test_integrated_gradients_completeness(batch):
+    """sum of attributions = y(x) - y(black) up to the Riemann error, on a real (ReLU) model."""
+    model = tiny("cam").eval()
+    x, y = batch
+    localizer = build_localizer("integrated_gradients", steps=256, chunk=256)
+    logits, attributions = localizer.attributions(model, x, y)
+    black = torch.tensor(localizer.baseline).view(1, 3, 1, 1).expand_as(x)
+    gap = (logits - model(black)["logits"]).gather(1, y[:, None])[:, 0]
+    assert gap.abs().min() > 0.05  # a real test: the difference is not 0
+    torch.testing.assert_close(attributions.sum(dim=(1, 2, 3)), gap, atol=0.02 * gap.abs().max().item(), rtol=0)
+    coarse = build_localizer("integrated_gradients", steps=2).attributions(model, x, y)[1].sum(dim=(1, 2, 3))
+    assert (coarse - gap).abs().max() > (attributions.sum(dim=(1, 2, 3)) - gap).abs().max()
+
+
+def test_integrated_gradients_default_baseline_is_normalised_black():
+    from acol.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+    black = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(torch.tensor(build_localizer("integrated_gradients").baseline), black)
+
+
+def test_hirescam_on_gap_fc_is_cam_over_hw_and_gradcam_is_its_relu(batch):
+    # GAP + FC: dy^c/dA^k = w_ck / (hw) everywhere, so HiResCAM = CAM / (hw) (signed),
+    # XGrad-CAM's weights are w_ck / (hw) as Grad-CAM's, LayerCAM keeps the positive w_ck only.
+    model = tiny("cam").eval()
+    x, y = batch
+    _, cam = build_localizer("cam").raw(model, x, y)
+    h, w = cam.shape[-2:]
+    _, hires = build_localizer("hirescam", layer="conv").raw(model, x, y)
+    _, grad_cam = build_localizer("gradcam", layer="conv").raw(model, x, y)
+    _, xgrad = build_localizer("xgradcam", layer="conv").raw(model, x, y)
+    torch.testing.assert_close(hires, cam / (h * w), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_cam, torch.relu(hires), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(xgrad, grad_cam, atol=1e-6, rtol=1e-5)
+
+
+def test_layercam_is_gradcam_when_the_gradient_is_constant_and_positive(batch):
+    model = tiny("cam").eval()
+    with torch.no_grad():
+        model.fc.weight.abs_()  # every w_ck > 0: the gradient at "conv" is w_ck / (hw) > 0
+    x, y = batch
+    _, layer_cam = build_localizer("layercam", layer="conv").raw(model, x, y)
+    _, grad_cam = build_localizer("gradcam", layer="conv").raw(model, x, y)
+    torch.testing.assert_close(layer_cam, grad_cam, atol=1e-6, rtol=1e-5)
+    model = tiny("cam").eval()  # signed weights: LayerCAM drops the negative ones, Grad-CAM does not
+    assert not torch.allclose(build_localizer("layercam", layer="conv").raw(model, x, y)[1],
+                              build_localizer("gradcam", layer="conv").raw(model, x, y)[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["acol", "cam"])
+@pytest.mark.parametrize("name", NEW)
+def test_rules_on_smallcnn_models(name, model_name, batch):
+    """Maps in [0, 1], float32, batch-exact under no_grad; hooks, modes and .grad left as found."""
+    model = tiny(model_name)
+    model.train()
+    model.backbone.features[1].eval()
+    flags = [m.training for m in model.modules()]
+    hooks = hook_count(model)
+    x, y = batch
+    localizer = build_localizer(name, **FAST.get(name, {}))
+    with torch.no_grad():
+        logits, maps = localizer(model, x, y)
+    assert maps.dtype == torch.float32 and maps.shape == (3, *((32, 32) if name == "integrated_gradients" else (8, 8)))
+    peaks = maps.flatten(1).amax(1)
+    assert maps.min() >= 0 and ((peaks == 1) | (peaks == 0)).all() and (peaks == 1).any()  # 0: a map ReLU zeroed
+    for i in range(len(x)):
+        single_logits, single = localizer(model, x[i:i + 1], y[i:i + 1])
+        torch.testing.assert_close(single[0], maps[i], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(single_logits[0], logits[i], atol=1e-5, rtol=1e-5)
+    assert hook_count(model) == hooks
+    assert [m.training for m in model.modules()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    if name == "integrated_gradients":
+        localizer = build_localizer(name, baseline=(0.0, 0.0))  # gets past its own check of the input
+    with pytest.raises(RuntimeError):  # a forward that fails inside the hooks
+        localizer(model, x[:, :2], y)
+    assert hook_count(model) == hooks
+    assert [m.training for m in model.modules()] == flags
+
+
+def test_every_model_declares_the_new_localizers():
+    for model_name in METHODS.names():
+        assert set(NEW) <= set(tiny(model_name).localizers), model_name
+
+
+def test_options_are_checked():
+    assert build_localizer("integrated_gradients", steps=5).steps == 5
+    with pytest.raises(ValueError, match="options: steps, chunk, baseline"):
+        build_localizer("integrated_gradients", samples=5)
+    with pytest.raises(ValueError, match="options: none"):
+        build_localizer("gradcam", steps=5)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        build_localizer("smoothgradcampp", samples=0)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        build_localizer("smoothgradcampp", sigma=-0.1)
+    with pytest.raises(ValueError, match="3 input channels"):
+        build_localizer("integrated_gradients", baseline=(0.0,))(tiny("cam"), torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
+
+
+def test_predicted_target_keeps_the_clean_class(batch):
+    """With target="pred" the noisy / interpolated copies use the clean image's predicted class."""
+    model = tiny("cam")
+    x, _ = batch
+    for name, options in (("smoothgradcampp", {"samples": 3}), ("integrated_gradients", {"steps": 4})):
+        logits, maps = build_localizer(name, target="pred", **options)(model, x, torch.zeros(3, dtype=torch.long))
+        _, expected = build_localizer(name, **options)(model, x, logits.argmax(1))
+        torch.testing.assert_close(maps, expected)
+
