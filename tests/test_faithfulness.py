@@ -1,12 +1,19 @@
 """Pointing game and deletion / insertion on hand-built maps and models with known answers."""
 from __future__ import annotations
 
+import csv
+import json
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+
+from acol import compare, evaluate, train
 
 from acol.evaluation.faithfulness import (DeletionInsertion, PointingGame, baseline_images, gaussian_blur,
                                           perturbation_curves, pixel_ranks, pointing_hit, trapezoid_auc)
@@ -157,3 +164,65 @@ def test_gaussian_blur_baseline():
     torch.testing.assert_close(gaussian_blur(flat)[..., 5:25, 5:25], flat[..., 5:25, 5:25])  # away from the zero padding
     with pytest.raises(ValueError, match="baseline must be one of blur, mean; got 'black'"):
         baseline_images(flat, "black")
+
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic_acol.toml")
+
+
+def test_evaluate_and_compare_with_the_checks_on(tiny_overrides, tmp_path, capsys):
+    """`--faithfulness --sanity` on a tiny ACoL run: the numbers in the JSON, table, PNGs and TensorBoard,
+    the same through acol.evaluate and acol.compare; without the flags nothing of them appears."""
+    train.main(["--config", CONFIG, "--name", "run-s0", *tiny_overrides, "train.global_batch_size=6"])
+    run = tmp_path / "runs" / "run-s0"
+    flags = ["--faithfulness", "--sanity", "--sanity-images", "3", "--perturbation-steps", "4"]
+    metrics = evaluate.main(["--run", str(run), "--localizer", "gradcam", "--out", str(tmp_path / "ev"), *flags])
+    assert 0 <= metrics["pointing_game"] <= 100 and 0 <= metrics["deletion_auc"] <= 100
+    assert 0 <= metrics["insertion_auc"] <= 100
+    groups = metrics["randomization"]["groups"]
+    assert groups[0] == "head_b.4" and len(metrics["randomization"]["spearman"]) == len(groups)
+    assert metrics["randomization_spearman"] == pytest.approx(np.mean(metrics["randomization"]["spearman"]))
+    assert json.loads((tmp_path / "ev" / "eval_test.json").read_text()) == metrics
+    out = capsys.readouterr().out
+    assert "| pointing game | deletion AUC (lower better) | insertion AUC (higher better) |" in out
+    for png in ("curves_test", "deletion_insertion_test", "randomization_test", "randomization_maps_test"):
+        assert cv2.imread(str(tmp_path / "ev" / f"{png}.png")) is not None, png
+    (event_file,) = (tmp_path / "ev").glob("events.out.tfevents.*")
+    tb = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
+    tb.Reload()
+    assert {"z_eval/test/deletion_insertion", "z_eval/test/randomization",
+            "z_eval/test/randomization_maps"} <= set(tb.Tags()["images"])
+    deletion = tb.Scalars("z_eval/test/removed_x1000/deletion")
+    assert [e.step for e in deletion] == [0, 250, 500, 750, 1000]
+    assert trapezoid_auc([e.value for e in deletion]) == pytest.approx(metrics["deletion_auc"], abs=1e-3)
+    spearman = tb.Scalars("z_eval/test/randomization/spearman")
+    assert [e.step for e in spearman] == list(range(len(groups) + 1)) and spearman[0].value == 1.0
+
+    plain = evaluate.main(["--run", str(run), "--localizer", "gradcam", "--out", str(tmp_path / "plain")])
+    assert not any(k.startswith(("pointing", "deletion", "insertion", "randomization")) for k in plain)
+    assert {k: v for k, v in metrics.items() if k in plain} == pytest.approx(plain)
+    assert not list((tmp_path / "plain").glob("deletion_insertion_*.png"))
+
+    records = compare.main([str(run), "--methods", "inforward,gradcam", "--out", str(tmp_path / "cmp"),
+                            "--num-images", "2", *flags])
+    (gradcam,) = [r for r in records if r["method"] == "gradcam"]
+    for key in ("pointing_game", "deletion_auc", "insertion_auc", "randomization_spearman", "randomization_ssim"):
+        assert gradcam["test"][key] == pytest.approx(metrics[key]), key
+    with open(tmp_path / "cmp" / "results.csv") as f:
+        row = {r["method"]: r for r in csv.DictReader(f)}["gradcam"]
+    assert float(row["insertion AUC ↑ mean"]) == pytest.approx(metrics["insertion_auc"], abs=1e-4)
+    assert "| pointing game | deletion AUC ↓ | insertion AUC ↑ | randomized Spearman | randomized SSIM |" \
+        in (tmp_path / "cmp" / "results.md").read_text()
+    assert cv2.imread(str(tmp_path / "cmp" / "randomization.png")).shape == (420, 1280, 3)
+    (event_file,) = (tmp_path / "cmp").glob("events.out.tfevents.*")
+    tb = EventAccumulator(str(event_file), size_guidance={"images": 0})
+    tb.Reload()
+    assert "z_compare/randomization" in tb.Tags()["images"]
+
+
+def test_bad_check_options_get_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="--faithfulness / --sanity: need --run"):
+        evaluate.main(["--scoremaps", str(tmp_path), "--dataset", "X", "--faithfulness"])
+    with pytest.raises(SystemExit, match="argument --perturbation-steps: must be >= 1, got 0"):
+        compare.main([str(tmp_path), "--perturbation-steps", "0"])
+    with pytest.raises(SystemExit, match="argument --pointing-tolerance: must be >= 0, got -1"):
+        evaluate.main(["--run", str(tmp_path), "--faithfulness", "--pointing-tolerance", "-1"])

@@ -32,6 +32,7 @@ from torch import nn
 from acol.cams.hooks import eval_mode
 from acol.engine import autocast
 from acol.evaluation.maps import resize_and_normalize
+from acol.visualize import heatmap_rows, plot_curves, titled_grid
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
@@ -143,3 +144,40 @@ def cascade(model: nn.Module, localizer, images: torch.Tensor, labels: torch.Ten
             "spearman": [float(np.mean([spearman(a, b) for a, b in zip(trained, s)])) for s in steps[1:]],
             "ssim": [float(np.mean([ssim(a, b) for a, b in zip(trained, s)])) for s in steps[1:]],
             "maps": np.stack(steps)}
+
+
+def summary(result: dict) -> dict[str, float]:
+    """The flat metrics of a cascade: `randomization_spearman`, `randomization_ssim`, each the mean over
+    its steps (1 would be maps blind to the weights; lower is better)."""
+    return {"randomization_spearman": float(np.mean(result["spearman"])),
+            "randomization_ssim": float(np.mean(result["ssim"]))}
+
+
+CASCADE_AXIS = "fraction of layer groups randomized (top first)"
+
+
+def cascade_plot(results: dict[str, dict], title: str) -> np.ndarray:
+    """(H, W, 3) uint8: Spearman (left) and SSIM (right) vs the fraction of layer groups randomized, one
+    line per entry of `results` (a name: a dict with "spearman" and "ssim" lists), 1 at step 0."""
+    panels = []
+    for key, name in (("spearman", "Spearman rank correlation"), ("ssim", "SSIM")):
+        lines = {label: np.array([1.0, *r[key]]) for label, r in results.items()}
+        xs = {label: np.linspace(0, 1, len(v)) for label, v in lines.items()}
+        steps = max(len(v) for v in lines.values())
+        grid = np.linspace(0, 1, steps)  # one x axis: each line interpolated to the longest cascade
+        lines = {label: np.interp(grid, xs[label], v) for label, v in lines.items()}
+        panels.append(plot_curves(grid, lines, {}, f"{name} with the trained maps: {title}", xlabel=CASCADE_AXIS,
+                                  y_range=(-1, 1)))
+    return np.concatenate(panels, axis=1)
+
+
+def cascade_grid(images: torch.Tensor, boxes: list, result: dict, num_images: int = 4, max_steps: int = 8) -> np.ndarray:
+    """(H, W, 3) uint8: rows of images, columns the image, the trained map and the maps after up to
+    `max_steps` cascade steps (spread evenly, the last one always), titled by the group randomized last."""
+    total = len(result["groups"])
+    steps = sorted(set(np.linspace(1, total, min(max_steps, total)).round().astype(int).tolist()))
+    maps = {"trained": torch.from_numpy(result["maps"][0, :num_images])}
+    for j in steps:
+        maps[f"{j}:{result['groups'][j - 1]}"] = torch.from_numpy(result["maps"][j, :num_images])
+    rows = heatmap_rows(images[:num_images], maps, boxes[:num_images], {})
+    return titled_grid(rows, ["image"] + [f"+{k}" if k != "trained" else k for k in maps])
