@@ -173,11 +173,13 @@ def cascade_plot(results: dict[str, dict], title: str) -> np.ndarray:
 
 def cascade_grid(images: torch.Tensor, boxes: list, result: dict, num_images: int = 4, max_steps: int = 8) -> np.ndarray:
     """(H, W, 3) uint8: rows of images, columns the image, the trained map and the maps after up to
-    `max_steps` cascade steps (spread evenly, the last one always), titled by the group randomized last."""
+    `max_steps` cascade steps (spread evenly, the last one always), titled by the step and the last two
+    parts of the name of the group randomized last."""
     total = len(result["groups"])
     steps = sorted(set(np.linspace(1, total, min(max_steps, total)).round().astype(int).tolist()))
     maps = {"trained": torch.from_numpy(result["maps"][0, :num_images])}
     for j in steps:
-        maps[f"{j}:{result['groups'][j - 1]}"] = torch.from_numpy(result["maps"][j, :num_images])
+        short = ".".join(result["groups"][j - 1].split(".")[-2:])
+        maps[f"{j}:{short}"] = torch.from_numpy(result["maps"][j, :num_images])
     rows = heatmap_rows(images[:num_images], maps, boxes[:num_images], {})
     return titled_grid(rows, ["image"] + [f"+{k}" if k != "trained" else k for k in maps])
