@@ -15,6 +15,11 @@ boxes in green and the predicted box at val's threshold in red, from each group'
 TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
 seeds): `tensorboard --logdir runs/compare`.
 
+With `--faithfulness` and / or `--sanity` (the options of `python -m acol.evaluate`), each localizer's
+pointing game, deletion / insertion AUCs and randomization-test similarities on `test` join the
+records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
+layer groups randomized, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
+
 maps/s counts the localizer alone (forward, backward where the method needs one, map arithmetic)
 over the val and test passes, after one untimed warm-up batch, not the box evaluation.
 """
@@ -28,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -36,10 +40,12 @@ from acol import cli
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError
-from acol.datasets.dataset import build_dataset, build_loader, collate
+from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
-from acol.evaluate import check_run, load_run
+from acol.evaluate import (add_faithfulness_options, check_faithfulness_options, check_run, load_run, map_checks,
+                           spread_batch, write_png)
+from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
 from acol.visualize import heatmap_rows, titled_grid
@@ -55,8 +61,14 @@ COLUMNS = [
     ("test", "maxboxacc_v2", "MaxBoxAccV2"),
     ("test", "pxap", "PxAP"),
     ("val", "maxboxacc_v2", "val MaxBoxAccV2"),
+    ("test", "pointing_game", "pointing game"),
+    ("test", "deletion_auc", "deletion AUC ↓"),
+    ("test", "insertion_auc", "insertion AUC ↑"),
+    ("test", "randomization_spearman", "randomized Spearman"),
+    ("test", "randomization_ssim", "randomized SSIM"),
     ("", "maps_per_s", "maps/s"),
 ]
+TWO_DECIMALS = ("randomization_spearman", "randomization_ssim")  # in [-1, 1]; the others in %
 
 
 class Timed:
@@ -75,8 +87,10 @@ class Timed:
         return logits, maps
 
 
-def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides) -> list[dict]:
-    """One record per localizer applicable to the run's model (and in `methods` when given)."""
+def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
+                     checks=None) -> list[dict]:
+    """One record per localizer applicable to the run's model (and in `methods` when given); with
+    `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test too."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
@@ -100,9 +114,17 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
             if masks is not None:
                 metrics.update(masks.compute())
         curves = {k: v.tolist() for k, v in test_boxes.box_acc_curves().items()}
-        records.append({"run": str(run), "group": seed_group(run.name), "model": cfg.model.name, "method": name,
-                        "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
-                        "test_curves": curves})
+        record = {"run": str(run), "group": seed_group(run.name), "model": cfg.model.name, "method": name,
+                  "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
+                  "test_curves": curves}
+        if checks is not None and (checks.faithfulness or checks.sanity):
+            extra, details = map_checks(model, cfg, device, dtype, localizer, "test", checks, f"{run.name} {name} test")
+            test.update(extra)
+            if "perturbation" in details:
+                record["test_perturbation_curves"] = {k: v.tolist() for k, v in details["perturbation"].mean_curves().items()}
+            if "cascade" in details:
+                record["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
+        records.append(record)
         print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
               f"{test['gt_known_loc@val']:.2f}, {timed.maps / timed.seconds:.0f} maps/s", flush=True)
     return records
@@ -128,7 +150,7 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
     rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]]
     for (group, method), runs in cells.items():
         values = [[value(r, split, key) for r in runs] for split, key, _ in present]
-        text = [mean_std(v) if key != "maps_per_s" else f"{statistics.mean(v):.0f}"
+        text = [f"{statistics.mean(v):.0f}" if key == "maps_per_s" else mean_std(v, 2 if key in TWO_DECIMALS else 1)
                 for v, (_, key, _) in zip(values, present)]
         lines.append(f"| {group} | {method} | {len(runs)} | " + " | ".join(text) + " |")
         rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" for v in values]
@@ -141,9 +163,7 @@ def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str
     """(images, GT boxes, {method: maps}, cfg) of `num_images` test images spread evenly over a run's
     test split; methods None: the model's own map (`default_localizer`), under its name."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
-    dataset = build_dataset(cfg, "test", train=False)
-    indices = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).astype(int).tolist()
-    batch = collate([dataset[i] for i in indices])
+    batch = spread_batch(build_dataset(cfg, "test", train=False), num_images)
     images = normalize_on_device(batch["image"], device)
     labels = batch["label"].to(device)
     maps = {}
@@ -170,12 +190,29 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
     return titled_grid(rows, titles)
 
 
-def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray) -> None:
-    """The grid and the mean test curves per group x method, replacing an earlier comparison's events."""
+def randomization_figure(records: list[dict]) -> np.ndarray | None:
+    """Spearman and SSIM vs the fraction of layer groups randomized, one line per group x method (mean over
+    its seeds); None without randomization results."""
+    cells: dict[str, list[dict]] = {}
+    for r in records:
+        if "randomization" in r:
+            cells.setdefault(f"{r['group']}:{r['method']}", []).append(r["randomization"])
+    if not cells:
+        return None
+    means = {label: {k: np.mean([run[k] for run in runs], axis=0).tolist() for k in ("spearman", "ssim")}
+             for label, runs in cells.items()}
+    return cascade_plot(means, "test")
+
+
+def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray, randomization: np.ndarray | None) -> None:
+    """The grid (and the randomization figure) and the mean test curves per group x method, replacing an
+    earlier comparison's events."""
     for old in out.glob("events.out.tfevents.*"):
         old.unlink()
     tracker = Tracker(out, enabled=True)
     tracker.image("z_compare/grid", grid, 0)
+    if randomization is not None:
+        tracker.image("z_compare/randomization", randomization, 0)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["group"], r["method"]), []).append(r)
@@ -198,7 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    add_faithfulness_options(p)
     args = p.parse_args(argv)
+    check_faithfulness_options(p, args)
     if args.num_images < 1:
         p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
     runs, args.override = cli.overrides_of(args, others=True)
@@ -219,7 +258,7 @@ def main(argv=None) -> list[dict]:
         check_run(run, args.checkpoint)
     try:
         records = [r for run in runs for r in evaluate_methods(run, methods, args.target, args.checkpoint,
-                                                                 args.override)]
+                                                                 args.override, args)]
     except ConfigError as e:
         cli.fail(f"config error: {e}")
     if not records:
@@ -233,10 +272,14 @@ def main(argv=None) -> list[dict]:
     with open(args.out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     grid = figure(records, args.target, args.checkpoint, args.override, args.num_images)
-    cv2.imwrite(str(args.out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    write_tensorboard(args.out, records, grid)
+    write_png(args.out / "grid.png", grid)
+    randomization = randomization_figure(records)
+    if randomization is not None:
+        write_png(args.out / "randomization.png", randomization)
+    write_tensorboard(args.out, records, grid, randomization)
     print(f"\ntest split, box threshold chosen on val; mean ± std over seeds (target: {args.target})\n{table}")
-    print(f"written to {args.out}: results.md, results.csv, results.jsonl, grid.png, TensorBoard events")
+    print(f"written to {args.out}: results.md, results.csv, results.jsonl, grid.png, "
+          f"{'randomization.png, ' * (randomization is not None)}TensorBoard events")
     return records
 
 

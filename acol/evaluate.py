@@ -25,6 +25,12 @@ val,test`, or given with --threshold) and `@oracle` (the split's own best). Outp
 `<out>/eval_<split>.json` (`eval_val_test.json`, {split: metrics}, for a split list),
 `<out>/curves_<split>.png` (BoxAcc vs threshold at each IoU, thresholds marked) and the same curves
 in TensorBoard under `<out>/`.
+
+With --run, two opt-in checks of the maps' faithfulness (they cost extra forwards): `--faithfulness`,
+the pointing game and RISE's deletion / insertion AUCs on the split (`acol.evaluation.faithfulness`;
+`<out>/deletion_insertion_<split>.png`), and `--sanity`, the cascading model-parameter randomization
+test on `--sanity-images` images of it (`acol.evaluation.sanity`; `<out>/randomization_<split>.png`
+and `<out>/randomization_maps_<split>.png`). Their numbers join the JSON, the table and TensorBoard.
 """
 from __future__ import annotations
 
@@ -37,16 +43,19 @@ import numpy as np
 import torch
 
 from acol import cli, dist
-from acol.cams import LOCALIZERS, build_localizer
+from acol.cams import LOCALIZERS, build_localizer, default_localizer
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config
-from acol.datasets.dataset import build_dataset, build_loader, load_mask
+from acol.datasets.dataset import build_dataset, build_loader, collate, load_mask
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
+from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, amp_dtype, load_checkpoint
 from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
+from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, faithfulness_split
 from acol.evaluation.report import format_table, threshold_line
+from acol.evaluation.sanity import cascade, cascade_grid, cascade_plot, summary
 from acol.methods import build_model
 from acol.registry import UnknownNameError
 from acol.tracking import THRESHOLD_AXIS, Tracker
@@ -80,8 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metadata-root", default="data/metadata")
     p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/eval or <scoremaps>_eval)")
+    add_faithfulness_options(p)
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
     args = p.parse_args(argv)
+    check_faithfulness_options(p, args)
+    if (args.faithfulness or args.sanity) and not args.run:
+        p.error("arguments --faithfulness / --sanity: need --run (they run the model on perturbed images)")
     _, args.overrides = cli.overrides_of(args)
     for split in args.split.split(","):
         if split not in SPLITS:
@@ -91,6 +104,67 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.layer and not args.localizer:
         p.error("argument --layer: needs --localizer (the model's own map has no layer to choose)")
     return args
+
+
+def add_faithfulness_options(p: argparse.ArgumentParser) -> None:
+    """The opt-in faithfulness and sanity checks' options (acol.evaluate and acol.compare)."""
+    g = p.add_argument_group("faithfulness and sanity checks of the maps (off by default: extra forwards)")
+    g.add_argument("--faithfulness", action="store_true",
+                   help="the pointing game and RISE's deletion / insertion AUCs (2 x (steps + 1) forwards per image)")
+    g.add_argument("--pointing-tolerance", type=float, default=15.0,
+                   help="pointing game: a hit when a GT pixel lies within this many px of the maximum (default 15)")
+    g.add_argument("--perturbation-steps", type=int, default=16,
+                   help="deletion / insertion: pixels changed in this many equal steps (default 16)")
+    g.add_argument("--perturbation-baseline", default="blur", choices=BASELINES,
+                   help="what deleted pixels become: a Gaussian blur (11x11, sigma 5) of the image or its "
+                        "per-channel mean (default blur)")
+    g.add_argument("--perturbation-chunk", type=int, default=64, help="perturbed images per forward (default 64)")
+    g.add_argument("--sanity", action="store_true",
+                   help="the cascading model-parameter randomization test (a localizer call per layer group)")
+    g.add_argument("--sanity-images", type=int, default=16, help="images of the split it maps (default 16)")
+    g.add_argument("--sanity-depth", type=int,
+                   help="layer groups: modules sharing the first N parts of their names (default: each module "
+                        "with parameters)")
+    g.add_argument("--sanity-seed", type=int, default=0, help="seed of the re-initialisations (default 0)")
+
+
+def check_faithfulness_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name, low in (("perturbation_steps", 1), ("perturbation_chunk", 1), ("sanity_images", 1),
+                      ("sanity_depth", 1), ("pointing_tolerance", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"argument --{name.replace('_', '-')}: must be >= {low}, got {value:g}")
+
+
+def spread_batch(dataset, num_images: int) -> dict:
+    """A collated batch of `num_images` images spread evenly over `dataset` (its first and last included)."""
+    indices = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).astype(int).tolist()
+    return collate([dataset[i] for i in indices])
+
+
+def map_checks(model, cfg, device, dtype, localizer, split: str, args, desc: str) -> tuple[dict, dict]:
+    """The checks asked for (`args.faithfulness`, `args.sanity`) of one localizer (None: the model's own
+    map) on a split: (flat metrics, details), details holding those asked for of "perturbation" (the
+    `DeletionInsertion` evaluator) and "cascade" (`cascade`'s result plus the "images" and "boxes" mapped)."""
+    localizer = localizer or default_localizer(model)
+    dataset = build_dataset(cfg, split, train=False)
+    metrics, details = {}, {}
+    if args.faithfulness:
+        pointing, perturbation = faithfulness_split(
+            model, build_loader(cfg, dataset, train=False), device, dtype, localizer,
+            (cfg.data.crop_size, cfg.data.crop_size), args.pointing_tolerance, args.perturbation_steps,
+            args.perturbation_baseline, args.perturbation_chunk, desc=f"{desc} faithfulness")
+        metrics.update(pointing.compute())
+        metrics.update(perturbation.compute())
+        details["perturbation"] = perturbation
+    if args.sanity:
+        batch = spread_batch(dataset, args.sanity_images)
+        images = normalize_on_device(batch["image"], device)
+        result = cascade(model, localizer, images, batch["label"].to(device), dtype, args.sanity_seed,
+                         args.sanity_depth)
+        metrics.update(summary(result))
+        details["cascade"] = {**result, "images": images.cpu(), "boxes": [b.numpy() for b in batch["boxes"]]}
+    return metrics, details
 
 
 def check_run(run: Path, checkpoint: str) -> None:
@@ -123,7 +197,7 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     return cfg, model, device, amp_dtype(cfg.train.amp, device)
 
 
-def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
+def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
     cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
     localizer = build_localizer(args.localizer, args.target, args.layer) if args.localizer else None
     if args.localizer and args.localizer not in model.localizers:
@@ -148,7 +222,14 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float]:
     metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
-    return metrics, boxes_eval, cfg.eval.fixed_threshold
+    details = {}
+    if args.faithfulness or args.sanity:
+        checks, details = map_checks(model, cfg, device, dtype, localizer, args.split, args,
+                                     f"{args.localizer or 'own map'} {args.split}")
+        metrics.update(checks)
+        if "cascade" in details:
+            metrics["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
+    return metrics, boxes_eval, cfg.eval.fixed_threshold, details
 
 
 def find_scoremap(root: Path, image_id: str) -> tuple[Path, bool]:
@@ -251,7 +332,7 @@ def evaluate_scoremap_splits(args, splits: list[str]) -> tuple[list[tuple[str, d
     return results, fixed
 
 
-def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path) -> None:
+def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path, tracker: Tracker) -> None:
     """BoxAcc vs threshold (V2 at each IoU, V1 GT-known) as a PNG and in TensorBoard (`out` is its own run):
     `z_eval/<split>/threshold_x1000/<curve>` scalars (step: threshold x 1000), the PNG, the metrics as text."""
     curves = boxes_eval.box_acc_curves()
@@ -261,14 +342,51 @@ def write_curves(boxes_eval: BoxEvaluator, metrics: dict, split: str, out: Path)
     if "val_cam_threshold" in metrics:
         marks["val"] = metrics["val_cam_threshold"]
     image = plot_curves(curves["thresholds"], lines, marks, f"BoxAcc vs box threshold ({split})")
-    cv2.imwrite(str(out / f"curves_{split}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    tracker = Tracker(out, enabled=True)
+    write_png(out / f"curves_{split}.png", image)
     tracker.curves(f"z_eval/{split}/", curves)
     tracker.image(f"z_eval/{split}/box_acc_curves", image, 0)
     note = f"Curves `z_eval/{split}/threshold_x1000/<curve>`: {THRESHOLD_AXIS}."
     tracker.text(f"z_eval/{split}/metrics",
                  f"{format_table([(split, metrics)])}\n\n{threshold_line(metrics, marks['fixed'])}\n\n{note}")
-    tracker.close()
+
+
+def write_png(path: Path, image_rgb: np.ndarray) -> None:
+    cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+
+
+PERTURBATION_AXIS = ("x axis: the fraction of pixels deleted / inserted x 1000 (highest-ranked first); y axis: "
+                     "the softmax probability of the target class in %")
+RANDOMIZATION_AXIS = ("x axis: the layer groups randomized, top (logits side) first, 0 = the trained model; y axis: "
+                      "similarity with the trained model's maps (mean over images)")
+
+
+def write_perturbation(perturbation: DeletionInsertion, split: str, out: Path, tracker: Tracker, title: str) -> None:
+    """The mean deletion / insertion curves: `<out>/deletion_insertion_<split>.png` and TensorBoard
+    `z_eval/<split>/removed_x1000/{deletion,insertion}` (step: fraction x 1000) plus the image."""
+    curves = perturbation.mean_curves()
+    lines = {mode: curves[mode] for mode in ("deletion", "insertion")}
+    image = plot_curves(curves["fraction"], lines, {}, f"deletion / insertion ({title})",
+                        xlabel="fraction of pixels deleted / inserted")
+    write_png(out / f"deletion_insertion_{split}.png", image)
+    for i, fraction in enumerate(curves["fraction"]):
+        tracker.scalars({f"z_eval/{split}/removed_x1000/{mode}": float(v[i]) for mode, v in lines.items()},
+                        step=int(round(fraction * 1000)), description=PERTURBATION_AXIS)
+    tracker.image(f"z_eval/{split}/deletion_insertion", image, 0)
+
+
+def write_cascade(result: dict, split: str, out: Path, tracker: Tracker, title: str) -> None:
+    """The randomization cascade: `<out>/randomization_<split>.png` (Spearman and SSIM vs step),
+    `<out>/randomization_maps_<split>.png` (maps per step) and TensorBoard
+    `z_eval/<split>/randomization/{spearman,ssim}` (step: the cascade step) plus both images."""
+    plot = cascade_plot({title: result}, split)
+    grid = cascade_grid(result["images"], result["boxes"], result)
+    write_png(out / f"randomization_{split}.png", plot)
+    write_png(out / f"randomization_maps_{split}.png", grid)
+    for step, values in enumerate(zip([1.0, *result["spearman"]], [1.0, *result["ssim"]])):
+        tracker.scalars(dict(zip((f"z_eval/{split}/randomization/spearman", f"z_eval/{split}/randomization/ssim"),
+                                 values)), step=step, description=RANDOMIZATION_AXIS)
+    tracker.image(f"z_eval/{split}/randomization", plot, 0)
+    tracker.image(f"z_eval/{split}/randomization_maps", grid, 0)
 
 
 def main(argv=None) -> dict:
@@ -284,8 +402,9 @@ def main(argv=None) -> dict:
         cli.fail(f"error: --split {args.split}: a split list is for --scoremaps; with --run, a split other "
                  "than val is reported at val's threshold already")
     try:
+        details = {}
         if args.run:
-            metrics, boxes_eval, fixed = evaluate_run(args, out)
+            metrics, boxes_eval, fixed, details = evaluate_run(args, out)
             results = [(args.split, metrics, boxes_eval)]
         else:
             results, fixed = evaluate_scoremap_splits(args, splits)
@@ -302,9 +421,18 @@ def main(argv=None) -> dict:
         return returned
     out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_{'_'.join(by_split)}.json").write_text(json.dumps(returned, indent=2))
-    for split, metrics, boxes_eval in results:
-        if int(boxes_eval.state["num_boxed"]):
-            write_curves(boxes_eval, metrics, split, out)
+    boxed = [(split, metrics, boxes_eval) for split, metrics, boxes_eval in results if int(boxes_eval.state["num_boxed"])]
+    tracker = Tracker(out, enabled=True) if boxed or details else None
+    for split, metrics, boxes_eval in boxed:
+        write_curves(boxes_eval, metrics, split, out, tracker)
+    title = args.localizer or "own map"
+    if "perturbation" in details:
+        write_perturbation(details["perturbation"], args.split, out, tracker, title)
+    if "cascade" in details:
+        write_cascade(details["cascade"], args.split, out, tracker, title)
+    if tracker is not None:
+        tracker.close()
+    for split, metrics, _ in results:
         print(f"{split}: " * (len(results) > 1) + threshold_line(metrics, fixed))
     print(format_table([(split, metrics) for split, metrics, _ in results]))
     print(f"written to {out}")

@@ -141,23 +141,25 @@ CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (1
 
 
 def plot_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], marks: dict[str, float],
-                title: str, size: tuple[int, int] = (640, 420)) -> np.ndarray:
-    """A line chart (H, W, 3) uint8: accuracy in % (y, 0..100) vs box threshold (x, 0..1), one line
-    per curve, and a dashed vertical line with its label at each marked threshold."""
+                title: str, size: tuple[int, int] = (640, 420), xlabel: str = "box threshold",
+                y_range: tuple[float, float] = (0, 100)) -> np.ndarray:
+    """A line chart (H, W, 3) uint8: accuracy in % (y, `y_range`) vs box threshold (x, 0..1; `xlabel`),
+    one line per curve, and a dashed vertical line with its label at each marked threshold."""
     width, height = size
     left, right, top, bottom = 50, 160, 30, 40
+    low, high = y_range
     canvas = np.full((height, width, 3), 255, np.uint8)
     x_of = lambda t: int(round(left + t * (width - left - right)))                 # noqa: E731
-    y_of = lambda v: int(round(height - bottom - v / 100 * (height - top - bottom)))  # noqa: E731
+    y_of = lambda v: int(round(height - bottom - (v - low) / (high - low) * (height - top - bottom)))  # noqa: E731
     font, grey = cv2.FONT_HERSHEY_SIMPLEX, (150, 150, 150)
-    for tick in range(0, 101, 20):
+    for tick in np.linspace(low, high, 6):
         cv2.line(canvas, (left, y_of(tick)), (x_of(1), y_of(tick)), (230, 230, 230), 1)
-        cv2.putText(canvas, str(tick), (left - 30, y_of(tick) + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, f"{tick:g}", (left - 30, y_of(tick) + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     for tick in np.arange(0, 1.01, 0.2):
         cv2.putText(canvas, f"{tick:.1f}", (x_of(tick) - 10, height - bottom + 16), font, 0.4, (0, 0, 0), 1,
                     cv2.LINE_AA)
     cv2.rectangle(canvas, (left, top), (x_of(1), height - bottom), (0, 0, 0), 1)
-    cv2.putText(canvas, "box threshold", (x_of(0.5) - 45, height - 8), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, xlabel, (x_of(0.5) - 45, height - 8), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(canvas, title, (left, top - 10), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for i, (name, values) in enumerate(curves.items()):
         color = CURVE_COLORS[i % len(CURVE_COLORS)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 import statistics
 
-# (metric key, column title); the threshold policy is part of the title. `maxboxacc_v2` is preceded by
+# (metric key, column title); the threshold policy is part of the title. The faithfulness and sanity
+# columns (acol.evaluation.faithfulness, .sanity) appear only when those opt-in checks ran. `maxboxacc_v2` is preceded by
 # its per-IoU parts, `maxboxacc_iou{d}` as "MaxBoxAcc@{d}", for the IoU thresholds the metrics have.
 SUMMARY = [
     ("top1_cls", "top-1 cls"),
@@ -15,6 +16,11 @@ SUMMARY = [
     ("gt_known_loc@oracle", "GT-known loc @oracle"),
     ("maxboxacc_v2", "MaxBoxAccV2 (oracle)"),
     ("pxap", "PxAP"),
+    ("pointing_game", "pointing game"),
+    ("deletion_auc", "deletion AUC (lower better)"),
+    ("insertion_auc", "insertion AUC (higher better)"),
+    ("randomization_spearman", "randomized Spearman"),
+    ("randomization_ssim", "randomized SSIM"),
 ]
 
 
@@ -51,11 +57,11 @@ def threshold_line(metrics: dict, fixed: float) -> str:
     return "box thresholds: " + ", ".join(parts)
 
 
-def mean_std(values: list[float]) -> str:
-    """"m ± s" (sample standard deviation) of several values, the value itself for one, 1 decimal."""
+def mean_std(values: list[float], digits: int = 1) -> str:
+    """"m ± s" (sample standard deviation) of several values, the value itself for one, `digits` decimals."""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def seed_group(run_name: str) -> str:
