@@ -9,7 +9,9 @@ gives the maps before normalisation. Every localizer runs the model in eval mode
 module's train/eval flag, works under a caller's `torch.no_grad()` (the gradient ones raise
 ValueError under `torch.inference_mode()`, which cannot record a graph), leaves no `.grad` on
 parameters and no hooks behind, and is batch-exact (an image's map does not depend on the rest of
-the batch). Maps are computed in float32, also under autocast.
+the batch). Maps are computed in float32, also under autocast. The gradient localizers record
+autograd only from their layer on (the layers before it run frozen and store nothing for a
+backward), and a layer whose output does not reach the logits is a ValueError naming it.
 
 | name | map | models |
 |---|---|---|
@@ -23,9 +25,7 @@ the batch). Maps are computed in float32, also under autocast.
 
 Which localizers apply to a model is declared by its class (`model.localizers`, see
 acol.models.wsol). The gradient methods take the layer by name (`layer="head_a.3"`; default: the
-model's `default_cam_layer`, the last feature map before the class scores); their autograd graph
-starts at that layer (the layers before it run frozen and store nothing for a backward), and a
-layer whose output does not reach the logits is a ValueError naming it.
+model's `default_cam_layer`, the last feature map before the class scores).
 """
 from __future__ import annotations
 
@@ -58,14 +58,6 @@ class Localizer:
         """(logits (B, C), unnormalised maps (B, h, w) float32)."""
         raise NotImplementedError
 
-    def classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The class whose map each image gets."""
-        return labels if self.target == "gt" else logits.argmax(dim=1)
-
-    def forward_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
-        """What the forward pass sees (ACoL erases with it): the GT, or nothing for "pred"."""
-        return labels if self.target == "gt" else None
-
     @property
     def name(self) -> str:
         """The registered name (the class name for an unregistered subclass)."""
@@ -76,6 +68,14 @@ class Localizer:
         if torch.is_inference_mode_enabled():
             raise ValueError(f"{self.name} needs gradients: called under torch.inference_mode(); "
                              "use torch.no_grad() instead")
+
+    def classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The class whose map each image gets."""
+        return labels if self.target == "gt" else logits.argmax(dim=1)
+
+    def forward_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """What the forward pass sees (ACoL erases with it): the GT, or nothing for "pred"."""
+        return labels if self.target == "gt" else None
 
 
 class InForward(Localizer):
@@ -121,14 +121,10 @@ class CAM(Localizer):
 class _Gradients(Localizer):
     """The target logits' gradients at a layer: (logits, activation, gradient), float32."""
 
-    def layer_name(self, model: nn.Module) -> str:
+    def target_layer(self, model: nn.Module) -> nn.Module:
         name = self.layer or getattr(model, "default_cam_layer", None)
         if name is None:
             raise ValueError(f"{type(model).__name__} has no default_cam_layer; give the layer by name")
-        return name
-
-    def target_layer(self, model: nn.Module) -> nn.Module:
-        name = self.layer_name(model)
         try:
             return model.get_submodule(name)
         except AttributeError as e:
@@ -152,8 +148,8 @@ class _Gradients(Localizer):
             if activation.value is not None and score.requires_grad:
                 (grad,) = torch.autograd.grad(score, activation.value, allow_unused=True)
         if grad is None:
-            raise ValueError(f"{self.name}: layer {self.layer_name(model)!r} of {type(model).__name__} does not "
-                             "lead to the logits; pick a layer on the path to the class scores")
+            raise ValueError(f"{self.name}: layer {self.layer or model.default_cam_layer!r} of {type(model).__name__} "
+                             "does not lead to the logits; pick a layer on the path to the class scores")
         if activation.value.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
         return logits.detach(), activation.value.detach().float(), grad.float()
