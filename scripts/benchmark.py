@@ -12,11 +12,15 @@ Measures, on random input of the given size (the model alone: no data loading, n
   relative to the first listed;
 - FLOPs per image of a training step and of an evaluation forward (torch's FlopCounterMode: matrix
   products and convolutions), so that a GPU user can read off utilisation = FLOP/s / peak FLOP/s;
-- peak memory: allocated CUDA memory per phase on a GPU, the process's peak RSS on the CPU.
+- peak memory of each phase on its own: allocated CUDA memory on a GPU; on the CPU the process's peak
+  RSS during the phase (Linux: freed heap memory is returned and the RSS high-water mark reset
+  before each phase; elsewhere only the process's lifetime peak is known, and every row repeats it).
 Every figure comes from the same process, after one untimed warm-up step of each phase.
 """
 from __future__ import annotations
 
+import ctypes
+import re
 import resource
 import sys
 import time
@@ -59,9 +63,25 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def peak_memory(device: torch.device) -> str:
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a phase's peak; False where only the process's lifetime peak can be read."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: give freed heap memory back, then reset VmHWM to the current RSS
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(device: torch.device, since_reset: bool) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
+    if since_reset:
+        kib = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+        return f"{kib / 2**10:.0f} MiB peak RSS"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS"
 
 
@@ -121,10 +141,9 @@ def main(argv=None) -> dict:
 
     def phase(name, fn, count_flops: bool):
         flop = flops(fn) / args.batch if count_flops else None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        since_reset = reset_peak_memory(device)
         seconds = timed(fn, args.steps, device)
-        rows.append((name, args.batch / seconds, flop, peak_memory(device)))
+        rows.append((name, args.batch / seconds, flop, peak_memory(device, since_reset)))
 
     model.train()
     phase("training", train_step, count_flops=True)

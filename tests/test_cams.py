@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer
-from acol.cams.hooks import capture, guided_relus
+from acol.cams.hooks import capture, eval_mode, guided_relus
 from acol.cams.ops import minmax_normalize
 from acol.config import load_config
 from acol.methods import METHODS, build_model
@@ -104,17 +104,21 @@ def test_no_hooks_modes_or_parameter_gradients_left_behind(name, model_name, bat
     model.train()
     model.backbone.features[1].eval()  # a mixed state must come back as it was
     flags = [m.training for m in model.modules()]
+    model.backbone.features[0].weight.requires_grad_(False)  # so must a partly frozen model
+    requires_grad = [p.requires_grad for p in model.parameters()]
     hooks = hook_count(model)
     x, y = batch
     logits, maps = build_localizer(name)(model, x, y)
     assert hook_count(model) == hooks
     assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == requires_grad
     assert all(p.grad is None for p in model.parameters())
     assert maps.dtype == torch.float32 and maps.min() >= 0 and maps.max() <= 1
     with pytest.raises(RuntimeError):  # a forward that fails inside the hooks
         build_localizer(name)(model, x[:, :2], y)
     assert hook_count(model) == hooks
     assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == requires_grad
 
 
 @pytest.mark.parametrize("model_name", METHODS.names())
@@ -131,6 +135,87 @@ def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batc
             single_logits, single = localizer(model, x[i:i + 1], y[i:i + 1])
             torch.testing.assert_close(single[0], maps[i], atol=1e-5, rtol=1e-4, msg=name)
             torch.testing.assert_close(single_logits[0], logits[i], atol=1e-5, rtol=1e-5)
+
+
+def graph_leaves(tensor):
+    """The tensors an autograd graph accumulates gradients into (its leaves that require grad)."""
+    leaves, seen, stack = [], set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+@pytest.mark.parametrize("model_name, layer", [("acol", None), ("acol", "smoothing"), ("acol", "head_a.2"),
+                                               ("cam", None), ("spg", None), ("adl", None), ("single", None)])
+def test_the_graph_starts_at_the_layer_with_the_full_graphs_gradients(model_name, layer, batch):
+    """The gradient localizers record no graph before their layer (the only leaf is the activation, no
+    parameter is in the graph) and return what a full graph through the whole model gives."""
+    model = tiny(model_name)
+    x, y = batch
+    localizer = build_localizer("gradcam", layer=layer)
+    seen = []
+    handle = model.register_forward_hook(lambda module, inputs, out: seen.append(out["logits"]))
+    try:
+        logits, act, grad = localizer.gradients(model, x, y)
+    finally:
+        handle.remove()
+    (leaf,) = graph_leaves(seen[0])
+    assert leaf.shape == act.shape and leaf.is_leaf and all(leaf is not p for p in model.parameters())
+    with eval_mode(model), capture(localizer.target_layer(model)) as full:  # the whole model's graph
+        full_logits = model(x, y)["logits"]
+        full_grad = torch.autograd.grad(full_logits.gather(1, y[:, None]).sum(), full.value)[0]
+    assert any(leaf is p for leaf in graph_leaves(full_logits) for p in model.backbone.parameters())
+    assert torch.equal(logits, full_logits.detach()) and torch.equal(act, full.value.detach())
+    assert torch.equal(grad, full_grad)
+
+
+GRADIENT_LOCALIZERS = ["gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam"]
+
+
+@pytest.mark.parametrize("name", GRADIENT_LOCALIZERS)
+def test_inference_mode_is_one_clear_error_and_inference_tensors_work(name, batch):
+    model = tiny("acol")
+    x, y = batch
+    with torch.inference_mode(), pytest.raises(ValueError) as error:
+        build_localizer(name)(model, x, y)
+    assert str(error.value) == (f"{name} needs gradients: called under torch.inference_mode(); "
+                                "use torch.no_grad() instead")
+    with torch.inference_mode():
+        frozen_input = x.clone()  # an inference tensor, used outside the mode
+    torch.testing.assert_close(build_localizer(name)(model, frozen_input, y), build_localizer(name)(model, x, y))
+
+
+class Unused(Quadratic):
+    """Quadratic with a branch whose output is computed but unused, and a layer that never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.side = nn.Conv2d(2, 2, 1)
+        self.never = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x, labels=None):
+        self.side(x)
+        return super().forward(x, labels)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam_pp", "guided_gradcam"])
+def test_a_layer_off_the_path_to_the_logits_is_one_clear_error(name, batch):
+    x, y = batch
+    cases = [(tiny("acol"), x, y, "head_b.3", "ACoL"),  # branch B runs after the logits (branch A's)
+             (Unused(), *quadratic_input()[:1], torch.tensor([0]), "side", "Unused"),
+             (Unused(), *quadratic_input()[:1], torch.tensor([0]), "never", "Unused")]
+    for model, images, labels, layer, model_name in cases:
+        with pytest.raises(ValueError) as error:
+            build_localizer(name, layer=layer)(model, images, labels)
+        assert str(error.value) == (f"{name}: layer {layer!r} of {model_name} does not lead to the logits; "
+                                    "pick a layer on the path to the class scores")
+        assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
 def test_applicable_localizers_per_model():

@@ -123,6 +123,27 @@ def test_a_user_mistake_is_one_line_naming_the_value_and_the_choices(command, ar
     assert list(tmp_path.iterdir()) == []           # no run folder, no output folder
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-phase CPU peak needs Linux")
+def test_benchmark_reports_each_phases_own_peak_memory(capsys):
+    """256 MiB freed before a reset is not in the next phase's peak (the process's lifetime peak would
+    repeat it in every row), and every row of a run reads its own peak."""
+    benchmark, cpu = script("benchmark"), torch.device("cpu")
+
+    def peak_mib():
+        return int(benchmark.peak_memory(cpu, since_reset=True).split()[0])
+
+    assert benchmark.reset_peak_memory(cpu)
+    block = torch.ones(2**26)  # 256 MiB, touched
+    with_block = peak_mib()
+    del block
+    assert benchmark.reset_peak_memory(cpu)
+    assert with_block - peak_mib() >= 200
+    rates = benchmark.main(["--backbone", "smallcnn", "--size", "32", "--steps", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(rates)
+    assert all(row.endswith(" MiB peak RSS |") for row in rows)
+
+
 @pytest.fixture
 def trained_run(tiny_overrides, tmp_path):
     train.main(["--config", CONFIG, "--name", "run", *tiny_overrides, "train.global_batch_size=6"])

@@ -168,6 +168,37 @@ def test_flat_maps_normalise_to_zero_not_nan():
     assert out[1].min() == 0 and out[1].max() == 1
 
 
+def test_any_positive_range_is_stretched_to_exactly_zero_one():
+    tiny = minmax_normalize(torch.tensor([[0.0, 5e-9, 1e-9]]))  # a range below any fixed epsilon
+    assert tiny[0, 0] == 0 and tiny[0, 1] == 1
+    torch.testing.assert_close(tiny, torch.tensor([[0.0, 1.0, 0.2]]))
+    subnormal = minmax_normalize(torch.tensor([[0.0, 2.8e-45]]))  # two float32 steps above zero
+    assert torch.equal(subnormal, torch.tensor([[0.0, 1.0]]))
+    unit = torch.tensor([[0.0, 1.0], [0.25, 0.5]])
+    assert torch.equal(minmax_normalize(unit), unit)
+    assert torch.equal(minmax_normalize(torch.tensor([[-2.0, 2.0], [0.0, 6.0]])), torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = minmax_normalize(torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.bfloat16) * 1e-6)
+    assert half.dtype == torch.float32 and half.min() == 0 and half.max() == 1
+
+
+def test_erasing_is_scale_invariant_as_wsolevaluations_normalize_tensor(batch):
+    """ACoL erases with minmax_normalize, which is wsolevaluation's normalize_tensor (x - min) / (max - min)
+    without an epsilon: class maps scaled by 2^-40 (exactly, ranges ~1e-12) erase the same positions."""
+    model = erasing_model(0.6)
+    small = erasing_model(0.6)
+    with torch.no_grad():
+        small.head_a[-1].weight.mul_(2.0 ** -40)
+        small.head_a[-1].bias.mul_(2.0 ** -40)
+        x, y = batch
+        out, out_small = model(x, y), small(x, y)
+    a = select_class(out_small["cam_a"], y)
+    assert torch.equal(a, select_class(out["cam_a"], y) * 2.0 ** -40) and (a.amax((1, 2)) - a.amin((1, 2))).max() < 1e-8
+    lo, hi = a.amin(dim=(1, 2), keepdim=True), a.amax(dim=(1, 2), keepdim=True)
+    assert torch.equal(out_small["erased"], (a - lo) / (hi - lo) >= 0.6)
+    assert torch.equal(out_small["erased"], out["erased"]) and out["erased"].any()
+
+
 def test_maps_are_float32_under_bf16_autocast(batch):
     x, y = batch
     model = erasing_model(0.6)

@@ -20,9 +20,24 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """The model's parameters with requires_grad off inside, so a forward on inputs that do not
+    require grad records no autograd graph (until `capture` starts one at its layer); each
+    parameter's own flag restored on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 class Activation:
     """What `capture` saw: `value`, the layer's output (B, K, h, w) as computed, in the autograd
-    graph (a leaf requiring grad when the model's parameters do not)."""
+    graph: a leaf requiring grad when the layer's input and parameters do not (a `frozen` model:
+    the graph, and its memory, start at the layer), or None if the layer did not run."""
 
     value: torch.Tensor | None = None
 

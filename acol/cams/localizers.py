@@ -6,9 +6,12 @@ images (B, 3, H, W) normalised; labels (B,) the GT classes; logits (B, C); maps 
 in [0, 1] (per-image min-max, a flat map gives zeros) of each image's target class: the GT label
 (target="gt", the WSOL protocol) or the predicted class (target="pred"). `localizer.raw(...)`
 gives the maps before normalisation. Every localizer runs the model in eval mode and restores each
-module's train/eval flag, works under a caller's `torch.no_grad()`, leaves no `.grad` on
+module's train/eval flag, works under a caller's `torch.no_grad()` (the gradient ones raise
+ValueError under `torch.inference_mode()`, which cannot record a graph), leaves no `.grad` on
 parameters and no hooks behind, and is batch-exact (an image's map does not depend on the rest of
-the batch). Maps are computed in float32, also under autocast.
+the batch). Maps are computed in float32, also under autocast. The gradient localizers record
+autograd only from their layer on (the layers before it run frozen and store nothing for a
+backward), and a layer whose output does not reach the logits is a ValueError naming it.
 
 | name | map | models |
 |---|---|---|
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acol.cams.hooks import capture, eval_mode, guided_relus
+from acol.cams.hooks import capture, eval_mode, frozen, guided_relus
 from acol.cams.ops import minmax_normalize, select_class
 from acol.registry import Registry
 
@@ -58,6 +61,17 @@ class Localizer:
     def raw(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
         """(logits (B, C), unnormalised maps (B, h, w) float32)."""
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The registered name (the class name for an unregistered subclass)."""
+        return next((n for n in LOCALIZERS.names_in_order() if LOCALIZERS.get(n) is type(self)), type(self).__name__)
+
+    def require_autograd(self) -> None:
+        """Gradient localizers call this first: under torch.inference_mode() no graph can be recorded."""
+        if torch.is_inference_mode_enabled():
+            raise ValueError(f"{self.name} needs gradients: called under torch.inference_mode(); "
+                             "use torch.no_grad() instead")
 
     def classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The class whose map each image gets."""
@@ -123,11 +137,24 @@ class _Gradients(Localizer):
     """The target logits' gradients at a layer: (logits, activation, gradient), float32."""
 
     def gradients(self, model, images, labels):
-        with eval_mode(model), torch.enable_grad(), capture(self.target_layer(model)) as activation:
-            logits = model(images, self.forward_labels(labels))["logits"]
+        """(logits (B, C), activation A (B, K, h, w), d logit_c / d A (B, K, h, w)), float32.
+
+        The autograd graph starts at the layer: the model runs `frozen` on detached images, so the
+        layers before it record nothing (no memory for their backward) and A is a leaf; the
+        gradient is the one a full graph gives, as the backward stops at A anyway.
+        """
+        self.require_autograd()
+        layer = self.target_layer(model)
+        with eval_mode(model), frozen(model), torch.enable_grad(), capture(layer) as activation:
+            logits = model(images.detach(), self.forward_labels(labels))["logits"]
             classes = self.classes(logits.detach(), labels)
             score = logits.float().gather(1, classes[:, None]).sum()  # raw logits; images are independent
-            (grad,) = torch.autograd.grad(score, activation.value)
+            grad = None
+            if activation.value is not None and score.requires_grad:
+                (grad,) = torch.autograd.grad(score, activation.value, allow_unused=True)
+        if grad is None:
+            raise ValueError(f"{self.name}: layer {self.layer or model.default_cam_layer!r} of {type(model).__name__} "
+                             "does not lead to the logits; pick a layer on the path to the class scores")
         if activation.value.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
         return logits.detach(), activation.value.detach().float(), grad.float()
@@ -163,8 +190,9 @@ class GuidedBackprop(Localizer):
     the guided rule at every ReLU, reduced to a map by the max over RGB of its absolute value."""
 
     def input_gradient(self, model, images, labels):
+        self.require_autograd()
         with eval_mode(model), torch.enable_grad(), guided_relus(model):
-            x = images.detach().requires_grad_(True)
+            x = images.detach().clone().requires_grad_(True)  # a clone: also for inference tensors
             logits = model(x, self.forward_labels(labels))["logits"]
             classes = self.classes(logits.detach(), labels)
             (grad,) = torch.autograd.grad(logits.float().gather(1, classes[:, None]).sum(), x)
@@ -176,12 +204,12 @@ class GuidedBackprop(Localizer):
 
 
 @LOCALIZERS.register("guided_gradcam")
-class GuidedGradCAM(Localizer):
+class GuidedGradCAM(GradCAM):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM, the latter upsampled
     bilinearly (align_corners=False) to the input size; one map per image as guided_backprop."""
 
     def raw(self, model, images, labels):
-        logits, cam = GradCAM(self.target, self.layer).raw(model, images, labels)
+        logits, cam = super().raw(model, images, labels)
         _, guided = GuidedBackprop(self.target).raw(model, images, labels)
         cam = F.interpolate(cam[:, None], size=guided.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return logits, guided * cam

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-8
 
-
-def minmax_normalize(maps: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
     """Per-map min-max over the last two dims: (..., H, W) -> float32 in [0, 1].
 
-    A flat map becomes all zeros (the epsilon guards the division), never NaN.
+    Any map with a positive range, however small, is stretched to exactly [0, 1] (its minimum
+    becomes 0, its maximum 1); a flat map becomes all zeros, never NaN.
     """
     maps = maps.float()
     flat = maps.flatten(-2)
     lo = flat.min(dim=-1).values[..., None, None]
-    hi = flat.max(dim=-1).values[..., None, None]
-    return (maps - lo) / (hi - lo).clamp_min(eps)
+    spread = flat.max(dim=-1).values[..., None, None] - lo
+    return torch.where(spread > 0, (maps - lo) / torch.where(spread > 0, spread, 1), 0)
 
 
 def select_class(maps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
