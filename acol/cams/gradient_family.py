@@ -161,6 +161,7 @@ class IntegratedGradients(Localizer):
 
     def attributions(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
         """(logits (B, C), signed attributions (B, 3, H, W) float32)."""
+        self.require_autograd()
         if len(self.baseline) != images.shape[1]:
             raise ValueError(f"baseline has {len(self.baseline)} values for {images.shape[1]} input channels")
         b = len(images)
