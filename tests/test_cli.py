@@ -107,6 +107,7 @@ LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_p
     ("train", ["--resume", "nowhere.pt"], ["'nowhere.pt'", "auto"]),
     ("benchmark", ["--backbone", "vgg61"], ["'vgg61'", "'resnet50', 'smallcnn', 'vgg16'"]),
     ("benchmark", ["--batch", "0"], ["--batch", ">= 1"]),
+    ("benchmark", ["--backbone", "smallcnn", "--localizers", "cam"], ["'cam'", "acol model", "inforward_a, inforward_b"]),
     ("bench_eval", ["--interval", "0"], ["--interval", "(0, 1)"]),
     pytest.param("train", ["train.device=cuda"], ["train.device=cuda", "train.device=cpu"], marks=NO_CUDA),
     pytest.param("benchmark", ["--device", "cuda"], ["--device=cuda", "--device=cpu"], marks=NO_CUDA),
@@ -138,7 +139,8 @@ def test_benchmark_reports_each_phases_own_peak_memory(capsys):
     del block
     assert benchmark.reset_peak_memory(cpu)
     assert with_block - peak_mib() >= 200
-    rates = benchmark.main(["--backbone", "smallcnn", "--size", "32", "--steps", "1"])
+    rates = benchmark.main(["--backbone", "smallcnn", "--size", "32", "--steps", "1",
+                            "--localizers", "inforward,gradcam,rise"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0][2:] for row in rows] == list(rates)
     assert all(row.endswith(" MiB peak RSS |") for row in rows)
