@@ -118,6 +118,11 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     method = build_method(cfg, args.classes)
     model = method.model().to(device)
+    names = args.localizers.split(",") if args.localizers else applicable_localizers(model)
+    unknown = [n for n in names if n not in model.localizers]
+    if unknown:
+        p.error(f"argument --localizers: {unknown[0]!r} does not apply to the {args.model} model; "
+                f"its localizers: {', '.join(applicable_localizers(model))}")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     runner = torch.compile(model) if args.compile else model
@@ -150,11 +155,6 @@ def main(argv=None) -> dict:
     phase("training", train_step, count_flops=True)
     model.eval()
     phase("evaluation", eval_step, count_flops=True)
-    names = args.localizers.split(",") if args.localizers else applicable_localizers(model)
-    unknown = [n for n in names if n not in model.localizers]
-    if unknown:
-        p.error(f"argument --localizers: {unknown[0]!r} does not apply to the {args.model} model; "
-                f"its localizers: {', '.join(applicable_localizers(model))}")
     for name in names:
         localizer = build_localizer(name)
 
