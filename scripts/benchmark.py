@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
 from acol import cli  # noqa: E402
-from acol.cams import applicable_localizers, build_localizer  # noqa: E402
+from acol.cams import LOCALIZERS, applicable_localizers, build_localizer  # noqa: E402
+from acol.cams.perturbation import Perturbation  # noqa: E402
 from acol.config import ConfigError, load_config  # noqa: E402
 from acol.dist import device_type  # noqa: E402
 from acol.engine import amp_dtype, autocast, build_optimizer  # noqa: E402
@@ -98,7 +99,8 @@ def main(argv=None) -> dict:
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (training and evaluation)")
     p.add_argument("--localizers", help="comma-separated localizers to time (default: every one the model "
-                                        "declares; the perturbation ones cost hundreds of forwards per map)")
+                                        "declares; on the CPU without the perturbation ones, which cost "
+                                        "hundreds of forwards per map)")
     cli.add_overrides(p, "model.large_feature_map=false")
     args = p.parse_args(argv)
     _, overrides = cli.overrides_of(args)
@@ -119,6 +121,11 @@ def main(argv=None) -> dict:
     method = build_method(cfg, args.classes)
     model = method.model().to(device)
     names = args.localizers.split(",") if args.localizers else applicable_localizers(model)
+    if not args.localizers and device.type == "cpu":
+        skipped = [n for n in names if issubclass(LOCALIZERS.get(n), Perturbation)]
+        names = [n for n in names if n not in skipped]
+        print(f"not timed on the CPU: {', '.join(skipped)} (hundreds of forwards per map; name them with "
+              "--localizers)")
     unknown = [n for n in names if n not in model.localizers]
     if unknown:
         p.error(f"argument --localizers: {unknown[0]!r} does not apply to the {args.model} model; "

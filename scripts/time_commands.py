@@ -35,7 +35,6 @@ def commands(work: Path) -> dict[str, list[str]]:
         "compare": [python, "-m", "acol.compare", str(work / "runs" / "synthetic_acol-s0"), "--methods",
                     "inforward,inforward_a,inforward_b,gradcam,gradcam_pp,guided_backprop,guided_gradcam",
                     "--out", str(work / "compare")],
-        "benchmark": [python, "scripts/benchmark.py"],
         "tests": [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
     }
 

@@ -28,7 +28,7 @@ from acol.cams.ops import minmax_normalize
 PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
 
 
-class _Perturbation(Localizer):
+class Perturbation(Localizer):
     """Chunked forward passes of image copies; the class scores they give."""
 
     def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
@@ -67,7 +67,7 @@ SCORECAM_WEIGHTS = ("prob", "softmax_logit")
 
 
 @LOCALIZERS.register("scorecam")
-class ScoreCAM(_Perturbation):
+class ScoreCAM(Perturbation):
     """Score-CAM (Wang et al., CVPR-W 2020). Each channel A^k, upsampled to the input (bilinear,
     align_corners=False) and min-max normalised to H^k, masks the image; the weight of A^k is the
     score of the masked image x * H^k. weights="prob" (default): a_k = P(c | x * H^k), the softmax
@@ -104,7 +104,7 @@ class ScoreCAM(_Perturbation):
 
 
 @LOCALIZERS.register("ablationcam")
-class AblationCAM(_Perturbation):
+class AblationCAM(Perturbation):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (y^c - y^c_k) / y^c with y^c the raw logit
     of class c and y^c_k the logit with channel k of the layer set to zero (a forward hook, one
     channel per copy), map = ReLU(sum_k w_k A^k) at the layer's resolution. A logit of exactly 0
@@ -126,7 +126,7 @@ class AblationCAM(_Perturbation):
 
 
 @LOCALIZERS.register("rise")
-class RISE(_Perturbation):
+class RISE(Perturbation):
     """RISE (Petsiuk et al., BMVC 2018): saliency = sum_i P(c | x * M_i) M_i / (N p), at the input
     resolution. Mask i: an s x s grid of cells kept with probability p, upsampled bilinearly
     (align_corners=False) to (s + 1) * ceil(H / s) x (s + 1) * ceil(W / s), then cropped to H x W
