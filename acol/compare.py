@@ -43,8 +43,8 @@ from acol.config import ConfigError
 from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
-from acol.evaluate import (add_faithfulness_options, check_faithfulness_options, check_run, load_run, map_checks,
-                           spread_batch, write_png)
+from acol.evaluate import (add_faithfulness_options, add_localizer_options, check_faithfulness_options, check_run,
+                           load_run, localizer_options, map_checks, spread_batch, write_png)
 from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
@@ -88,9 +88,10 @@ class Timed:
 
 
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-                     checks=None) -> list[dict]:
+                     checks=None, options: dict | None = None) -> list[dict]:
     """One record per localizer applicable to the run's model (and in `methods` when given); with
-    `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test too."""
+    `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test too;
+    `options`: {localizer name: its keyword options}."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
@@ -98,7 +99,7 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
     warm_up = next(iter(loaders["val"]))
     warm_up = normalize_on_device(warm_up["image"], device), warm_up["label"].to(device)
     for name in names:
-        localizer = build_localizer(name, target)
+        localizer = build_localizer(name, target, **(options or {}).get(name, {}))
         with autocast(device, dtype):
             localizer(model, *warm_up)  # first-call costs (allocations, lazy inits) stay out of maps/s
         timed = Timed(localizer)
@@ -159,7 +160,7 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
 
 
 def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-              num_images: int) -> tuple[torch.Tensor, list[np.ndarray], dict[str, torch.Tensor], object]:
+              num_images: int, options: dict | None = None) -> tuple[torch.Tensor, list[np.ndarray], dict[str, torch.Tensor], object]:
     """(images, GT boxes, {method: maps}, cfg) of `num_images` test images spread evenly over a run's
     test split; methods None: the model's own map (`default_localizer`), under its name."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
@@ -169,11 +170,12 @@ def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str
     maps = {}
     for name in methods or [default_localizer_name(model)]:
         with autocast(device, dtype):
-            maps[name] = build_localizer(name, target)(model, images, labels)[1]
+            maps[name] = build_localizer(name, target, **(options or {}).get(name, {}))(model, images, labels)[1]
     return images, [b.numpy() for b in batch["boxes"]], maps, cfg
 
 
-def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int) -> np.ndarray:
+def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int,
+           options: dict | None = None) -> np.ndarray:
     """Test images x methods: each group's first run, each method's map with its val threshold."""
     rows, titles = None, ["image"]
     first_runs: dict[str, str] = {}
@@ -182,7 +184,7 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
     for run in first_runs.values():
         chosen = [r for r in records if r["run"] == run]
         images, boxes, maps, cfg = test_maps(Path(run), [r["method"] for r in chosen], target, checkpoint, overrides,
-                                             num_images)
+                                             num_images, options)
         boxed = {r["method"]: r["test"].get("val_cam_threshold", cfg.eval.fixed_threshold) for r in chosen}
         titles += [f"{r['group']}:{r['method']}" for r in chosen]
         new = heatmap_rows(images, maps, boxes, boxed)
@@ -235,9 +237,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    add_localizer_options(p)
     add_faithfulness_options(p)
     args = p.parse_args(argv)
     check_faithfulness_options(p, args)
+    args.localizer_options = localizer_options(p, args.localizer_option)
     if args.num_images < 1:
         p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
     runs, args.override = cli.overrides_of(args, others=True)
@@ -258,7 +262,7 @@ def main(argv=None) -> list[dict]:
         check_run(run, args.checkpoint)
     try:
         records = [r for run in runs for r in evaluate_methods(run, methods, args.target, args.checkpoint,
-                                                                 args.override, args)]
+                                                                 args.override, args, args.localizer_options)]
     except ConfigError as e:
         cli.fail(f"config error: {e}")
     if not records:
@@ -271,7 +275,7 @@ def main(argv=None) -> list[dict]:
     (args.out / "results.md").write_text(table + "\n")
     with open(args.out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    grid = figure(records, args.target, args.checkpoint, args.override, args.num_images)
+    grid = figure(records, args.target, args.checkpoint, args.override, args.num_images, args.localizer_options)
     write_png(args.out / "grid.png", grid)
     randomization = randomization_figure(records)
     if randomization is not None:

@@ -45,7 +45,7 @@ import torch
 from acol import cli, dist
 from acol.cams import LOCALIZERS, build_localizer, default_localizer
 from acol.cams.localizers import TARGETS
-from acol.config import ConfigError, load_config
+from acol.config import ConfigError, load_config, parse_override
 from acol.datasets.dataset import build_dataset, build_loader, collate, load_mask
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
@@ -89,10 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metadata-root", default="data/metadata")
     p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/eval or <scoremaps>_eval)")
+    add_localizer_options(p)
     add_faithfulness_options(p)
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
     args = p.parse_args(argv)
     check_faithfulness_options(p, args)
+    args.localizer_options = localizer_options(p, args.localizer_option)
     if (args.faithfulness or args.sanity) and not args.run:
         p.error("arguments --faithfulness / --sanity: need --run (they run the model on perturbed images)")
     _, args.overrides = cli.overrides_of(args)
@@ -126,6 +128,35 @@ def add_faithfulness_options(p: argparse.ArgumentParser) -> None:
                    help="layer groups: modules sharing the first N parts of their names (default: each module "
                         "with parameters)")
     g.add_argument("--sanity-seed", type=int, default=0, help="seed of the re-initialisations (default 0)")
+
+
+def add_localizer_options(p: argparse.ArgumentParser) -> None:
+    """--localizer-option NAME.KEY=VALUE (acol.evaluate and acol.compare)."""
+    p.add_argument("--localizer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="an option of a localizer, TOML value (repeatable), e.g. rise.n_masks=4000 "
+                        "or smoothgradcampp.samples=10")
+
+
+def localizer_options(p: argparse.ArgumentParser, items: list[str]) -> dict[str, dict]:
+    """{localizer name: {option: value}} of --localizer-option items, each checked by building the
+    localizer (an unknown name, option or value is one line with the valid ones)."""
+    options: dict[str, dict] = {}
+    for item in items:
+        name, dot, rest = item.partition(".")
+        key, equals, raw = rest.partition("=")
+        if not (dot and equals and key.isidentifier()):
+            p.error(f"argument --localizer-option: {item!r} is not NAME.KEY=VALUE (e.g. rise.n_masks=4000)")
+        value = parse_override(f"v={raw}")["v"]  # the TOML value grammar of config overrides
+        if name not in LOCALIZERS:
+            p.error(f"argument --localizer-option: unknown localizer {name!r}; valid: "
+                    f"{', '.join(LOCALIZERS.names_in_order())}")
+        options.setdefault(name, {})[key] = value
+    for name, given in options.items():
+        try:
+            build_localizer(name, **given)
+        except (TypeError, ValueError) as e:
+            p.error(f"argument --localizer-option: {e}")
+    return options
 
 
 def check_faithfulness_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -199,7 +230,8 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
 
 def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
     cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
-    localizer = build_localizer(args.localizer, args.target, args.layer) if args.localizer else None
+    localizer = (build_localizer(args.localizer, args.target, args.layer, **args.localizer_options.get(args.localizer, {}))
+                 if args.localizer else None)
     if args.localizer and args.localizer not in model.localizers:
         cli.fail(f"error: localizer {args.localizer!r} does not apply to the {cfg.model.name} model of {args.run}; "
                  f"its localizers: {', '.join(model.localizers)}")

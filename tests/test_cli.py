@@ -1,5 +1,6 @@
 """The command lines: one grammar, program names in --help, one-line errors (exit 2, nothing written),
 a finished run's command run again, data checked before the run folder exists, the check's summary."""
+import argparse
 import importlib.util
 import json
 import os
@@ -90,6 +91,9 @@ LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_p
     ("compare", ["--target", "gtt"], ["'gtt'", "'gt', 'pred'"]),
     ("compare", ["missing_run"], ["missing_run", "no such folder"]),
     ("compare", ["--num-images", "0"], ["--num-images", ">= 1"]),
+    ("compare", ["--localizer-option", "rise.n_maskz=5"], ["n_maskz", "options: chunk, n_masks, grid, p, seed"]),
+    ("compare", ["--localizer-option", "risee.n_masks=5"], ["'risee'", LOCALIZER_NAMES]),
+    ("evaluate", ["--run", "r", "--localizer-option", "rise"], ["'rise'", "NAME.KEY=VALUE"]),
     ("evaluate", ["--run", "r", "--threshold", "2"], ["--threshold", "[0, 1)", "2.0"]),
     ("evaluate", ["--run", "r", "--layer", "head"], ["--layer", "needs --localizer"]),
     ("evaluate", ["--run", "missing_run"], ["missing_run", "no such folder"]),
@@ -169,6 +173,17 @@ def test_mistakes_about_a_trained_run_are_one_line(trained_run, tmp_path, monkey
             err = one_line_error(capsys, main, [*argv, "train.device=cuda"])
             assert "train.device=cuda but torch sees no CUDA device" in err
     assert not (tmp_path / "runs" / "compare").exists() and not (trained_run / "eval").exists()
+
+
+def test_localizer_options_reach_the_localizers(trained_run, tmp_path, monkeypatch, capsys):
+    """--localizer-option NAME.KEY=VALUE: TOML values per localizer, used by compare's maps."""
+    parser = argparse.ArgumentParser()
+    assert evaluate.localizer_options(parser, ["rise.n_masks=8", "rise.p=0.25", "smoothgradcampp.samples=3"]) == {
+        "rise": {"n_masks": 8, "p": 0.25}, "smoothgradcampp": {"samples": 3}}
+    monkeypatch.chdir(tmp_path)
+    records = compare.main([str(trained_run), "--methods", "rise", "--localizer-option", "rise.n_masks=4",
+                            "--out", str(tmp_path / "cmp")])
+    assert [r["method"] for r in records] == ["rise"]
 
 
 # --------------------------------------------------------------------------------------------
