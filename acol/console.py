@@ -8,29 +8,22 @@ command runs (torch is slow to import).
 """
 from __future__ import annotations
 
-
-def train() -> int:
-    from acol.train import main
-    main()
-    return 0
+import importlib
+from typing import Callable
 
 
-def evaluate() -> int:
-    from acol.evaluate import main
-    main()
-    return 0
+def _command(module: str) -> Callable[[], int]:
+    """The entry point of `module`: import it when the command runs, call its main, exit 0."""
+    def run() -> int:
+        importlib.import_module(module).main()
+        return 0
+    return run
 
 
-def compare() -> int:
-    from acol.compare import main
-    main()
-    return 0
-
-
-def ablate() -> int:
-    from acol.ablate import main
-    main()
-    return 0
+train = _command("acol.train")
+evaluate = _command("acol.evaluate")
+compare = _command("acol.compare")
+ablate = _command("acol.ablate")
 
 
 def prepare() -> int:
