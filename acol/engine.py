@@ -19,8 +19,8 @@ from acol.dist import is_main_process, sync_buffers
 from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize, scoremap_file
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite."""
+class NonFiniteError(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -87,7 +87,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     the method's batch transform (`Method.transform_batch`; default: targets = labels); the forward
     pass sees the labels, the loss the targets. `after_step(step, batches_done)` runs after every
     optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
-    the loss comes from the bare model. A non-finite loss raises NonFiniteLossError before the step."""
+    the loss comes from the bare model. A non-finite loss raises NonFiniteError before the step."""
     model.train()
     loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
     core = unwrap(model)
@@ -101,7 +101,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             out = model(to_memory_format(images, cfg), labels)
         losses = core.loss(out, targets)
         if not torch.isfinite(losses["loss"]):
-            raise NonFiniteLossError(f"non-finite loss {losses['loss'].item()} at step {step + 1} (epoch "
+            raise NonFiniteError(f"non-finite loss {losses['loss'].item()} at step {step + 1} (epoch "
                                      f"{epoch + 1}, batch {batch_index + 1}); batch images: "
                                      f"{', '.join(batch['image_id'])}")
         optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Logger:
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
+
+
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line, or None for a line cut short (a process killed while writing it)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 class Tracker:
@@ -81,6 +90,20 @@ class Tracker:
         if self.enabled:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def keep_jsonl(self, keep) -> int:
+        """Rewrite metrics.jsonl with only the records `keep(record)` accepts (a resumed run drops
+        what its checkpoint does not cover, so each evaluation keeps one line); atomic: a temporary
+        file renamed over it. Returns how many records were dropped."""
+        path = self.run_dir / "metrics.jsonl"
+        if not (self.enabled and path.is_file()):
+            return 0
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if (record := _record(line)) is not None and keep(record)]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        return len(lines) - len(kept)
 
     def hparams(self, hparams: dict, metrics: dict[str, str]) -> None:
         """HParams dashboard entry in this run's own event file: the hparams and, as metric columns,

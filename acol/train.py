@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
+import logging
+import os
 import platform
 import random
 import re
@@ -33,12 +36,13 @@ from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.check import check_data
 from acol.datasets.metadata import MetadataError, check_labels
 from acol.datasets.synthetic import ensure_synthetic
-from acol.engine import (NonFiniteLossError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
+from acol.engine import (NonFiniteError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
                          rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
 from acol.schedule import build_schedule
-from acol.tracking import Tracker, setup_logging
+from acol.runlock import RunLock, RunLocked, describe
+from acol.tracking import LOGGER_NAME, Tracker, setup_logging
 from acol.visualize import heatmap_strips
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
@@ -89,22 +93,42 @@ def git_sha() -> str:
         return "unknown"
 
 
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT arrived; a checkpoint of the state after `step` was written."""
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived (outside a deferred section, or acted on at the end of one)."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"signal {signum} at step {step}")
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
-class StopRequest:
-    """Catches SIGTERM and SIGINT while installed: the training loop finishes its step, writes a
-    checkpoint and exits (128 + the signal), instead of dying mid-write."""
+class Signals:
+    """SIGTERM and SIGINT for a whole run. Outside `deferred()` a signal raises Interrupted at once;
+    inside, it is only recorded (`signum`) and the code acts on it at a safe point: the training loop
+    after its step (it writes a checkpoint), a write once it is complete. `phase` and `note` say what
+    the run was doing and what to do now; the message on exit is built from them."""
 
-    signum: int | None = None
+    def __init__(self):
+        self.signum: int | None = None
+        self.depth = 0
+        self.phase, self.note = "start-up", "nothing was written; the same command starts again"
 
     def __call__(self, signum, frame) -> None:
         self.signum = signum
+        if self.depth == 0:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise Interrupted for a signal recorded in a deferred section."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     @contextlib.contextmanager
     def installed(self):
@@ -184,8 +208,100 @@ def check_files(datasets) -> None:
                      "list every problem with --check-data")
 
 
+def say(message: str) -> None:
+    """A line for the user: through the run's logger (console and log.txt) once it is set up, else stderr."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.handlers:
+        logger.info(message)
+    elif dist.is_main_process():
+        print(message, file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    """Train (see the module docstring). A SIGTERM or SIGINT in any phase ends the command with a line
+    saying what was kept and exit status 128 + the signal (0 when the results were already written)."""
+    signals = Signals()
+    with signals.installed():
+        try:
+            return run(parse_args(argv), signals)
+        except Interrupted as e:
+            with signals.deferred():
+                say(f"stopped by signal {e.signum} during {signals.phase}: {signals.note}")
+                dist.cleanup()
+            sys.exit(128 + e.signum)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            say(f"error: no space left on device writing {e.filename or 'the run folder'} (during {signals.phase}); "
+                "free space, then run the same command with --resume auto")
+            sys.exit(1)
+
+
+def load_resume(path: Path, model: nn.Module) -> dict:
+    """The checkpoint at `path`, checked to be a resumable acol checkpoint whose weights fit `model`
+    (loaded into it); one line naming the file otherwise."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        cli.fail(f"cannot resume: {e}")
+    unwrap(model).load_state_dict(ckpt["model"])
+    return ckpt
+
+
+def finite_weights(model: nn.Module, step: int) -> None:
+    """Raise NonFiniteError if a weight or buffer is NaN or infinite (never saved as last or best)."""
+    for name, value in unwrap(model).state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise NonFiniteError(f"non-finite weights after step {step} ({name})")
+
+
+def covered_by(ckpt: dict):
+    """Whether a metrics.jsonl record was written before checkpoint `ckpt`: the records of earlier
+    steps, and at its own step the val record of an epoch-end checkpoint (written just before it)."""
+    def keep(record: dict) -> bool:
+        step = record.get("step", -1)
+        return step < ckpt["step"] or (step == ckpt["step"] and ckpt.get("batch", 0) == 0
+                                       and record.get("split") == "val")
+    return keep
+
+
+def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack) -> str:
+    """Lock the run folder (rank 0) and decide, under the lock, what this start does: "finished"
+    (results.json exists), "resume" (auto and checkpoints/last.pt exists, or an explicit checkpoint),
+    or "fresh" (no checkpoint: files of an earlier start that failed before its first checkpoint are
+    cleared, log.txt kept). Refusals (locked, an unfinished run without --resume) exit with one line.
+    The lock is released when `held` closes."""
+    verdict = None
+    if dist.is_main_process():
+        lock = RunLock(run_dir)
+        try:
+            previous = lock.acquire()
+        except RunLocked as e:
+            verdict = f"refuse:{e}"
+        else:
+            held.callback(lock.release)
+            has_last = (run_dir / "checkpoints" / "last.pt").is_file()
+            if (run_dir / "results.json").is_file() and resume is None:
+                verdict = "finished"
+            elif resume == "auto" and has_last or resume not in (None, "auto"):
+                verdict = "resume"
+            elif has_last:
+                verdict = (f"refuse:error: run folder {run_dir} holds an unfinished run (checkpoints/last.pt): "
+                           "continue it with --resume auto, or pass --name NEW to start another")
+            else:
+                verdict = "fresh"
+                for leftover in [run_dir / "metrics.jsonl", run_dir / "meta.json", *run_dir.glob("events.out.tfevents.*")]:
+                    leftover.unlink(missing_ok=True)
+            if previous and not verdict.startswith("refuse:"):
+                say(f"run folder {run_dir}: took over the lock of a process that ended without releasing it "
+                    f"({describe(previous)})")
+    verdict = dist.broadcast_object(verdict)
+    if verdict.startswith("refuse:"):
+        cli.fail(verdict.removeprefix("refuse:"))
+    return verdict
+
+
+def run(args: argparse.Namespace, signals: Signals) -> dict:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -199,25 +315,16 @@ def main(argv=None) -> dict:
         prepare_data(cfg)
         sys.exit(1 if check_data(cfg, verbose=args.verbose) else 0)
 
+    # Everything that can be checked is checked before the run folder is created or touched.
     device = dist.init_distributed(dist.device_type(cfg.train.device))
-    world, main_process = dist.get_world_size(), dist.is_main_process()
     name = args.name or default_run_name(args.config, args.overrides, cfg.train.seed)
     run_dir = Path(cfg.log.runs_dir) / name
-    resume_path = None
-    if args.resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        resume_path = last if last.is_file() else None
-    elif args.resume:
-        resume_path = Path(args.resume)
-        if not resume_path.is_file():
-            cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
-    elif (run_dir / "results.json").is_file():
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
+    if args.resume is None and (run_dir / "results.json").is_file():
         results = show_finished(cfg, run_dir)
         dist.cleanup()
         return results
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        cli.fail(f"error: run folder {run_dir} exists without results.json (an unfinished run): continue it "
-                 "with --resume auto, or pass --name NEW to start another")
     if cfg.train.sync_bn and device.type != "cuda":
         cli.fail("config error: train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
                  "set train.sync_bn=false for CPU runs")
@@ -237,15 +344,34 @@ def main(argv=None) -> dict:
         schedule = build_schedule(cfg, steps_per_epoch=len(train_loader))
     except ValueError as e:
         cli.fail(f"config error: {e}")
-    dist.barrier()  # every rank has looked at the run directory before rank 0 writes into it
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    method = build_method(cfg, num_classes)
+    model = method.model().to(device)
+    ckpt = load_resume(Path(args.resume), model) if args.resume not in (None, "auto") else None
+
+    with contextlib.ExitStack() as held:
+        verdict = open_run(run_dir, args.resume, held)
+        if verdict == "finished":  # finished while this process was starting
+            results = show_finished(cfg, run_dir)
+            dist.cleanup()
+            return results
+        if verdict == "resume" and ckpt is None:
+            ckpt = load_resume(run_dir / "checkpoints" / "last.pt", model)
+        resume_path = (Path(args.resume) if args.resume != "auto" else run_dir / "checkpoints" / "last.pt") \
+            if ckpt is not None else None
+        signals.note = ("the run is as it was; continue it with --resume auto" if ckpt is not None else
+                        "nothing was trained; the same command starts again")
+        return train_run(cfg, args, signals, run_dir, device, dtype, method, model, ckpt, resume_path,
+                         (train_set, val_set, test_set), train_loader, schedule, num_classes)
+
+
+def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype, method, model, ckpt,
+              resume_path, datasets, train_loader, schedule, num_classes: int) -> dict:
+    """The locked run: training epochs with validation and checkpoints, then the final test."""
+    world, main_process = dist.get_world_size(), dist.is_main_process()
+    train_set, val_set, test_set = datasets
     logger = setup_logging(run_dir if main_process else None, main_process)
     val_loader = build_loader(cfg, val_set, train=False)
     test_loader = build_loader(cfg, test_set, train=False)
-
-    method = build_method(cfg, num_classes)
-    model = method.model().to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if world > 1:
@@ -257,20 +383,16 @@ def main(argv=None) -> dict:
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales these (acol/schedule.py)
 
     start_epoch, skip, step, best = 0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
-    if resume_path is not None:
-        try:
-            ckpt = load_checkpoint(resume_path)
-        except (FileNotFoundError, RuntimeError) as e:
-            cli.fail(f"cannot resume: {e}")
-        unwrap(model).load_state_dict(ckpt["model"])
+    tracker = Tracker(run_dir, main_process, purge_step=ckpt["step"] if ckpt is not None else None)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, skip, step, best = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng"])
+        dropped = tracker.keep_jsonl(covered_by(ckpt))
         logger.info(f"resumed from {resume_path} at epoch {start_epoch + (skip > 0)}, step {step}"
-                    + (f" (batch {skip} of the epoch)" if skip else ""))
-
-    tracker = Tracker(run_dir, main_process, purge_step=step if resume_path else None)
+                    + (f" (batch {skip} of the epoch)" if skip else "")
+                    + (f"; dropped {dropped} metrics.jsonl record(s) written after that checkpoint" if dropped else ""))
     if main_process:
         (run_dir / "config.toml").write_text(to_toml(cfg))
         meta = {"argv": sys.argv, "git": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
@@ -291,60 +413,62 @@ def main(argv=None) -> dict:
     last_path = run_dir / "checkpoints" / "last.pt"
 
     def checkpoint(epochs_done: int, batches: int, step: int, best: dict, also_best: bool = False) -> None:
-        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch."""
+        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch.
+        Weights that are not finite are never saved."""
+        finite_weights(model, step)
         if not main_process:
             return
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "epoch": epochs_done,
                  "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng_state()}
-        if also_best:
-            save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-        save_checkpoint(last_path, state)
+        with signals.deferred():
+            if also_best:
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+            save_checkpoint(last_path, state)
 
     if main_process:  # a process killed while writing (SIGKILL, power loss) leaves its temporary file
         for stale in (run_dir / "checkpoints").glob(".*.pt.tmp*"):
             stale.unlink()
-    stop = StopRequest()
     val_metrics: dict = {}
-    epochs_done = start_epoch
-    with stop.installed():
+    epochs_done, batches_done = start_epoch, skip
+    try:
         for epoch in range(start_epoch, cfg.train.epochs):
             def after_step(step: int, batches: int, epoch: int = epoch) -> None:
+                nonlocal batches_done
+                batches_done = batches
                 every = cfg.train.checkpoint_every_steps
-                if dist.any_rank(stop.signum is not None):
+                if dist.any_rank(signals.signum is not None):
                     checkpoint(epoch, batches, step, best)
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
+                    signals.note = f"checkpoint of step {step} written to {last_path}; continue with --resume auto"
+                    raise Interrupted(signals.signum or signal.SIGTERM)
                 if every and step % every == 0:
                     checkpoint(epoch, batches, step, best)
 
-            skip_now = skip if epoch == start_epoch else 0
-            try:
+            signals.phase = f"training epoch {epoch + 1}"
+            with signals.deferred():  # the loop acts on a signal after its step (after_step)
                 step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker,
-                                       cfg, logger, skip=skip_now, after_step=after_step,
+                                       cfg, logger, skip=skip if epoch == start_epoch else 0, after_step=after_step,
                                        transform=method.transform_batch, schedule=schedule, base_lrs=base_lrs)
-            except NonFiniteLossError as e:
-                kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
-                    "no checkpoint had been written yet"
-                logger.error(f"stopped: {e}; {kept}")
-                sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
-            except TrainingInterrupted as e:
-                logger.info(f"stopped by signal {e.signum} at step {e.step}: checkpoint written to {last_path}; "
-                            "continue with --resume auto")
-                tracker.close()
-                dist.cleanup()
-                sys.exit(128 + e.signum)
             epochs_done = epoch + 1
             done = cfg.train.max_steps and step >= cfg.train.max_steps
             last_epoch = epoch + 1 == cfg.train.epochs or done
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
-                val_metrics = evaluate(model, val_loader, device, dtype, cfg)
-                tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
-                tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
-                evals = (epoch + 1) // cfg.eval.every
-                if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                    strips = heatmap_strips(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
-                    for k, strip in enumerate(strips):
-                        tracker.image(f"vis/heatmaps/{k}", strip, step)
+                signals.phase = f"validation after epoch {epoch + 1}"
+                try:
+                    signals.check()
+                    val_metrics = evaluate(model, val_loader, device, dtype, cfg)
+                    tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
+                    tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
+                    evals = (epoch + 1) // cfg.eval.every
+                    if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
+                        strips = heatmap_strips(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
+                        for k, strip in enumerate(strips):
+                            tracker.image(f"vis/heatmaps/{k}", strip, step)
+                except Interrupted:  # keep the epoch's training: a checkpoint after its last batch
+                    checkpoint(epoch, batches_done, step, best)
+                    signals.note = (f"the epoch's training is saved in {last_path}; --resume auto validates it "
+                                    "and goes on")
+                    raise
                 logger.info(f"epoch {epoch + 1} val: " + " ".join(
                     f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
                     if k in val_metrics))
@@ -356,27 +480,46 @@ def main(argv=None) -> dict:
                 best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
             checkpoint(epochs_done, 0, step, best, also_best=improved)
             tracker.flush()
+            signals.phase = f"the end of epoch {epoch + 1}"
+            signals.note = f"its checkpoint is written ({last_path}); continue with --resume auto"
+            signals.check()
+            batches_done = 0
             if done:
                 break
-    if stop.signum is not None:  # arrived after the last step: the epoch's checkpoint is written
-        logger.info(f"stopped by signal {stop.signum} after the last step; continue with --resume auto")
-        sys.exit(128 + stop.signum)
+    except NonFiniteError as e:
+        kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
+            "no checkpoint had been written yet"
+        logger.error(f"stopped: {e}; {kept}")
+        sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
 
     # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
+    signals.phase = "the final test"
+    signals.note = f"training is complete ({last_path}); --resume auto finishes the report"
     if not val_metrics:  # resumed after the last epoch
         val_metrics = evaluate(model, val_loader, device, dtype, cfg)
     test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics.get("best_cam_threshold"))
     results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
-    tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
-    tracker.scalars({f"z_test/{k}": v for k, v in test_metrics.items()}, step, description=FINAL_TEST)
-    tracker.hparams(flatten(cfg), {f"z_test/{k}": f"test {dict(SUMMARY).get(k, k)}" for k in HPARAM_METRICS
-                                   if k in test_metrics})
-    if main_process:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        print(final_report(cfg, run_dir, results), flush=True)
-    tracker.close()
-    dist.cleanup()
+    with signals.deferred():  # a signal now waits until the results are complete
+        tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
+        tracker.scalars({f"z_test/{k}": v for k, v in test_metrics.items()}, step, description=FINAL_TEST)
+        tracker.hparams(flatten(cfg), {f"z_test/{k}": f"test {dict(SUMMARY).get(k, k)}" for k in HPARAM_METRICS
+                                       if k in test_metrics})
+        tracker.close()
+        if main_process:
+            write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+            print(final_report(cfg, run_dir, results), flush=True)
+        if signals.signum is not None:
+            say(f"signal {signals.signum} arrived while the results were written; they are complete "
+                f"({run_dir / 'results.json'})")
+        dist.cleanup()
     return results
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path` with `text`, written to a temporary file renamed over it (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
