@@ -44,7 +44,7 @@ from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
 from acol.evaluate import (add_faithfulness_options, add_localizer_options, check_faithfulness_options, check_run,
-                           load_run, localizer_options, map_checks, spread_batch, write_png)
+                           faithfulness_of, load_run, localizer_options, map_checks, spread_batch, write_png)
 from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
@@ -108,8 +108,9 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
         val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed,
                                                 desc=f"{run.name} {name} val")
         val = val_boxes.compute()
+        faithfulness = faithfulness_of(model, localizer, dtype, checks) if checks is not None else None
         test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed,
-                                                  desc=f"{run.name} {name} test")
+                                                  desc=f"{run.name} {name} test", on_batch=faithfulness)
         test = test_boxes.compute(threshold=val.get("best_cam_threshold"))
         for metrics, masks in ((val, val_masks), (test, test_masks)):
             if masks is not None:
@@ -119,7 +120,7 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
                   "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
                   "test_curves": curves}
         if checks is not None and (checks.faithfulness or checks.sanity):
-            extra, details = map_checks(model, cfg, device, dtype, localizer, "test", checks, f"{run.name} {name} test")
+            extra, details = map_checks(model, cfg, device, dtype, localizer, "test", checks, faithfulness)
             test.update(extra)
             if "perturbation" in details:
                 record["test_perturbation_curves"] = {k: v.tolist() for k, v in details["perturbation"].mean_curves().items()}

@@ -132,13 +132,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
                      scoremap_dir: Path | None = None,
                      localizer: Localizer | None = None,
-                     desc: str = "eval") -> tuple[BoxEvaluator, MaskEvaluator | None]:
+                     desc: str = "eval", on_batch=None) -> tuple[BoxEvaluator, MaskEvaluator | None]:
     """Run a localizer over one split and return its evaluators (counts summed over all ranks).
 
     Maps are the GT class's maps (the WSOL protocol) from `localizer` (default: the model's own
     map, `default_localizer`), upsampled to the input size and normalised in float32. With
     `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id>.npy`, extension kept
-    (wsolevaluation's layout, `scoremap_file`). desc: the progress bar's label.
+    (wsolevaluation's layout, `scoremap_file`). desc: the progress bar's label. `on_batch(batch, images,
+    labels, logits, scoremaps)` runs after each batch's maps, e.g. `Faithfulness` on the same maps.
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     sync_buffers(core)
@@ -159,6 +160,8 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
         if masks_eval is not None:
             masks = batch["mask"].numpy()
             masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+        if on_batch is not None:
+            on_batch(batch, images, labels, logits, scoremaps)
         if scoremap_dir is not None:
             for image_id, scoremap in zip(batch["image_id"], scoremaps):
                 path = scoremap_file(scoremap_dir, image_id)
