@@ -2,7 +2,8 @@
 
     python -m acol.compare [RUN ...] [--methods inforward,cam,gradcam] [--target gt|pred]
                            [--checkpoint last|best] [--out runs/compare] [--num-images 6]
-                           [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95] [key=value ...]
+                           [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
+                           [--bootstrap-seed 0] [key=value ...]
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
