@@ -41,7 +41,9 @@ A comparison of several methods, each tuned on val with the same budget, is a fi
     "optim.lr" = [0.005, 0.01]
 
 Its summary adds one row per group (the chosen cell; val `select` over the search seeds; test mean ±
-std over all seeds) before each group's table, and `grid.png`: one row of maps per group (the chosen
+std over all seeds; the test difference from the first group with its paired bootstrap interval over
+test images and seeds, `acol.evaluation.bootstrap`, from per-image test records cached in each run
+folder as `ablate_<localizer or own>_test.npz`) before each group's table, and `grid.png`: one row of maps per group (the chosen
 cell's run of the first seed, the model's own map, its predicted box at val's threshold in red, GT
 in green) on the same test images.
 """
@@ -68,6 +70,7 @@ import torch
 from acol import cli
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
+from acol.evaluation.bootstrap import paired_difference, run_records
 from acol.evaluation.report import mean_std
 from acol.visualize import heatmap_rows, labelled_rows
 
@@ -289,19 +292,52 @@ def last_records(run_dir: Path) -> dict[str, dict]:
     return records
 
 
+def _per_image_cache(job: Job) -> Path:
+    return job.run_dir / f"ablate_{job.cell.localizer or 'own'}_test.npz"
+
+
+def _evaluate_localizer(job: Job) -> None:
+    """Evaluate a finished job's model with the cell's localizer: its metrics to `ablate_<localizer>.json`,
+    its per-image test records to `_per_image_cache`."""
+    from acol.compare import evaluate_methods  # loads the model: only where a cell needs it
+
+    evaluated = evaluate_methods(job.run_dir, [job.cell.localizer], "gt", "last", [])
+    if not evaluated:
+        raise ConfigError(f"localizer {job.cell.localizer!r} does not apply to the model of {job.run_dir}")
+    (record, per_image), = evaluated
+    (job.run_dir / f"ablate_{job.cell.localizer}.json").write_text(json.dumps({"val": record["val"],
+                                                                              "test": record["test"]}))
+    np.savez_compressed(_per_image_cache(job), **per_image)
+
+
 def cell_metrics(job: Job) -> dict[str, dict]:
     """{"val": ..., "test": ...} of one finished job: the model's own map, or the cell's localizer."""
     if job.cell.localizer is None:
         return last_records(job.run_dir)
     cache = job.run_dir / f"ablate_{job.cell.localizer}.json"
     if not cache.is_file():
-        from acol.compare import evaluate_methods  # loads the model: only where a cell needs it
-
-        records = evaluate_methods(job.run_dir, [job.cell.localizer], "gt", "last", [])
-        if not records:
-            raise ConfigError(f"localizer {job.cell.localizer!r} does not apply to the model of {job.run_dir}")
-        cache.write_text(json.dumps({"val": records[0]["val"], "test": records[0]["test"]}))
+        _evaluate_localizer(job)
     return json.loads(cache.read_text())
+
+
+def test_records(job: Job) -> dict:
+    """A finished job's per-image test records (`acol.evaluation.bootstrap`) of the map its metrics are of
+    (`cell_metrics`), at the run's val threshold; computed once, then read from `_per_image_cache`."""
+    cache = _per_image_cache(job)
+    if not cache.is_file() and job.cell.localizer is not None:
+        _evaluate_localizer(job)
+    elif not cache.is_file():  # the model's own map, as the run's final test evaluation
+        from acol.datasets.dataset import build_dataset, build_loader
+        from acol.engine import accumulate_split
+        from acol.evaluate import load_run
+
+        cfg, model, device, dtype = load_run(job.run_dir)
+        loader = build_loader(cfg, build_dataset(cfg, "test", train=False), train=False)
+        boxes, masks = accumulate_split(model, loader, device, dtype, cfg, desc=f"{job.run_dir.name} test",
+                                        per_image=True)
+        threshold = last_records(job.run_dir)["test"].get("val_cam_threshold")
+        np.savez_compressed(cache, **run_records(boxes, masks, threshold))
+    return dict(np.load(cache))
 
 
 def choose(group: Group, jobs: list[Job], select: str) -> Cell:
@@ -349,22 +385,32 @@ GROUP_COLUMNS = [("test", "top1_cls", "top-1 cls"), ("test", "gt_known_loc@val",
 
 def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
                      chosen: dict[str, Cell]) -> tuple[str, list[list[str]]]:
-    """(markdown table, CSV rows): per group the chosen cell, its val `select` over the search seeds
-    and its test metrics (mean ± std over the seeds)."""
+    """(markdown table, CSV rows): per group the chosen cell, its val `select` over the search seeds,
+    its test metrics (mean ± std over the seeds) and their differences from the first group's, with
+    95% paired bootstrap intervals (1000 replicates over the test images and both groups' seeds)."""
+    reference = ablation.groups[0]
+    records = {group.name: [test_records(j) for j in final if j.group is group] for group in ablation.groups}
     lines = [f"| method | chosen on val | val {ablation.select} | n | "
-             + " | ".join(t for _, _, t in GROUP_COLUMNS) + " |", "|---|---|---:|---:|" + "---:|" * len(GROUP_COLUMNS)]
+             + " | ".join(t for _, _, t in GROUP_COLUMNS)
+             + "".join(f" | {t} Δ vs {reference.name}" for _, _, t in GROUP_COLUMNS) + " |",
+             "|---|---|---:|---:|" + "---:|" * 2 * len(GROUP_COLUMNS)]
     rows = [["group", "chosen", f"val {ablation.select} mean", "n"]
-            + [f"{t} {s}" for _, _, t in GROUP_COLUMNS for s in ("mean", "std")]]
+            + [f"{t} {s}" for _, _, t in GROUP_COLUMNS for s in ("mean", "std")]
+            + [f"{t} Δ{end}" for _, _, t in GROUP_COLUMNS for end in ("", " low", " high")]]
     for group in ablation.groups:
         cell = chosen[group.name]
         val = [cell_metrics(j)["val"][ablation.select] for j in search if j.group is group and j.cell is cell]
         tested = [cell_metrics(j) for j in final if j.group is group]
         columns = [[m[split][key] for m in tested] if all(key in m[split] for m in tested) else None
                    for split, key, _ in GROUP_COLUMNS]
+        found = paired_difference(records[group.name], records[reference.name], [k for _, k, _ in GROUP_COLUMNS])
+        deltas = [found.get(key) for _, key, _ in GROUP_COLUMNS]
         lines.append(f"| {group.name} | {cell.label} | {statistics.mean(val):.1f} | {len(tested)} | "
-                     + " | ".join(mean_std(v) if v else "–" for v in columns) + " |")
+                     + " | ".join(mean_std(v) if v else "–" for v in columns) + " | "
+                     + " | ".join("reference" if group is reference else d.text() if d else "–" for d in deltas) + " |")
         rows.append([group.name, cell.label, f"{statistics.mean(val):.4f}", str(len(tested))]
-                    + [x for v in columns for x in _numbers(v)])
+                    + [x for v in columns for x in _numbers(v)]
+                    + [f"{getattr(d, end):.4f}" if d else "" for d in deltas for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
 
 

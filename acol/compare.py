@@ -1,7 +1,9 @@
 """In-forward vs post-hoc maps: every applicable localizer of trained runs, under one protocol.
 
     python -m acol.compare [RUN ...] [--methods inforward,cam,gradcam] [--target gt|pred]
-                           [--checkpoint last|best] [--out runs/compare] [--num-images 6] [key=value ...]
+                           [--checkpoint last|best] [--out runs/compare] [--num-images 6]
+                           [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
+                           [--bootstrap-seed 0] [key=value ...]
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
@@ -9,7 +11,14 @@ Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/syn
 box threshold) and on `test` (reported at the fixed threshold and at val's). Runs whose names
 differ only in `-s<seed>` form a group; the tables give mean ± std over a group's seeds.
 
-Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s),
+Beside them, the difference of each group x localizer from the reference one (`--reference`, default:
+the `cam` localizer of a CAM group if there is one, else the first row) in the main test metrics, with
+its paired bootstrap interval over test images and seeds (`acol.evaluation.bootstrap`):
+`+3.1 [+1.9, +4.4]` is the difference of the means over seeds and its 95% percentile interval.
+
+Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s, the
+difference from the reference), `per_image/<run>__<method>.npz` (the test split's per-image records,
+from which `acol.evaluation.bootstrap` recomputes the metrics and intervals without the maps),
 `results.md` and `results.csv` (the tables), `grid.png` (test images x methods: overlays with the GT
 boxes in green and the predicted box at val's threshold in red, from each group's first run), and
 TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
@@ -44,7 +53,8 @@ from acol.datasets.dataset import build_dataset, build_loader
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
 from acol.evaluate import (add_faithfulness_options, add_localizer_options, check_faithfulness_options, check_run,
-                           load_run, localizer_options, map_checks, spread_batch, write_png)
+                           faithfulness_of, load_run, localizer_options, map_checks, spread_batch, write_png)
+from acol.evaluation.bootstrap import Difference, paired_difference, run_records
 from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.tracking import Tracker
@@ -69,6 +79,9 @@ COLUMNS = [
     ("", "maps_per_s", "maps/s"),
 ]
 TWO_DECIMALS = ("randomization_spearman", "randomization_ssim")  # in [-1, 1]; the others in %
+# (test metric key, column title) given as a difference from the reference, with its bootstrap interval
+DIFFERENCES = [("top1_cls", "top-1 cls"), ("gt_known_loc@val", "GT-known @val τ"), ("maxboxacc_v2", "MaxBoxAccV2"),
+               ("pxap", "PxAP")]
 
 
 class Timed:
@@ -88,10 +101,10 @@ class Timed:
 
 
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-                     checks=None, options: dict | None = None) -> list[dict]:
-    """One record per localizer applicable to the run's model (and in `methods` when given); with
-    `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test too;
-    `options`: {localizer name: its keyword options}."""
+                     checks=None, options: dict | None = None) -> list[tuple[dict, dict]]:
+    """(record, test per-image records) per localizer applicable to the run's model (and in `methods` when
+    given); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
+    too; `options`: {localizer name: its keyword options}."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
@@ -108,8 +121,10 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
         val_boxes, val_masks = accumulate_split(model, loaders["val"], device, dtype, cfg, localizer=timed,
                                                 desc=f"{run.name} {name} val")
         val = val_boxes.compute()
+        faithfulness = faithfulness_of(model, localizer, dtype, checks) if checks is not None else None
         test_boxes, test_masks = accumulate_split(model, loaders["test"], device, dtype, cfg, localizer=timed,
-                                                  desc=f"{run.name} {name} test")
+                                                  desc=f"{run.name} {name} test", on_batch=faithfulness,
+                                                  per_image=True)
         test = test_boxes.compute(threshold=val.get("best_cam_threshold"))
         for metrics, masks in ((val, val_masks), (test, test_masks)):
             if masks is not None:
@@ -119,13 +134,13 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
                   "target": target, "val": val, "test": test, "maps_per_s": timed.maps / timed.seconds,
                   "test_curves": curves}
         if checks is not None and (checks.faithfulness or checks.sanity):
-            extra, details = map_checks(model, cfg, device, dtype, localizer, "test", checks, f"{run.name} {name} test")
+            extra, details = map_checks(model, cfg, device, dtype, localizer, "test", checks, faithfulness)
             test.update(extra)
             if "perturbation" in details:
                 record["test_perturbation_curves"] = {k: v.tolist() for k, v in details["perturbation"].mean_curves().items()}
             if "cascade" in details:
                 record["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
-        records.append(record)
+        records.append((record, run_records(test_boxes, test_masks, val.get("best_cam_threshold"))))
         print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
               f"{test['gt_known_loc@val']:.2f}, {timed.maps / timed.seconds:.0f} maps/s", flush=True)
     return records
@@ -135,27 +150,79 @@ def value(record: dict, split: str, key: str) -> float | None:
     return record[key] if not split else record[split].get(key)
 
 
-def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
-    """(markdown table, CSV rows): one row per group x method, mean ± std over the group's runs."""
+def cells_of(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """{(group, method): its records}, in the records' order."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         cells.setdefault((r["group"], r["method"]), []).append(r)
+    return cells
+
+
+def choose_reference(records: list[dict], reference: str | None) -> tuple[str, str]:
+    """The (group, method) cell of `--reference GROUP/LOCALIZER`; default: the first `cam` cell, else the
+    first cell."""
+    cells = list(cells_of(records))
+    if reference is None:
+        return next((c for c in cells if c[1] == "cam"), cells[0])
+    cell = tuple(reference.rsplit("/", 1))
+    if cell not in cells:
+        cli.fail(f"error: --reference {reference}: no such group/localizer was evaluated; valid: "
+                 f"{', '.join(f'{g}/{m}' for g, m in cells)}")
+    return cell
+
+
+def differences(records: list[dict], per_image: list[dict], reference: tuple[str, str], replicates: int,
+                confidence: float, seed: int) -> None:
+    """Add to each record `test_vs_reference`: its cell's difference from the reference cell in the
+    `DIFFERENCES` metrics (A - reference), with the paired bootstrap interval (runs resampled together when
+    the two cells are the same runs under two localizers)."""
+    by_run = {(r["run"], r["method"]): p for r, p in zip(records, per_image)}
+    cells = cells_of(records)
+    ref_runs = sorted(r["run"] for r in cells[reference])
+    for (group, method), runs in cells.items():
+        names = sorted(r["run"] for r in runs)
+        try:
+            found = paired_difference([by_run[name, method] for name in names],
+                                      [by_run[name, reference[1]] for name in ref_runs],
+                                      [k for k, _ in DIFFERENCES], replicates, confidence, seed,
+                                      paired_runs=names == ref_runs)
+        except ValueError as e:
+            cli.fail(f"error: cannot compare {group}/{method} with the reference {'/'.join(reference)}: {e}")
+        summary = {"reference": "/".join(reference), "confidence": confidence, "replicates": replicates,
+                   "seed": seed, "runs_paired": names == ref_runs,
+                   **{k: vars(d) for k, d in found.items()}}
+        for r in runs:
+            r["test_vs_reference"] = summary
+
+
+def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
+    """(markdown table, CSV rows): one row per group x method, mean ± std over the group's runs, then the
+    differences from the reference cell (`differences`) with their intervals."""
+    cells = cells_of(records)
     columns = []
     for split, key, title in COLUMNS:  # test MaxBoxAccV2 preceded by its per-IoU parts
         if (split, key) == ("test", "maxboxacc_v2"):
             columns += [("test", k, t) for k, t in iou_columns([r["test"] for r in records])]
         columns.append((split, key, title))
     present = [c for c in columns if any(value(r, c[0], c[1]) is not None for r in records)]
-    lines = ["| run group | method | n | " + " | ".join(t for _, _, t in present) + " |",
-             "|---|---|---:|" + "---:|" * len(present)]
-    rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]]
+    vs = records[0]["test_vs_reference"]
+    deltas = [(k, t) for k, t in DIFFERENCES if k in vs]
+    lines = ["| run group | method | n | " + " | ".join(t for _, _, t in present)
+             + "".join(f" | {t} Δ vs {vs['reference']}" for _, t in deltas) + " |",
+             "|---|---|---:|" + "---:|" * (len(present) + len(deltas))]
+    rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]
+            + ["Δ reference"] + [f"{t} Δ{end}" for _, t in deltas for end in ("", " low", " high")]]
     for (group, method), runs in cells.items():
         values = [[value(r, split, key) for r in runs] for split, key, _ in present]
         text = [f"{statistics.mean(v):.0f}" if key == "maps_per_s" else mean_std(v, 2 if key in TWO_DECIMALS else 1)
                 for v, (_, key, _) in zip(values, present)]
+        vs = runs[0]["test_vs_reference"]
+        is_reference = f"{group}/{method}" == vs["reference"]
+        text += ["reference" if is_reference else Difference(**vs[k]).text() for k, _ in deltas]
         lines.append(f"| {group} | {method} | {len(runs)} | " + " | ".join(text) + " |")
         rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" for v in values]
-                    + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" for v in values])
+                    + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" for v in values]
+                    + [vs["reference"]] + [f"{vs[k][end]:.4f}" for k, _ in deltas for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
 
 
@@ -237,6 +304,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    p.add_argument("--reference", metavar="GROUP/LOCALIZER",
+                   help="the cell the differences are taken from, e.g. synthetic_cam/cam (default: the first cam "
+                        "localizer, else the first row)")
+    p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of the differences' intervals")
+    p.add_argument("--confidence", type=float, default=0.95, help="the intervals' level, in (0, 1)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="the resampling's seed (the intervals are "
+                                                                  "deterministic in it)")
     add_localizer_options(p)
     add_faithfulness_options(p)
     args = p.parse_args(argv)
@@ -244,9 +318,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.localizer_options = localizer_options(p, args.localizer_option)
     if args.num_images < 1:
         p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
+    if args.replicates < 1:
+        p.error(f"argument --replicates: must be >= 1, got {args.replicates}")
+    if not 0 < args.confidence < 1:
+        p.error(f"argument --confidence: must lie in (0, 1), got {args.confidence}")
+    if args.reference is not None and "/" not in args.reference:
+        p.error(f"argument --reference: GROUP/LOCALIZER, e.g. synthetic_cam/cam; got {args.reference!r}")
     runs, args.override = cli.overrides_of(args, others=True)
     args.runs = [Path(r) for r in runs]
     return args
+
+
+def write_per_image(out: Path, records: list[dict], per_image: list[dict]) -> None:
+    """`<out>/per_image/<run name>__<method>.npz`: each run x method's test per-image records."""
+    folder = out / "per_image"
+    folder.mkdir(parents=True, exist_ok=True)
+    for r, arrays in zip(records, per_image):
+        np.savez_compressed(folder / f"{Path(r['run']).name}__{r['method']}.npz", **arrays)
 
 
 def main(argv=None) -> list[dict]:
@@ -260,14 +348,26 @@ def main(argv=None) -> list[dict]:
             cli.fail(f"error: --methods: unknown localizer {name!r}; valid: {', '.join(LOCALIZERS.names_in_order())}")
     for run in runs:
         check_run(run, args.checkpoint)
+    if args.reference is not None:
+        group, method = args.reference.rsplit("/", 1)
+        groups = sorted({seed_group(run.name) for run in runs})
+        if group not in groups:
+            cli.fail(f"error: --reference {args.reference}: no run group {group!r}; valid: {', '.join(groups)}")
+        if method not in LOCALIZERS or (methods and method not in methods):
+            cli.fail(f"error: --reference {args.reference}: localizer {method!r} is not evaluated; valid: "
+                     f"{', '.join(methods or LOCALIZERS.names_in_order())}")
     try:
-        records = [r for run in runs for r in evaluate_methods(run, methods, args.target, args.checkpoint,
-                                                                 args.override, args, args.localizer_options)]
+        evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
+                                                                       args.override, args, args.localizer_options)]
     except ConfigError as e:
         cli.fail(f"config error: {e}")
-    if not records:
+    if not evaluated:
         cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
+    records, per_image = map(list, zip(*evaluated))
     args.out.mkdir(parents=True, exist_ok=True)
+    write_per_image(args.out, records, per_image)
+    differences(records, per_image, choose_reference(records, args.reference), args.replicates, args.confidence,
+                args.bootstrap_seed)
     with open(args.out / "results.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -281,8 +381,10 @@ def main(argv=None) -> list[dict]:
     if randomization is not None:
         write_png(args.out / "randomization.png", randomization)
     write_tensorboard(args.out, records, grid, randomization)
-    print(f"\ntest split, box threshold chosen on val; mean ± std over seeds (target: {args.target})\n{table}")
-    print(f"written to {args.out}: results.md, results.csv, results.jsonl, grid.png, "
+    print(f"\ntest split, box threshold chosen on val; mean ± std over seeds (target: {args.target}); Δ: minus "
+          f"{records[0]['test_vs_reference']['reference']}, with its {args.confidence:.0%} paired bootstrap interval "
+          f"({args.replicates} replicates over test images and seeds)\n{table}")
+    print(f"written to {args.out}: results.md, results.csv, results.jsonl, per_image/*.npz, grid.png, "
           f"{'randomization.png, ' * (randomization is not None)}TensorBoard events")
     return records
 

@@ -132,20 +132,23 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
                      scoremap_dir: Path | None = None,
                      localizer: Localizer | None = None,
-                     desc: str = "eval") -> tuple[BoxEvaluator, MaskEvaluator | None]:
+                     desc: str = "eval", on_batch=None,
+                     per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None]:
     """Run a localizer over one split and return its evaluators (counts summed over all ranks).
 
     Maps are the GT class's maps (the WSOL protocol) from `localizer` (default: the model's own
     map, `default_localizer`), upsampled to the input size and normalised in float32. With
     `scoremap_dir`, each map is also saved as `<scoremap_dir>/<image_id>.npy`, extension kept
-    (wsolevaluation's layout, `scoremap_file`). desc: the progress bar's label.
+    (wsolevaluation's layout, `scoremap_file`). desc: the progress bar's label. `on_batch(batch, images,
+    labels, logits, scoremaps)` runs after each batch's maps, e.g. `Faithfulness` on the same maps.
+    per_image: the evaluators also keep per-image records (`acol.evaluation.bootstrap`; one process).
     """
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     sync_buffers(core)
     localizer = localizer or default_localizer(core)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
-                              cfg.eval.fixed_threshold)
-    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if loader.dataset.load_masks else None
+                              cfg.eval.fixed_threshold, per_image=per_image)
+    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval, per_image=per_image) if loader.dataset.load_masks else None
     size = (cfg.data.crop_size, cfg.data.crop_size)
     for batch in progress(loader, desc):
         images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
@@ -159,6 +162,8 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
         if masks_eval is not None:
             masks = batch["mask"].numpy()
             masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+        if on_batch is not None:
+            on_batch(batch, images, labels, logits, scoremaps)
         if scoremap_dir is not None:
             for image_id, scoremap in zip(batch["image_id"], scoremaps):
                 path = scoremap_file(scoremap_dir, image_id)

@@ -51,9 +51,9 @@ from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.datasets.transforms import normalize_on_device
-from acol.engine import accumulate_split, amp_dtype, load_checkpoint
+from acol.engine import accumulate_split, amp_dtype, load_checkpoint, unwrap
 from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
-from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, faithfulness_split
+from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, Faithfulness
 from acol.evaluation.report import format_table, threshold_line
 from acol.evaluation.sanity import cascade, cascade_grid, cascade_plot, summary
 from acol.methods import build_model
@@ -173,29 +173,34 @@ def spread_batch(dataset, num_images: int) -> dict:
     return collate([dataset[i] for i in indices])
 
 
-def map_checks(model, cfg, device, dtype, localizer, split: str, args, desc: str) -> tuple[dict, dict]:
+def map_checks(model, cfg, device, dtype, localizer, split: str, args, faithfulness=None) -> tuple[dict, dict]:
     """The checks asked for (`args.faithfulness`, `args.sanity`) of one localizer (None: the model's own
     map) on a split: (flat metrics, details), details holding those asked for of "perturbation" (the
-    `DeletionInsertion` evaluator) and "cascade" (`cascade`'s result plus the "images" and "boxes" mapped)."""
+    `DeletionInsertion` evaluator) and "cascade" (`cascade`'s result plus the "images" and "boxes" mapped).
+    `faithfulness`: the `Faithfulness` fed by the split's box pass (`checks_pass`), with --faithfulness."""
     localizer = localizer or default_localizer(model)
-    dataset = build_dataset(cfg, split, train=False)
     metrics, details = {}, {}
-    if args.faithfulness:
-        pointing, perturbation = faithfulness_split(
-            model, build_loader(cfg, dataset, train=False), device, dtype, localizer,
-            (cfg.data.crop_size, cfg.data.crop_size), args.pointing_tolerance, args.perturbation_steps,
-            args.perturbation_baseline, args.perturbation_chunk, desc=f"{desc} faithfulness")
-        metrics.update(pointing.compute())
-        metrics.update(perturbation.compute())
-        details["perturbation"] = perturbation
+    if faithfulness is not None:
+        faithfulness.all_reduce()
+        metrics.update(faithfulness.compute())
+        details["perturbation"] = faithfulness.perturbation
     if args.sanity:
-        batch = spread_batch(dataset, args.sanity_images)
+        batch = spread_batch(build_dataset(cfg, split, train=False), args.sanity_images)
         images = normalize_on_device(batch["image"], device)
         result = cascade(model, localizer, images, batch["label"].to(device), dtype, args.sanity_seed,
                          args.sanity_depth)
         metrics.update(summary(result))
         details["cascade"] = {**result, "images": images.cpu(), "boxes": [b.numpy() for b in batch["boxes"]]}
     return metrics, details
+
+
+def faithfulness_of(model, localizer, dtype, args):
+    """A `Faithfulness` to feed to a split's box pass (`accumulate_split`'s on_batch) when
+    --faithfulness is asked for, else None."""
+    if not args.faithfulness:
+        return None
+    return Faithfulness(model, localizer or default_localizer(unwrap(model)), dtype, args.pointing_tolerance,
+                        args.perturbation_steps, args.perturbation_baseline, args.perturbation_chunk)
 
 
 def check_run(run: Path, checkpoint: str) -> None:
@@ -241,23 +246,23 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
         cli.fail(f"error: --layer {args.layer!r} is not a layer of the {cfg.model.name} model (default: "
                  f"{getattr(model, 'default_cam_layer', None)}); its layers include {', '.join(shallow)}")
 
-    def run_split(split: str):
+    def run_split(split: str, on_batch=None):
         dataset = build_dataset(cfg, split, train=False)
         return accumulate_split(model, build_loader(cfg, dataset, train=False), device, dtype, cfg,
                                 out / "scoremaps" if args.save_scoremaps else None, localizer,
-                                desc=f"{args.localizer or 'own map'} {split}")
+                                desc=f"{args.localizer or 'own map'} {split}", on_batch=on_batch)
 
     threshold = args.threshold
     if threshold is None and args.split != "val":
         threshold = run_split("val")[0].compute().get("best_cam_threshold")
-    boxes_eval, masks_eval = run_split(args.split)
+    faithfulness = faithfulness_of(model, localizer, dtype, args)
+    boxes_eval, masks_eval = run_split(args.split, faithfulness)
     metrics = boxes_eval.compute(threshold)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
     details = {}
     if args.faithfulness or args.sanity:
-        checks, details = map_checks(model, cfg, device, dtype, localizer, args.split, args,
-                                     f"{args.localizer or 'own map'} {args.split}")
+        checks, details = map_checks(model, cfg, device, dtype, localizer, args.split, args, faithfulness)
         metrics.update(checks)
         if "cascade" in details:
             metrics["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}

@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from acol import ablate
 from acol.config import ConfigError
+from acol.evaluation.bootstrap import resampled_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,11 +132,31 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
                               for c in cells] + [f"{g}/{chosen[g]}-s1" for g in chosen])
     with open(folder / "results.csv") as f:
         rows = list(csv.reader(f))
+    means = {}
     for group in ("CAM", "HaS"):
         row = dict(zip(rows[0], next(r for r in rows if r and r[0] == group)))  # the groups table comes first
         tests = [ablate.last_records(folder / group / f"{chosen[group]}-s{s}")["test"]["maxboxacc_v2"] for s in (0, 1)]
         assert row["chosen"] == chosen[group] and row["n"] == "2"
         assert float(row["MaxBoxAccV2 mean"]) == pytest.approx(statistics.mean(tests), abs=1e-4)
+        means[group] = statistics.mean(tests)
+        # the per-image records cached in the run folders give the runs' test metrics again
+        for s in (0, 1):
+            records = dict(np.load(folder / group / f"{chosen[group]}-s{s}" / "ablate_own_test.npz"))
+            again = resampled_metrics(records, np.ones((1, len(records["top1"]))))["maxboxacc_v2"][0]
+            assert again == pytest.approx(ablate.last_records(folder / group / f"{chosen[group]}-s{s}")["test"]["maxboxacc_v2"])
+    # HaS vs CAM, the first group: the difference of the means, in a bootstrap interval
+    has = dict(zip(rows[0], next(r for r in rows if r and r[0] == "HaS")))
+    assert float(has["MaxBoxAccV2 Δ"]) == pytest.approx(means["HaS"] - means["CAM"], abs=1e-4)
+    assert float(has["MaxBoxAccV2 Δ low"]) <= float(has["MaxBoxAccV2 Δ high"])
+    table = (folder / "results.md").read_text()
+    assert "| MaxBoxAccV2 Δ vs CAM | PxAP Δ vs CAM |" in table and "| reference | reference |" in table
+    # a cell with a localizer: its metrics and per-image records, cached in the run folder
+    run = folder / "CAM" / f"{chosen['CAM']}-s0"
+    job = ablate.Job(None, ablate.Cell("Grad-CAM", localizer="gradcam"), 0, run)
+    metrics, records = ablate.cell_metrics(job), ablate.test_records(job)
+    assert (run / "ablate_gradcam.json").is_file() and (run / "ablate_gradcam_test.npz").is_file()
+    again = resampled_metrics(records, np.ones((1, len(records["top1"]))))
+    assert {k: v[0] for k, v in again.items()} == pytest.approx({k: metrics["test"][k] for k in again})
     grid = (folder / "grid.png")
     assert grid.is_file()
     import cv2

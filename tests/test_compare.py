@@ -5,10 +5,12 @@ import statistics
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from acol import compare, evaluate, train
+from acol.evaluation.bootstrap import resampled_metrics
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -58,6 +60,30 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| synthetic_acol | inforward | 2 |" in table and "| synthetic_cam | cam | 1 |" in table
     assert "| MaxBoxAcc@30 | MaxBoxAcc@50 | MaxBoxAcc@70 | MaxBoxAccV2 |" in table
+
+    # differences from the default reference, the CAM model's own map, with paired bootstrap intervals
+    assert "| MaxBoxAccV2 Δ vs synthetic_cam/cam | PxAP Δ vs synthetic_cam/cam |" in table
+    (cam,) = [r for r in records if r["method"] == "cam"]
+    for r in records:
+        vs = r["test_vs_reference"]
+        assert vs["reference"] == "synthetic_cam/cam" and vs["replicates"] == 1000
+        assert vs["runs_paired"] == (r["group"] == "synthetic_cam")  # same models, two localizers
+        cell = [c["test"]["maxboxacc_v2"] for c in records if (c["group"], c["method"]) == (r["group"], r["method"])]
+        assert vs["maxboxacc_v2"]["difference"] == pytest.approx(statistics.mean(cell) - cam["test"]["maxboxacc_v2"])
+        assert vs["maxboxacc_v2"]["low"] <= vs["maxboxacc_v2"]["high"]
+    assert cam["test_vs_reference"]["pxap"] == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    (cam_row,) = [line for line in table.splitlines() if line.startswith("| synthetic_cam | cam | 1 |")]
+    assert cam_row.endswith("| reference | reference | reference | reference |") and table.count("reference |") == 4
+    interval = acol[0]["test_vs_reference"]["maxboxacc_v2"]
+    assert f"{interval['difference']:+.1f} [{interval['low']:+.1f}, {interval['high']:+.1f}]" in table
+    assert float(row["MaxBoxAccV2 Δ high"]) == pytest.approx(interval["high"], abs=1e-4)
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["test_vs_reference"]["reference"] == \
+        "synthetic_cam/cam"
+    # the saved per-image records give the run's test metrics again, without the maps
+    saved = dict(np.load(out / "per_image" / "synthetic_acol-s1__gradcam.npz"))
+    again = resampled_metrics(saved, np.ones((1, len(saved["top1"]))))
+    run = next(r for r in acol if r["run"].endswith("s1"))
+    assert {k: v[0] for k, v in again.items()} == {k: run["test"][k] for k in again}
     captured = capsys.readouterr()
     assert table in captured.out
     assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in captured.err  # a notice per localizer
@@ -77,6 +103,12 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     # the same localizer through python -m acol.evaluate gives the same numbers
     metrics = evaluate.main(["--run", str(tiny_runs[0]), "--localizer", "gradcam", "--out", str(tmp_path / "ev")])
     assert metrics == pytest.approx(acol[0]["test"])
+
+    # another reference, and bad ones in one line before any evaluation
+    with pytest.raises(SystemExit, match="--reference nope/cam: no run group 'nope'; valid: synthetic_acol, synthetic_cam"):
+        compare.main([*map(str, tiny_runs), "--reference", "nope/cam"])
+    with pytest.raises(SystemExit, match="localizer 'rise' is not evaluated; valid: cam, gradcam"):
+        compare.main([*map(str, tiny_runs), "--methods", "cam,gradcam", "--reference", "synthetic_cam/rise"])
 
 
 def test_compare_rejects_unknown_methods_and_unfinished_runs(tmp_path):

@@ -7,6 +7,9 @@
 - `evaluators`: `BoxEvaluator` (GT-known / top-1 / top-5 loc at fixed, val-chosen and oracle
   thresholds, MaxBoxAcc V1 and V2) and `MaskEvaluator` (PxAP); their state is int64 count
   tensors, summed by `merge` and `all_reduce`. The metric keys are listed in `BoxEvaluator`.
+  Opt-in, they also keep per-image records (`per_image=True`).
+- `bootstrap`: the metrics under resampled images from those records, and paired bootstrap
+  intervals of the difference between two groups of runs (`paired_difference`).
 """
 from acol.evaluation.boxes import box_hits, box_ious_reference, compute_iou, contour_boxes
 from acol.evaluation.evaluators import BoxEvaluator, MaskEvaluator

@@ -2,6 +2,11 @@
 
 Summing the counts of any split of the images (`merge`, `all_reduce`) gives exactly the counts of
 one pass, so distributed evaluation needs no padding and no gathering of maps.
+
+Opt-in (`per_image=True`), an evaluator also
+keeps each image's contribution to those counts, `per_image_records()`, from which
+`acol.evaluation.bootstrap` recomputes the metrics under resampled images. The records stay in
+the process (one process only: `all_reduce` refuses them).
 """
 from __future__ import annotations
 
@@ -27,9 +32,25 @@ def _check_scoremaps(scoremaps) -> np.ndarray:
 
 
 class _CountState:
-    """Named int64 CPU tensors with the sum operations shared by the evaluators."""
+    """Named int64 CPU tensors with the sum operations shared by the evaluators, and the optional
+    per-image records: `records` {name: list of (N_batch, ...) arrays}, None when not kept."""
 
     state: dict[str, torch.Tensor]
+    records: dict[str, list[np.ndarray]] | None = None
+
+    def _keep_records(self, per_image: bool, names: tuple[str, ...]) -> None:
+        self.records = {name: [] for name in names} if per_image else None
+
+    def _record(self, **arrays: np.ndarray) -> None:
+        if self.records is not None:
+            for name, array in arrays.items():
+                self.records[name].append(array)
+
+    def per_image_records(self) -> dict[str, np.ndarray]:
+        """{name: (N, ...) array} over the images in accumulation order (see the subclass)."""
+        if self.records is None:
+            raise ValueError("this evaluator keeps no per-image records (build it with per_image=True)")
+        return {name: np.concatenate(parts) for name, parts in self.records.items() if parts}
 
     def _config(self) -> tuple:
         raise NotImplementedError
@@ -38,13 +59,19 @@ class _CountState:
         """Add `other`'s counts to this evaluator's (same configuration)."""
         if type(other) is not type(self) or other._config() != self._config():
             raise ValueError("cannot merge evaluators with different configurations")
+        if (self.records is None) != (other.records is None):
+            raise ValueError("cannot merge an evaluator with per-image records and one without")
         for name, counts in self.state.items():
             counts += other.state[name]
+        for name, parts in (self.records or {}).items():
+            parts += other.records[name]
 
     def all_reduce(self) -> None:
         """Sum the counts of all processes in place (one collective); a no-op without a process group."""
         if not (dist.is_available() and dist.is_initialized()):
             return
+        if self.records is not None and dist.get_world_size() > 1:
+            raise ValueError("per-image records are not gathered across processes: evaluate in one process")
         flat = torch.cat([t.reshape(-1) for t in self.state.values()])
         if dist.get_backend() == dist.Backend.NCCL:  # NCCL reduces CUDA tensors only
             flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
@@ -92,10 +119,16 @@ class BoxEvaluator(_CountState):
 
     method: "fast" (`box_hits`, the default) or "reference" (`box_ious_reference`, one
     `cv2.findContours` per threshold); both give identical counts.
+
+    per_image: keep `per_image_records()`, (N, ...) bool
+    arrays: `top1`, `top5` (classification hits), `boxed` (has GT boxes), `gt_known` (N, T) (V1
+    hit per tau; False for unboxed images) and `box_v2` (N, D, T) (V2 hit per IoU threshold and tau).
+    The counts are their sums: `gt_known` sums to state `gt_known`, `gt_known & top1[:, None]` to
+    `top1_loc`, and so on.
     """
 
     def __init__(self, cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70),
-                 fixed_threshold: float = 0.2, method: str = "fast"):
+                 fixed_threshold: float = 0.2, method: str = "fast", per_image: bool = False):
         if method not in ("fast", "reference"):
             raise ValueError(f"method must be 'fast' or 'reference'; got {method!r}")
         self.method = method
@@ -109,6 +142,7 @@ class BoxEvaluator(_CountState):
         self.state = {"num_images": zeros(), "num_boxed": zeros(), "top1_cls": zeros(), "top5_cls": zeros(),
                       "gt_known": zeros(num), "top1_loc": zeros(num), "top5_loc": zeros(num),
                       "box_v2": zeros(len(self.iou_thresholds), num)}
+        self._keep_records(per_image, ("top1", "top5", "boxed", "gt_known", "box_v2"))
 
     def _config(self) -> tuple:
         return self.cam_curve_interval, self.iou_thresholds, self.fixed_threshold
@@ -126,30 +160,30 @@ class BoxEvaluator(_CountState):
         if not len(maps) == len(gt_boxes) == len(top1) == len(top5):
             raise ValueError("scoremaps, gt_boxes, top1_correct and top5_correct differ in length")
         v1 = np.zeros((len(maps), len(self.thresholds)), bool)
-        v2 = np.zeros(self.state["box_v2"].shape, np.int64)
-        boxed = 0
+        v2 = np.zeros((len(maps), *self.state["box_v2"].shape), bool)
+        boxed = np.zeros(len(maps), bool)
         for i, (scoremap, boxes) in enumerate(zip(maps, gt_boxes)):
             boxes = _as_numpy(boxes).astype(np.int64).reshape(-1, 4)
             if len(boxes) == 0:  # no GT box (a masks-only data set): classification counts only
                 continue
             if (boxes < 0).any() or (boxes[:, 2:] < boxes[:, :2]).any():
                 raise ValueError(f"image {i}: GT boxes must be x0y0x1y1 with 0 <= x0 <= x1, y0 <= y1; got {boxes.tolist()}")
-            boxed += 1
+            boxed[i] = True
             if self.method == "fast":
-                v1[i], hits = box_hits(scoremap, boxes, self.thresholds, self._deltas)
+                v1[i], v2[i] = box_hits(scoremap, boxes, self.thresholds, self._deltas)
             else:
                 iou1, iou2 = box_ious_reference(scoremap, boxes, self.thresholds)
-                v1[i], hits = iou1 >= 0.5, iou2[None] >= self._deltas[:, None]
-            v2 += hits
+                v1[i], v2[i] = iou1 >= 0.5, iou2[None] >= self._deltas[:, None]
         add = lambda name, x: self.state[name].add_(torch.from_numpy(np.asarray(x, np.int64)))  # noqa: E731
         add("num_images", len(maps))
-        add("num_boxed", boxed)
+        add("num_boxed", boxed.sum())
         add("top1_cls", top1.sum())
         add("top5_cls", top5.sum())
         add("gt_known", v1.sum(0))
         add("top1_loc", (v1 & top1[:, None]).sum(0))
         add("top5_loc", (v1 & top5[:, None]).sum(0))
-        add("box_v2", v2)
+        add("box_v2", v2.sum(0))
+        self._record(top1=top1, top5=top5, boxed=boxed, gt_known=v1, box_v2=v2)
 
     def _index(self, tau: float) -> int:
         if not 0 <= tau < 1:
@@ -200,14 +234,18 @@ class MaskEvaluator(_CountState):
     Bins are `[*np.arange(0, 1, cam_curve_interval), 1.0, 2.0, 3.0]` (np.histogram semantics:
     [e_i, e_i+1), the last one closed), one histogram for foreground pixels and one for the
     background; `compute` follows wsolevaluation's MaskEvaluator exactly.
+
+    per_image: keep `per_image_records()`, `fg_hist`
+    and `bg_hist` (N, bins) int64, each image's histograms (summing to the state's).
     """
 
-    def __init__(self, cam_curve_interval: float = 0.001):
+    def __init__(self, cam_curve_interval: float = 0.001, per_image: bool = False):
         self.cam_curve_interval = float(cam_curve_interval)
         self.edges = np.append(np.arange(0, 1, self.cam_curve_interval), [1.0, 2.0, 3.0])
         num_bins = len(self.edges) - 1
         self.state = {"fg_hist": torch.zeros(num_bins, dtype=torch.int64),
                       "bg_hist": torch.zeros(num_bins, dtype=torch.int64)}
+        self._keep_records(per_image, ("fg_hist", "bg_hist"))
 
     def _config(self) -> tuple:
         return (self.cam_curve_interval,)
@@ -231,21 +269,35 @@ class MaskEvaluator(_CountState):
         if fg.shape != maps.shape or ignore.shape != maps.shape:
             raise ValueError(f"masks {fg.shape} / {ignore.shape} must match scoremaps {maps.shape}")
         num_bins = len(self.edges) - 1
+        per_image = {}
         for name, where in (("fg_hist", fg), ("bg_hist", ~fg & ~ignore)):
-            counts = np.bincount(self._bins(maps[where]), minlength=num_bins)
+            if self.records is None:
+                counts = np.bincount(self._bins(maps[where]), minlength=num_bins)
+            else:  # one histogram per image: offset each image's bins by image * num_bins
+                image = np.broadcast_to(np.arange(len(maps))[:, None, None], maps.shape)[where]
+                per_image[name] = np.bincount(image * num_bins + self._bins(maps[where]),
+                                              minlength=len(maps) * num_bins).reshape(len(maps), num_bins)
+                counts = per_image[name].sum(0)
             self.state[name].add_(torch.from_numpy(counts.astype(np.int64)))
+        self._record(**per_image)
 
     def compute(self) -> dict[str, float]:
         """{"pxap": area under the pixel precision-recall curve, in percent}; 0 without foreground."""
-        fg = self.state["fg_hist"].numpy().astype(np.float64)
-        bg = self.state["bg_hist"].numpy().astype(np.float64)
-        num_fg = fg.sum()
-        if num_fg == 0:
-            return {"pxap": 0.0}
-        tp = fg[::-1].cumsum()  # thresholds from high to low
-        fp = bg[::-1].cumsum()
-        predicted = tp + fp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = tp / predicted
-        recall = tp / num_fg
-        return {"pxap": float((precision[1:] * np.diff(recall))[predicted[1:] != 0].sum() * 100)}
+        return {"pxap": float(pxap(self.state["fg_hist"].numpy(), self.state["bg_hist"].numpy()))}
+
+
+def pxap(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
+    """PxAP in percent of (bins,) foreground / background score histograms (counts, or weighted
+    counts): wsolevaluation's formula, 0 without foreground."""
+    fg = np.asarray(fg_hist, np.float64)
+    bg = np.asarray(bg_hist, np.float64)
+    num_fg = fg.sum()
+    if num_fg == 0:
+        return 0.0
+    tp = fg[::-1].cumsum()  # thresholds from high to low
+    fp = bg[::-1].cumsum()
+    predicted = tp + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = tp / predicted
+    recall = tp / num_fg
+    return float((precision[1:] * np.diff(recall))[predicted[1:] != 0].sum() * 100)

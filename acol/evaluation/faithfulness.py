@@ -31,10 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from acol.cams.hooks import eval_mode
-from acol.datasets.transforms import normalize_on_device
-from acol.engine import autocast, progress, unwrap
+from acol.engine import autocast, unwrap
 from acol.evaluation.evaluators import _as_numpy, _check_scoremaps, _CountState
-from acol.evaluation.maps import resize_and_normalize
 
 BASELINES = ("blur", "mean")
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
@@ -192,30 +190,34 @@ class DeletionInsertion(_CountState):
         return {f"{mode}_auc": trapezoid_auc(curves[mode]) for mode in ("deletion", "insertion")}
 
 
-def faithfulness_split(model: nn.Module, loader, device: torch.device, dtype, localizer, size: tuple[int, int],
-                       tolerance: float = 15, steps: int = 16, baseline: str = "blur", chunk: int = 64,
-                       desc: str = "faithfulness") -> tuple[PointingGame, DeletionInsertion]:
-    """A localizer's pointing game and deletion / insertion curves over a split (summed over ranks).
+class Faithfulness:
+    """The pointing game and deletion / insertion curves of one localizer's maps, fed batch by batch by
+    the pass that scores its boxes (`accumulate_split(..., on_batch=faithfulness)`), so each map is
+    computed once. The target class and the forward's labels are the localizer's (`classes`,
+    `forward_labels`; a bare callable or None, the model's own map: the GT labels); 2 (steps + 1)
+    forwards per image, `chunk` at a time. `all_reduce()` sums over ranks, then `compute()`."""
 
-    One localizer call per batch (its maps upsampled to `size` (H, W) and normalised as the box
-    evaluator does), then 2 (steps + 1) forwards per image. The target class and the forward's labels
-    are the localizer's (`classes`, `forward_labels`; a bare callable: the GT labels)."""
-    core = unwrap(model)
-    pointing, perturbation = PointingGame(tolerance), DeletionInsertion(steps, baseline)
-    for batch in progress(loader, desc):
-        images = normalize_on_device(batch["image"], device)
-        labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits, maps = localizer(core, images, labels)
-        scoremaps = resize_and_normalize(maps.cpu(), size)
+    def __init__(self, model: nn.Module, localizer, dtype, tolerance: float = 15, steps: int = 16,
+                 baseline: str = "blur", chunk: int = 64):
+        self.model, self.localizer, self.dtype, self.chunk = unwrap(model), localizer, dtype, chunk
+        self.pointing, self.perturbation = PointingGame(tolerance), DeletionInsertion(steps, baseline)
+
+    def __call__(self, batch: dict, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+                 scoremaps: np.ndarray) -> None:
+        """One batch: images (B, 3, H, W) normalised, labels (B,), the localizer's logits (B, C) and its
+        maps as the box evaluator sees them (B, H, W), float32 in [0, 1]."""
         masks = batch["mask"].numpy() == 1 if "mask" in batch else None
-        pointing.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], masks)
-        classes = localizer.classes(logits, labels) if hasattr(localizer, "classes") else labels
-        forward = localizer.forward_labels(labels) if hasattr(localizer, "forward_labels") else labels
-        with autocast(device, dtype):
-            curves = perturbation_curves(core, images, torch.from_numpy(scoremaps), classes, forward, steps,
-                                         baseline, chunk)
-        perturbation.accumulate(curves)
-    pointing.all_reduce()
-    perturbation.all_reduce()
-    return pointing, perturbation
+        self.pointing.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], masks)
+        classes = self.localizer.classes(logits, labels) if hasattr(self.localizer, "classes") else labels
+        forward = self.localizer.forward_labels(labels) if hasattr(self.localizer, "forward_labels") else labels
+        with autocast(images.device, self.dtype):
+            curves = perturbation_curves(self.model, images, torch.from_numpy(scoremaps), classes, forward,
+                                         self.perturbation.steps, self.perturbation.baseline, self.chunk)
+        self.perturbation.accumulate(curves)
+
+    def all_reduce(self) -> None:
+        self.pointing.all_reduce()
+        self.perturbation.all_reduce()
+
+    def compute(self) -> dict[str, float]:
+        return self.pointing.compute() | self.perturbation.compute()
