@@ -454,6 +454,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
             last_epoch = epoch + 1 == cfg.train.epochs or done
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
                 signals.phase = f"validation after epoch {epoch + 1}"
+                finite_weights(model, step)  # the last step's update: before maps of a broken model
                 try:
                     signals.check()
                     val_metrics = evaluate(model, val_loader, device, dtype, cfg)
