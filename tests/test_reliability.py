@@ -1,6 +1,8 @@
 """Interrupted runs and numerical faults: SIGKILL mid-epoch and SIGTERM, then --resume auto, reach the
 uninterrupted run's weights; checkpoint writes are atomic; a non-finite loss stops the run cleanly."""
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,19 +36,24 @@ def finish(overrides, name, *flags) -> str:
     return out
 
 
-def wait_for_mid_epoch_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int = 4) -> dict:
-    """Poll last.pt until it is a mid-epoch checkpoint at min_step or later."""
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, ready) -> dict:
+    """Poll last.pt until `ready(checkpoint)` holds; the checkpoint."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         try:
             ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-            if ckpt["batch"] > 0 and ckpt["step"] >= min_step:
+            if ready(ckpt):
                 return ckpt
         except (FileNotFoundError, RuntimeError):
             pass
         time.sleep(0.01)
-    raise AssertionError("no mid-epoch checkpoint appeared")
+    raise AssertionError("no such checkpoint appeared")
+
+
+def wait_for_mid_epoch_checkpoint(run_dir: Path, proc: subprocess.Popen, min_step: int = 4) -> dict:
+    """Poll last.pt until it is a mid-epoch checkpoint at min_step or later."""
+    return wait_for_checkpoint(run_dir, proc, lambda ckpt: ckpt["batch"] > 0 and ckpt["step"] >= min_step)
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +170,39 @@ def test_a_non_finite_loss_stops_with_the_step_and_images_and_keeps_the_last_che
     assert f"the last good checkpoint, {last}, is kept" in message
     failed_step = int(message.split("at step ")[1].split(" ")[0])
     assert load_checkpoint(last)["step"] == failed_step - 1
+
+
+def test_two_concurrent_starts_of_one_run_one_trains_the_other_is_refused(long_run):
+    overrides, runs = long_run
+    procs = [start(overrides, "twice") for _ in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    codes = sorted(proc.returncode for proc in procs)
+    assert codes == [0, 2], outs
+    winner, loser = (procs[0], procs[1]) if procs[0].returncode == 0 else (procs[1], procs[0])
+    refusal = outs[procs.index(loser)].strip()
+    assert "\n" not in refusal and "Traceback" not in refusal
+    assert f"{runs / 'twice'} is in use by another process (host {os.uname().nodename}, pid {winner.pid}, since " \
+        in refusal
+    lines = [json.loads(line) for line in (runs / "twice" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["epoch"]) for r in lines] == [("val", e) for e in range(1, 6)] + [("test", 5)]
+    assert len(list((runs / "twice").glob("events.out.tfevents.*"))) == 1
+
+
+def test_kills_at_random_steps_then_resume_reach_the_same_weights_and_metrics_lines(uninterrupted):
+    """SIGKILL at seeded random moments: once the checkpoint of a random step is on disk, after a random
+    further delay (mid-step, mid-checkpoint, mid-validation); after each, --resume auto. The end: the
+    uninterrupted run's weights and exactly its metrics.jsonl records."""
+    overrides, reference, runs = uninterrupted
+    rng = random.Random(0)
+    for kill, step in enumerate(sorted(rng.sample(range(2, 29), 3))):
+        proc = start(overrides, "random_kills", *(("--resume", "auto") if kill else ()))
+        wait_for_checkpoint(runs / "random_kills", proc, lambda ckpt: ckpt["step"] >= step)
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert not (runs / "random_kills" / "results.json").exists()
+    finish(overrides, "random_kills", "--resume", "auto")
+    read = lambda run: (runs / run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+    assert [json.loads(line) for line in read("random_kills")] == [json.loads(line) for line in read("straight")]
+    assert_same_weights(torch.load(runs / "random_kills" / "checkpoints" / "last.pt", weights_only=True)["model"],
+                        reference)
