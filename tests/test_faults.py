@@ -259,7 +259,7 @@ def test_a_bad_config_file_names_the_file_and_line(case, tiny_overrides, tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-BAD_VALUES = [  # (override, the line after "config error: ")
+BAD_VALUES = [  # (overrides, space-separated; the line after "config error: ")
     ("optim.lr=-1", "optim.lr must be > 0 and finite; got -1.0"),
     ("optim.lr=nan", "optim.lr must be > 0 and finite; got nan"),
     ("optim.lr=inf", "optim.lr must be > 0 and finite; got inf"),
@@ -275,19 +275,22 @@ BAD_VALUES = [  # (override, the line after "config error: ")
     ("eval.every=0", "eval.every must be >= 1; got 0"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1; got 0"),
     ("eval.fixed_threshold=1", "eval.fixed_threshold must be in [0, 1); got 1.0"),
-    ("eval.iou_thresholds=[50, 0]", "eval.iou_thresholds[1] must be in (0, 100]; got 0"),
+    ("eval.iou_thresholds=[50,0]", "eval.iou_thresholds[1] must be in (0, 100]; got 0"),
     ("log.log_every=0", "log.log_every must be >= 1; got 0"),
     ("log.vis_every=0", "log.vis_every must be >= 1; got 0"),
     ("log.vis_num=-1", "log.vis_num must be >= 0; got -1"),
     ("data.num_workers=-2", "data.num_workers must be >= -1 (-1: from the core count); got -2"),
     ("optim.momentum=0", "optim.nesterov=true needs optim.momentum > 0; got optim.momentum=0 (set "
                          "optim.nesterov=false for plain SGD)"),
+    ("acol.loss_weight_b=-1", "acol.loss_weight_b must be >= 0; got -1.0"),
+    ("model.name=cutmix cutmix.beta=inf", "cutmix.beta must be >= 0 (0: no mixing); got inf"),
+    ("model.name=spg spg.threshold_2l=nan", "spg.threshold_2l must be in [0, 1]; got nan"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
 def test_a_bad_value_names_the_key_the_value_and_the_range(override, message, tiny_overrides, tmp_path, capsys):
-    err = one_line_error(capsys, train.main, ["--config", CONFIG, *tiny_overrides, override])
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, *tiny_overrides, *override.split()])
     assert err == f"config error: {message}\n"
     assert not (tmp_path / "runs").exists()
 
