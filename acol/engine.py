@@ -267,6 +267,7 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def unreadable(path: Path, error: Exception) -> str:
+    """The one line of a checkpoint torch cannot read: the first line of its error."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (f"checkpoint {path} cannot be read (truncated or corrupt: {first}); the run's other checkpoint "
             "(best.pt / last.pt) may still load: pass it with --resume PATH")

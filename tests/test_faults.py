@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from acol import engine, evaluate, train
+from acol import compare, engine, evaluate, train
 from acol.config import ConfigError, load_config, to_dict, to_toml
 from acol.datasets.check import check_data
 from acol.datasets.dataset import build_dataset, collate, worker_error_line
@@ -367,6 +367,16 @@ def test_evaluate_names_an_image_that_fails_in_a_worker(fake_run, tiny_copy, cap
     truncate(path)
     err = one_line_error(capsys, evaluate.main, ["--run", str(fake_run), *overrides, "data.num_workers=1"])
     assert err.startswith(f"data error: cannot read image {path}: ")
+
+
+def test_compare_names_an_image_that_fails_in_a_worker(fake_run, tiny_copy, tmp_path, capsys):
+    data_root, metadata_root, overrides = tiny_copy
+    path = data_root / "TINY" / read_metadata(metadata_root, "TINY", "val").image_ids[1]
+    truncate(path)
+    err = one_line_error(capsys, compare.main, [str(fake_run), "--methods", "cam", "--out", str(tmp_path / "cmp"),
+                                                *overrides, "data.num_workers=1"])
+    assert err.startswith(f"data error: cannot read image {path}: ")
+    assert not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.slow  # a tiny training run up to its first batch
