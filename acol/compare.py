@@ -49,7 +49,9 @@ from acol import cli
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError
-from acol.datasets.dataset import build_dataset, build_loader
+from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
+from acol.datasets.images import ImageError
+from acol.datasets.metadata import MetadataError
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
 from acol.evaluate import (add_faithfulness_options, add_localizer_options, check_faithfulness_options, check_run,
@@ -361,6 +363,10 @@ def main(argv=None) -> list[dict]:
                                                                        args.override, args, args.localizer_options)]
     except ConfigError as e:
         cli.fail(f"config error: {e}")
+    except MetadataError as e:
+        cli.fail(f"data error: {e}")
+    except ImageError as e:  # raised here or in a DataLoader worker
+        cli.fail(f"data error: {worker_error_line(e)}")
     if not evaluated:
         cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
     records, per_image = map(list, zip(*evaluated))

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from typing import Any
 
 from acol.datasets.synthetic import SyntheticSpec, validate_spec
 from acol.schedule import SCHEDULES, check_schedule
+from acol.textfile import read_utf8
 
 
 @dataclass
@@ -245,6 +248,14 @@ def _merge_into(obj: Any, data: dict, prefix: str, source: str) -> None:
             setattr(obj, name, _check_value(value, typ, key, source))
 
 
+def toml_error(path: Path, error: tomllib.TOMLDecodeError) -> str:
+    """`<path>:<line>: invalid TOML: <what> (column <c>)` of tomllib's "<what> (at line L, column C)"."""
+    where = re.search(r" \(at line (\d+), column (\d+)\)$", str(error))
+    if where is None:  # "(at end of document)"
+        return f"{path}: invalid TOML: {error}"
+    return f"{path}:{where[1]}: invalid TOML: {str(error)[:where.start()]} (column {where[2]})"
+
+
 def _read_toml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
     """The (data, source) layers of `path`, its `_base_` files first."""
     path = path.resolve()
@@ -254,12 +265,14 @@ def _read_toml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict
         hint = f" ({RECIPE}NAME names a file under {recipe_dir()})" if path.is_relative_to(recipe_dir()) else ""
         raise ConfigError(f"config file not found: {path}{hint}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_utf8(path, ConfigError))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        raise ConfigError(toml_error(path, e)) from None
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths (strings); got {bases!r}")
     layers = []
     for base in bases:
         layers += _read_toml_chain(locate(base, path.parent), seen + (path,))
@@ -363,6 +376,39 @@ def _check_choice(key: str, value: Any, choices) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+# the valid range of each number in the fixed tables, as an interval ("[" and "]" include the end); NaN
+# is in none. NOTES: what the special values mean.
+RANGES = {
+    "data.resize_size": "[1, inf)", "data.crop_size": "[1, inf)", "data.num_workers": "[-1, inf)",
+    "model.num_classes": "[0, inf)", "model.head_channels": "[1, inf)", "model.head_dropout": "[0, 1)",
+    "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)", "optim.weight_decay": "[0, inf)",
+    "optim.head_lr_mult": "[0, inf)", "optim.bias_lr_mult": "[0, inf)", "optim.lr_decay_gamma": "(0, inf)",
+    "train.epochs": "[1, inf)", "train.global_batch_size": "[1, inf)", "train.threads": "[0, inf)",
+    "train.max_steps": "[0, inf)", "train.checkpoint_every_steps": "[0, inf)",
+    "eval.batch_size": "[1, inf)", "eval.every": "[1, inf)", "eval.cam_curve_interval": "(0, 1)",
+    "eval.fixed_threshold": "[0, 1)",
+    "log.log_every": "[1, inf)", "log.vis_num": "[0, inf)", "log.vis_every": "[1, inf)",
+}
+NOTES = {"data.num_workers": "-1: from the core count", "model.num_classes": "0: from the dataset",
+         "optim.head_lr_mult": "0 freezes the head", "optim.bias_lr_mult": "0 freezes the biases",
+         "train.threads": "0: torch's default", "train.max_steps": "0: no limit",
+         "train.checkpoint_every_steps": "0: at epoch ends only"}
+
+
+def _check_range(key: str, value: float, interval: str) -> None:
+    """`value` must lie in `interval` (e.g. "(0, inf)", "[0, 1)"); else a ConfigError naming the key, the
+    value and the range (`>= 1` for a half line)."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    below = value <= high if interval[-1] == "]" else value < high
+    if not (above and below):  # NaN fails both
+        real = isinstance(value, float)
+        half_line = f"{'>=' if interval[0] == '[' else '>'} {low:g}{' and finite' if real else ''}"
+        valid = half_line if high == math.inf else f"in {interval}"
+        note = f" ({NOTES[key]})" if key in NOTES else ""
+        raise ConfigError(f"{key} must be {valid}{note}; got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Value checks the types alone cannot express, the method table's own `check()` included."""
     from acol.methods import METHODS  # imported here: the models need torch, the schema does not
@@ -385,17 +431,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pretrained_classifier needs model.backbone=resnet50 and model.pretrained (the "
                           f"weights that hold the ImageNet classifier); got {cfg.model.backbone!r} and "
                           f"{cfg.model.pretrained!r}")
-    if not 0.0 <= cfg.model.head_dropout < 1.0:
-        raise ConfigError(f"model.head_dropout must be in [0, 1); got {cfg.model.head_dropout}")
-    if cfg.train.threads < 0:
-        raise ConfigError(f"train.threads must be >= 0 (0: torch's default); got {cfg.train.threads}")
-    if cfg.model.num_classes < 0:
-        raise ConfigError(f"model.num_classes must be >= 0 (0: from the dataset); got {cfg.model.num_classes}")
-    for key in ("train.epochs", "train.global_batch_size", "eval.batch_size", "data.crop_size", "log.log_every",
-                "model.head_channels"):
+    for key, interval in RANGES.items():
         section, name = key.split(".")
-        if flat[section][name] <= 0:
-            raise ConfigError(f"{key} must be positive; got {flat[section][name]}")
+        _check_range(key, flat[section][name], interval)
+    for i, iou in enumerate(cfg.eval.iou_thresholds):
+        _check_range(f"eval.iou_thresholds[{i}]", iou, "(0, 100]")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0; got optim.momentum=0 (set "
+                          "optim.nesterov=false for plain SGD)")
     try:
         validate_spec(cfg.data.synthetic)
     except ValueError as e:
@@ -404,8 +447,6 @@ def validate(cfg: Config) -> None:
         check_schedule(cfg.optim)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not 0.0 < cfg.eval.cam_curve_interval < 1.0:
-        raise ConfigError(f"eval.cam_curve_interval must be in (0, 1); got {cfg.eval.cam_curve_interval}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -199,28 +202,106 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or used; the message (one line) names the file."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint write that failed (a full disk, ...); the previous file at the path is kept."""
+
+
+RESUME_KEYS = {"optimizer": dict, "epoch": int, "step": int, "best": dict, "rng": dict}  # besides "model"
+FULL_DISK = 1 << 20  # bytes free below which a failed write is blamed on a full disk
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: write a temporary file in the same folder, fsync, then rename over `path`. A write
-    that fails leaves `path` as it was (and no temporary file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    that fails leaves `path` as it was (and no temporary file); a failure of the file system (a full
+    disk, ...) is a CheckpointWriteError naming `path`."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "PytorchStreamWriter" not in str(e):
+            raise  # not the file system's doing (an object that cannot be pickled)
+        raise CheckpointWriteError(write_failure(path, e)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def write_failure(path: Path, error: Exception) -> str:
+    """The one line of a failed checkpoint write: "no space left on device" when errno says so or the
+    folder has under FULL_DISK bytes free (torch's own writer loses the errno), else the OS's words."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_DISK):
+        why = f"no space left on device (free space in {path.parent}, then continue with --resume auto)"
+    else:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    kept = f"the previous {path.name} is kept" if path.is_file() else f"no earlier {path.name} was there"
+    return f"cannot write checkpoint {path}: {why}; {kept}"
+
+
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint loaded safely (`weights_only=True`: tensors and plain containers only); an
-    unreadable file is an error naming it."""
+    """A checkpoint written by `save_checkpoint`, loaded safely (`weights_only=True`: tensors and plain
+    containers only): a dict whose "model" holds the weights. Else a CheckpointError naming the file
+    (FileNotFoundError when there is none)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise RuntimeError(f"checkpoint {path} cannot be read (truncated or corrupt: {e}); the run's other "
-                           "checkpoint (best.pt / last.pt) may still load: pass it with --resume PATH") from None
+        with warnings.catch_warnings():  # torch warns of pickle protocols it may not read: the error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("Weights only load failed"):  # an object that only unpickling code could make
+            raise CheckpointError(f"not a checkpoint written by acol (it would run code): {path}") from None
+        raise CheckpointError(unreadable(path, e)) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(unreadable(path, e)) from None
+    weights = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not (isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values())):
+        raise CheckpointError(f"not a checkpoint written by acol (has no model weights): {path}")
+    return ckpt
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """The one line of a checkpoint torch cannot read: the first line of its error."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"checkpoint {path} cannot be read (truncated or corrupt: {first}); the run's other checkpoint "
+            "(best.pt / last.pt) may still load: pass it with --resume PATH")
+
+
+def check_resumable(ckpt: dict, path: Path) -> None:
+    """A loaded checkpoint (`load_checkpoint`) holds everything a resume needs (RESUME_KEYS, of those
+    types); else a CheckpointError naming the file and the missing keys."""
+    missing = [key for key, typ in RESUME_KEYS.items() if not isinstance(ckpt.get(key), typ)]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} holds model weights but not a training state (no "
+                              f"{', '.join(missing)}): it cannot resume a run; to start a new run from its "
+                              f"backbone weights pass model.pretrained={path}")
+
+
+def load_weights(model: nn.Module, ckpt: dict, path: Path, expected: str = "the model") -> None:
+    """Load ckpt["model"] into the bare `model` (`expected` says which, e.g. "the acol / vgg16 model");
+    weights that do not fit are a CheckpointError naming the file, the first missing, unexpected and
+    mis-shaped keys, and the model the checkpoint's config names."""
+    state, own = ckpt["model"], model.state_dict()
+    problems = {"missing keys": [k for k in own if k not in state],
+                "unexpected keys": [k for k in state if k not in own],
+                "shapes differ": [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                                  for k, v in own.items() if k in state and state[k].shape != v.shape]}
+    found = [f"{what}: {', '.join(keys[:3])}{f', ... ({len(keys)} in all)' if len(keys) > 3 else ''}"
+             for what, keys in problems.items() if keys]
+    if found:
+        saved = ckpt["config"].get("model", {}) if isinstance(ckpt.get("config"), dict) else {}
+        origin = (f"it was written for model.name={saved.get('name')}, model.backbone={saved.get('backbone')}"
+                  if saved else "it holds no config")
+        raise CheckpointError(f"checkpoint {path} does not fit {expected} ({'; '.join(found)}); {origin}")
+    model.load_state_dict(state)

@@ -46,12 +46,13 @@ from acol import cli, dist
 from acol.cams import LOCALIZERS, build_localizer, default_localizer
 from acol.cams.localizers import TARGETS
 from acol.config import ConfigError, load_config, parse_override
-from acol.datasets.dataset import build_dataset, build_loader, collate, load_mask
+from acol.datasets.dataset import build_dataset, build_loader, collate, load_mask, worker_error_line
+from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.datasets.transforms import normalize_on_device
-from acol.engine import accumulate_split, amp_dtype, load_checkpoint, unwrap
+from acol.engine import CheckpointError, accumulate_split, amp_dtype, load_checkpoint, load_weights, unwrap
 from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
 from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, Faithfulness
 from acol.evaluation.report import format_table, threshold_line
@@ -226,10 +227,12 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     cli.set_threads(cfg.train.threads)
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
-    state = load_checkpoint(path)["model"]
     num_classes = cfg.model.num_classes or json.loads((run / "meta.json").read_text())["num_classes"]
     model = build_model(cfg, num_classes).to(device)
-    model.load_state_dict(state)
+    try:
+        load_weights(model, load_checkpoint(path), path, f"the {cfg.model.name} / {cfg.model.backbone} model of {run}")
+    except CheckpointError as e:
+        cli.fail(f"error: {e}")
     return cfg, model, device, amp_dtype(cfg.train.amp, device)
 
 
@@ -280,9 +283,27 @@ def find_scoremap(root: Path, image_id: str) -> tuple[Path, bool]:
     return found[0], len(found) > 1
 
 
-def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A wsolevaluation score map: 2-D float in [0, 1], of `shape` (H, W) when it is given; anything else
-    is an error naming the file. float64 maps stay float64 (wsolevaluation evaluates in float64: its
+def majority_shape(paths: list[Path]) -> tuple[tuple[int, int] | None, str]:
+    """(the shape most of the 2-D maps at `paths` have, read from their .npy headers, or None; the
+    evidence for an error message: "the shape of N of the M maps, e.g. FILE"). Unreadable files are
+    skipped here (`load_scoremap` names them)."""
+    shapes: dict[tuple, list[Path]] = {}
+    for path in paths:
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (ValueError, OSError, EOFError, AttributeError):
+            continue
+        if len(shape) == 2:
+            shapes.setdefault(shape, []).append(path)
+    if not shapes:
+        return None, ""
+    shape, having = max(shapes.items(), key=lambda item: len(item[1]))
+    return shape, f"the shape of {len(having)} of the {len(paths)} maps, e.g. {having[0]}"
+
+
+def load_scoremap(path: Path, shape: tuple[int, int] | None = None, evidence: str = "") -> np.ndarray:
+    """A wsolevaluation score map: 2-D float in [0, 1], of `shape` (H, W) when it is given (`evidence`:
+    where that shape comes from, for the message); anything else is an error naming the file. float64 maps stay float64 (wsolevaluation evaluates in float64: its
     inference saves float64 maps and its evaluation casts what it loads to float64), others become
     float32 (for float32 maps the uint8 cut `int(map * 255)` is the same in either precision)."""
     if not path.is_file():
@@ -290,15 +311,22 @@ def load_scoremap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarra
     try:
         scoremap = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
+        if "Object arrays" in str(e):
+            raise ValueError(f"{path}: a score map must be a 2-D float array; got Python objects (dtype object)") from None
         raise ValueError(f"{path}: not a readable .npy score map ({e})") from None
     if not isinstance(scoremap, np.ndarray):
         raise ValueError(f"{path}: a score map must be one .npy array, not an .npz archive")
     if scoremap.ndim != 2 or not np.issubdtype(scoremap.dtype, np.floating):
         raise ValueError(f"{path}: a score map must be a 2-D float array; got {scoremap.dtype} {scoremap.shape}")
     if shape is not None and scoremap.shape != tuple(shape):
-        raise ValueError(f"{path}: the score map's shape is {scoremap.shape}, expected {tuple(shape)}")
-    if not np.isfinite(scoremap).all():
-        raise ValueError(f"{path}: score map values must lie in [0, 1]; it has NaN or infinite values")
+        raise ValueError(f"{path}: the score map's shape is {scoremap.shape}, expected {tuple(shape)}"
+                         + (f" ({evidence})" if evidence else ""))
+    finite = np.isfinite(scoremap)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(f"{path}: score map values must lie in [0, 1]; it has NaN or infinite values "
+                         f"({np.isnan(scoremap).sum()} NaN, {np.isinf(scoremap).sum()} inf; the first at row {row}, "
+                         f"column {col})")
     if scoremap.min() < 0 or scoremap.max() > 1:
         raise ValueError(f"{path}: score map values must lie in [0, 1] "
                          f"(min {scoremap.min():.4g}, max {scoremap.max():.4g})")
@@ -314,21 +342,23 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if meta.masks else None
     no = np.zeros(1, bool)
-    shape = None                # every map of a split has the first one's shape (the network input size)
-    both = []                   # ids with a map in both forms (the wsolevaluation form is read)
-    for image_id in meta.image_ids:
+    try:
+        found = {image_id: find_scoremap(args.scoremaps, image_id) for image_id in meta.image_ids}
+    except FileNotFoundError as e:
+        cli.fail(f"error: {e}")
+    # every map of a split has one shape (the network input size): the one most of them have
+    shape, evidence = majority_shape([path for path, _ in found.values()])
+    both = [image_id for image_id, (_, other_too) in found.items() if other_too]  # the wsolevaluation form is read
+    for image_id, (path, _) in found.items():
         try:
-            path, other_too = find_scoremap(args.scoremaps, image_id)
-            scoremap = load_scoremap(path, shape)
+            scoremap = load_scoremap(path, shape, evidence)
         except (FileNotFoundError, ValueError) as e:
             cli.fail(f"error: {e}")
-        if other_too:
-            both.append(image_id)
-        shape = height, width = scoremap.shape
+        height, width = scoremap.shape
         if image_id in meta.boxes:
             if image_id not in meta.sizes:
-                raise ValueError(f"{meta.split_dir / 'image_sizes.txt'}: no size for {image_id!r}, needed to "
-                                 "rescale its boxes to the score map")
+                cli.fail(f"data error: {meta.split_dir / 'image_sizes.txt'}: no size for {image_id!r}, needed to "
+                         "rescale its boxes to the score map")
             boxes = scale_boxes(torch.tensor(meta.boxes[image_id]), meta.sizes[image_id], (width, height))
             boxes_eval.accumulate(scoremap[None], [boxes.numpy()], no, no)
         if masks_eval is not None:
@@ -451,6 +481,8 @@ def main(argv=None) -> dict:
         cli.fail(f"data error: {e}")
     except UnknownNameError as e:
         cli.fail(f"error: {e}")
+    except ImageError as e:  # raised here or in a DataLoader worker
+        cli.fail(f"data error: {worker_error_line(e)}")
     by_split = {split: metrics for split, metrics, _ in results}
     returned = by_split if len(by_split) > 1 else results[0][1]
     if not dist.is_main_process():

@@ -32,12 +32,14 @@ from torch import nn
 
 from acol import cli, dist
 from acol.config import Config, ConfigError, flatten, load_config, locate, to_dict, to_toml
-from acol.datasets.dataset import build_dataset, build_loader
+from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.check import check_data
+from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, check_labels
 from acol.datasets.synthetic import ensure_synthetic
-from acol.engine import (NonFiniteError, amp_dtype, build_optimizer, evaluate, grad_scaler, load_checkpoint,
-                         rng_state, save_checkpoint, set_rng_state, train_one_epoch, unwrap)
+from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, amp_dtype, build_optimizer,
+                         check_resumable, evaluate, grad_scaler, load_checkpoint, load_weights, rng_state,
+                         save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
 from acol.schedule import build_schedule
@@ -229,6 +231,9 @@ def main(argv=None) -> dict:
                 say(f"stopped by signal {e.signum} during {signals.phase}: {signals.note}")
                 dist.cleanup()
             sys.exit(128 + e.signum)
+        except ImageError as e:  # raised here or in a DataLoader worker
+            cli.fail(f"data error: {worker_error_line(e)}; the run's checkpoints are kept: fix the file (list every "
+                     "problem with --check-data), then run the same command with --resume auto")
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
@@ -237,14 +242,15 @@ def main(argv=None) -> dict:
             sys.exit(1)
 
 
-def load_resume(path: Path, model: nn.Module) -> dict:
+def load_resume(path: Path, model: nn.Module, cfg: Config) -> dict:
     """The checkpoint at `path`, checked to be a resumable acol checkpoint whose weights fit `model`
     (loaded into it); one line naming the file otherwise."""
     try:
         ckpt = load_checkpoint(path)
-    except (FileNotFoundError, RuntimeError) as e:
+        check_resumable(ckpt, path)
+        load_weights(unwrap(model), ckpt, path, f"the {cfg.model.name} / {cfg.model.backbone} model")
+    except (FileNotFoundError, CheckpointError) as e:
         cli.fail(f"cannot resume: {e}")
-    unwrap(model).load_state_dict(ckpt["model"])
     return ckpt
 
 
@@ -346,7 +352,7 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         cli.fail(f"config error: {e}")
     method = build_method(cfg, num_classes)
     model = method.model().to(device)
-    ckpt = load_resume(Path(args.resume), model) if args.resume not in (None, "auto") else None
+    ckpt = load_resume(Path(args.resume), model, cfg) if args.resume not in (None, "auto") else None
 
     with contextlib.ExitStack() as held:
         verdict = open_run(run_dir, args.resume, held)
@@ -355,7 +361,7 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
             dist.cleanup()
             return results
         if verdict == "resume" and ckpt is None:
-            ckpt = load_resume(run_dir / "checkpoints" / "last.pt", model)
+            ckpt = load_resume(run_dir / "checkpoints" / "last.pt", model, cfg)
         resume_path = (Path(args.resume) if args.resume != "auto" else run_dir / "checkpoints" / "last.pt") \
             if ckpt is not None else None
         signals.note = ("the run is as it was; continue it with --resume auto" if ckpt is not None else
@@ -492,6 +498,9 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
             "no checkpoint had been written yet"
         logger.error(f"stopped: {e}; {kept}")
         sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
+    except CheckpointWriteError as e:
+        logger.error(f"stopped: {e}")
+        sys.exit(f"training stopped: {e}")
 
     # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
     signals.phase = "the final test"

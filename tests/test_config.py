@@ -75,7 +75,7 @@ def test_unknown_keys_are_errors_naming_key_and_file(tmp_path):
     ("eval.iou_thresholds=[30, 'x']", r"eval.iou_thresholds\[1\] must be int"),
     ("model.name=resnet", "model.name must be one of"),
     ("acol.threshold=1.5", "acol.threshold must be in"),
-    ("train.epochs=0", "train.epochs must be positive"),
+    ("train.epochs=0", "train.epochs must be >= 1; got 0"),
     ("data=3", "data is a table"),
 ])
 def test_bad_values_name_the_key(override, message):

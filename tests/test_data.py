@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from acol.datasets.dataset import WSOLDataset, collate
+from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.transforms import WSOLTransform, normalize_on_device, resized_shape, scale_boxes
 
@@ -183,11 +184,11 @@ def test_dataset_masks_union_and_ignore(tmp_path):
 def test_missing_and_wrong_size_images_are_named(tmp_path):
     meta = read_metadata(write_split(tmp_path, GOOD), "TOY", "train")
     dataset = WSOLDataset(tmp_path, meta, WSOLTransform(False, 16, 16, False))
-    with pytest.raises(FileNotFoundError, match=r"image not found: .*TOY/a/1.png"):
+    with pytest.raises(ImageError, match=r"image not found: .*TOY/a/1.png"):
         dataset[0]
     make_images(tmp_path)
     meta.sizes["a/1.png"] = (41, 30)
-    with pytest.raises(ValueError, match=r"1.png: image is 40x30 but image_sizes.txt says 41x30"):
+    with pytest.raises(ImageError, match=r"1.png: image is 40x30 but image_sizes.txt says 41x30"):
         dataset[0]
 
 

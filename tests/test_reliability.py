@@ -138,9 +138,9 @@ class Unpicklable:
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.ones(1000)})
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(1000)}})
     with pytest.raises(RuntimeError, match="cannot pickle"):  # the write dies half way
-        save_checkpoint(path, {"step": 2, "weights": torch.zeros(1000), "bad": Unpicklable()})
+        save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(1000)}, "bad": Unpicklable()})
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
 

@@ -180,3 +180,27 @@ def test_a_start_that_failed_before_its_first_checkpoint_is_started_again(tiny_o
     assert [(r["split"], r["epoch"]) for r in records(run_dir)] == [("val", 1), ("test", 1)]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the failed attempt's events are gone
     assert "non-finite loss" in (run_dir / "log.txt").read_text()  # the log keeps the failed attempt
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_the_previous_one_resumes(tiny_overrides, tmp_path,
+                                                                                       monkeypatch):
+    """Simulated ENOSPC (no tmpfs without root): every fsync after epoch 1's two checkpoint files fails."""
+    import errno
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    overrides = [*tiny_overrides, "train.epochs=2"]
+    with pytest.raises(SystemExit) as stopped:
+        run(overrides)
+    last = tmp_path / "runs" / "r" / "checkpoints" / "last.pt"
+    assert str(stopped.value).startswith("training stopped: cannot write checkpoint ")
+    assert "no space left on device" in str(stopped.value) and "continue with --resume auto" in str(stopped.value)
+    monkeypatch.undo()
+    assert load_checkpoint(last)["epoch"] == 1 and not list(last.parent.glob(".*tmp*"))
+    run(overrides, "--resume", "auto")
+    assert [(r["split"], r["epoch"]) for r in records(tmp_path / "runs" / "r")] == [("val", 1), ("val", 2), ("test", 2)]

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from acol.datasets.cache import CachedTrainLoader
-from acol.datasets.images import read_mask, read_rgb
+from acol.datasets.images import ImageError, read_mask, read_rgb
 from acol.datasets.metadata import Metadata, read_metadata
 from acol.datasets.transforms import WSOLTransform
 from acol.dist import InferenceSampler, get_rank, get_world_size
@@ -63,13 +63,23 @@ class WSOLDataset(Dataset):
         image = load_rgb(self.image_root / image_id)
         height, width = image.shape[-2:]
         if image_id in self.meta.sizes and self.meta.sizes[image_id] != (width, height):
-            raise ValueError(f"{self.image_root / image_id}: image is {width}x{height} but image_sizes.txt "
+            raise ImageError(f"{self.image_root / image_id}: image is {width}x{height} but image_sizes.txt "
                              f"says {self.meta.sizes[image_id][0]}x{self.meta.sizes[image_id][1]}")
         boxes = torch.tensor(self.meta.boxes.get(image_id, []), dtype=torch.int64).reshape(-1, 4)
         mask = self._mask(image_id, height, width) if self.load_masks else None
         image, boxes, mask = self.transform(image, boxes, mask)
         return {"image": image, "label": self.meta.labels[image_id], "boxes": boxes, "mask": mask,
                 "image_id": image_id, "index": index}
+
+
+def worker_error_line(error: BaseException) -> str:
+    """The one-line message of an error raised in a DataLoader worker (an `ImageError`, say). torch
+    re-raises it in the main process as `type(error)(text)` with the worker's traceback in the text,
+    whose last line is `<module>.<Type>: <message>`; other errors give their own first line."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[-1].partition(": ")[2]
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):

@@ -18,6 +18,11 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image
 DEEP_MODES = ("I", "F")     # prefixes of the 16-bit and 32-bit modes (I, I;16, I;16B, F, ...)
 
 
+class ImageError(OSError):
+    """An image or mask that is missing, cannot be decoded, or does not fit its metadata; the message (one
+    line) names the file. From a DataLoader worker it arrives wrapped: `dataset.worker_error_line`."""
+
+
 def _decode(path: Path, mode: str, what: str) -> np.ndarray:
     """The file decoded in full and converted to `mode` ("RGB" or "L"). what: "image" or "mask"."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -29,10 +34,10 @@ def _decode(path: Path, mode: str, what: str) -> np.ndarray:
                 return np.array(img.convert(mode))
             deep = img.mode
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
+        raise ImageError(f"{what} not found: {path}") from None
     except DECODE_ERRORS as e:
-        raise OSError(f"cannot read {what} {path}: {e}") from None
-    raise ValueError(f"{what} {path} has {deep} pixels (16 or 32 bits), which would be clipped to 8 bits; "
+        raise ImageError(f"cannot read {what} {path}: {e}") from None
+    raise ImageError(f"{what} {path} has {deep} pixels (16 or 32 bits), which would be clipped to 8 bits; "
                      f"convert it to 8-bit RGB or grayscale")
 
 
@@ -46,5 +51,5 @@ def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     the mask must have."""
     mask = (_decode(path, "L", "mask") > 127).astype(np.uint8)
     if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
-        raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}")
+        raise ImageError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}")
     return mask

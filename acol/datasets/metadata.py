@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from acol.textfile import read_utf8
+
 
 class MetadataError(ValueError):
     """Malformed or inconsistent metadata; the message names the file and line."""
@@ -60,7 +62,7 @@ def _lines(path: Path, required: bool = True):
         if required:
             raise MetadataError(f"metadata file not found: {path}")
         return []
-    return [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    return [(i, line.strip()) for i, line in enumerate(read_utf8(path, MetadataError).splitlines(), 1) if line.strip()]
 
 
 def _int(text: str, path: Path, lineno: int, what: str) -> int:

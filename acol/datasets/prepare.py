@@ -78,6 +78,7 @@ from PIL import Image
 from acol.cli import prog
 from acol.datasets.images import DECODE_ERRORS, read_mask, read_rgb
 from acol.datasets.metadata import MetadataError, box_problem, label_problem, read_metadata
+from acol.textfile import read_utf8
 
 SPLITS = ("train", "val", "test")
 METADATA_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
@@ -136,7 +137,7 @@ def _source_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of the non-empty lines of a source file."""
     if not path.is_file():
         raise PrepareError(f"source file not found: {path}")
-    return [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    return [(i, line.strip()) for i, line in enumerate(read_utf8(path, PrepareError).splitlines(), 1) if line.strip()]
 
 
 def _read_size(path: Path, where: str) -> tuple[int, int]:
@@ -437,6 +438,15 @@ class SplitScan:
     problems: list[str] = field(default_factory=list)
 
 
+def _scan_text(scan: SplitScan, path: Path) -> str:
+    """The text of a metadata file; one that is not UTF-8 is a problem (naming the line) and reads as empty."""
+    try:
+        return read_utf8(path, MetadataError)
+    except MetadataError as e:
+        scan.problems.append(str(e))
+        return ""
+
+
 def _rows(scan: SplitScan, name: str, widths: tuple[int, ...], syntax: str, required: bool = False):
     """(line number, fields) of each line of a metadata file whose first field is a listed image id."""
     path = scan.split_dir / name
@@ -444,7 +454,7 @@ def _rows(scan: SplitScan, name: str, widths: tuple[int, ...], syntax: str, requ
         if required:
             scan.problems.append(f"{path}: file not found")
         return
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_scan_text(scan, path).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.strip().split(",")
@@ -496,7 +506,7 @@ def _scan_image_ids(scan: SplitScan) -> bool:
     if not path.is_file():
         scan.problems.append(f"{path}: file not found")
         return False
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_scan_text(scan, path).splitlines(), 1):
         image_id = line.strip()
         if not image_id:
             continue

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from acol.cams.ops import minmax_normalize, select_class
-from acol.methods.base import METHODS, Method
+from acol.methods.base import METHODS, Method, check_range
 from acol.models.wsol import POST_HOC, WSOLModel, class_activation_head, cross_entropy
 
 ERASE_WITH = ("gt", "pred")
@@ -31,6 +31,7 @@ class ACoLConfig:
     def check(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1]; got {self.threshold}")
+        check_range(self, "loss_weight_b", 0)
         if self.erase_with not in ERASE_WITH:
             raise ValueError(f"erase_with must be one of {', '.join(ERASE_WITH)}; got {self.erase_with!r}")
         if self.fuse not in FUSE:

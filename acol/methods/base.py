@@ -11,6 +11,8 @@ forward pass) and `model.loss(out, targets)`; evaluation and the localizers use 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -64,9 +66,10 @@ class Method:
 
 
 def check_range(table, key: str, low: float, high: float | None = None, note: str = "") -> None:
-    """For a `Config.check()`: ValueError "<key> must be in [low, high]; got v" (">= low" without `high`)."""
+    """For a `Config.check()`: ValueError "<key> must be in [low, high]; got v" (">= low" without `high`);
+    NaN and infinity are never in range."""
     value = getattr(table, key)
-    if value < low or high is not None and value > high:
+    if not (low <= value < math.inf and (high is None or value <= high)):
         bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
         raise ValueError(f"{key} must be {bound}{note}; got {value}")
 
