@@ -4,11 +4,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pickle
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from acol import safeload
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process, sync_buffers
@@ -256,25 +255,20 @@ def load_checkpoint(path: Path) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with warnings.catch_warnings():  # torch warns of pickle protocols it may not read: the error says it
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if str(e).startswith("Weights only load failed"):  # an object that only unpickling code could make
+        ckpt = safeload.load(path)
+    except safeload.RefusedFile as e:
+        if e.runs_code:  # an object that only unpickling code could make
             raise CheckpointError(f"not a checkpoint written by acol (it would run code): {path}") from None
-        raise CheckpointError(unreadable(path, e)) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(unreadable(path, e)) from None
+        raise CheckpointError(unreadable(path, e.reason)) from None
     weights = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not (isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values())):
         raise CheckpointError(f"not a checkpoint written by acol (has no model weights): {path}")
     return ckpt
 
 
-def unreadable(path: Path, error: Exception) -> str:
-    """The one line of a checkpoint torch cannot read: the first line of its error."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"checkpoint {path} cannot be read (truncated or corrupt: {first}); the run's other checkpoint "
+def unreadable(path: Path, reason: str) -> str:
+    """The one line of a checkpoint torch cannot read."""
+    return (f"checkpoint {path} cannot be read (truncated or corrupt: {reason}); the run's other checkpoint "
             "(best.pt / last.pt) may still load: pass it with --resume PATH")
 
 

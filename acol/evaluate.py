@@ -35,6 +35,7 @@ and `<out>/randomization_maps_<split>.png`). Their numbers join the JSON, the ta
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -228,7 +229,9 @@ def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
     num_classes = cfg.model.num_classes or json.loads((run / "meta.json").read_text())["num_classes"]
-    model = build_model(cfg, num_classes).to(device)
+    untrained = copy.deepcopy(cfg)  # the checkpoint holds every weight: no pretrained file or download needed
+    untrained.model.pretrained, untrained.model.pretrained_classifier = "", False
+    model = build_model(untrained, num_classes).to(device)
     try:
         load_weights(model, load_checkpoint(path), path, f"the {cfg.model.name} / {cfg.model.backbone} model of {run}")
     except CheckpointError as e:

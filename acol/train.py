@@ -42,6 +42,7 @@ from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, 
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import SUMMARY, format_table, threshold_line
 from acol.methods import build_method
+from acol.models.backbones import WeightsError
 from acol.schedule import build_schedule
 from acol.runlock import RunLock, RunLocked, describe
 from acol.tracking import LOGGER_NAME, Tracker, setup_logging
@@ -351,7 +352,10 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     except ValueError as e:
         cli.fail(f"config error: {e}")
     method = build_method(cfg, num_classes)
-    model = method.model().to(device)
+    try:
+        model = method.model().to(device)
+    except WeightsError as e:
+        cli.fail(f"config error: model.pretrained: {e}")
     ckpt = load_resume(Path(args.resume), model, cfg) if args.resume not in (None, "auto") else None
 
     with contextlib.ExitStack() as held:

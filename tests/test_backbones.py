@@ -13,7 +13,7 @@ from torch import nn
 from acol.config import ModelCfg, load_config
 from acol.engine import build_optimizer
 from acol.methods import build_model
-from acol.models.backbones import BACKBONES
+from acol.models.backbones import BACKBONES, WeightsError
 
 NUM_CLASSES = 3
 
@@ -107,13 +107,13 @@ def test_missing_unexpected_or_misshapen_keys_are_named(backbone, key, torchvisi
     state, _ = torchvision_state_dicts[backbone]
     without = {k: v for k, v in state.items() if k != key}
     torch.save(without, tmp_path / "missing.pth")
-    with pytest.raises(KeyError, match=rf"missing .* keys \['{re.escape(key)}'\]"):
+    with pytest.raises(WeightsError, match=rf"missing .* keys \['{re.escape(key)}'\]"):
         build_model(cfg_for(backbone, f"model.pretrained={tmp_path / 'missing.pth'}"), NUM_CLASSES)
     torch.save({**state, "layer5.0.conv1.weight": torch.zeros(1)}, tmp_path / "extra.pth")
-    with pytest.raises(KeyError, match=r"unexpected .* keys \['layer5\.0\.conv1\.weight'\]"):
+    with pytest.raises(WeightsError, match=r"unexpected .* keys \['layer5\.0\.conv1\.weight'\]"):
         build_model(cfg_for(backbone, f"model.pretrained={tmp_path / 'extra.pth'}"), NUM_CLASSES)
     torch.save({**state, key: torch.zeros(1)}, tmp_path / "wrong_shape.pth")
-    with pytest.raises(RuntimeError, match=f"size mismatch for {re.escape(key)}"):
+    with pytest.raises(WeightsError, match=f"size mismatch for {re.escape(key)}: "):
         build_model(cfg_for(backbone, f"model.pretrained={tmp_path / 'wrong_shape.pth'}"), NUM_CLASSES)
 
 

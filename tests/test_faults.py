@@ -476,3 +476,33 @@ def test_the_command_line_prints_one_line(command, tmp_path, tiny_overrides, tin
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert culprit in proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "PWNED").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained weights (model.pretrained)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case, message", [
+    ("code", "{path}: not a weights file (it would run code); pass a state dict saved with torch.save("),
+    ("text", "{path}: cannot be read as a torch file ("),
+    ("missing", "pretrained weights file not found: {path}"),
+])
+def test_bad_pretrained_weights_are_one_line_before_the_run_folder(case, message, tiny_overrides, tmp_path, capsys):
+    path, marker = tmp_path / "w.pt", tmp_path / "PWNED"
+    if case == "code":
+        BAD_CHECKPOINTS["pickle calling os.system"][0](path, marker)
+    elif case == "text":
+        path.write_text("not weights")
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "r", *tiny_overrides,
+                                              f"model.pretrained={path}"])
+    assert err.startswith("config error: model.pretrained: ") and message.format(path=path) in err
+    assert not marker.exists() and not (tmp_path / "runs" / "r").exists()
+
+
+def test_evaluating_a_run_needs_no_pretrained_file(fake_run, tmp_path):
+    """The checkpoint holds every weight: a run whose model.pretrained file is gone (or "imagenet", offline)
+    still evaluates."""
+    config = fake_run / "config.toml"
+    config.write_text(config.read_text().replace('pretrained = ""', f'pretrained = "{tmp_path / "gone.pt"}"'))
+    assert str(tmp_path / "gone.pt") in config.read_text()
+    metrics = evaluate.main(["--run", str(fake_run), "--out", str(tmp_path / "ev")])
+    assert 0 <= metrics["maxboxacc_v2"] <= 100

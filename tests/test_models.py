@@ -10,7 +10,7 @@ from acol.cams import build_localizer
 from acol.cams.ops import minmax_normalize, select_class
 from acol.config import load_config
 from acol.methods import METHODS, build_model
-from acol.models.backbones import BACKBONES
+from acol.models.backbones import BACKBONES, WeightsError
 from acol.engine import build_optimizer
 
 NUM_CLASSES = 5
@@ -222,12 +222,12 @@ def test_vgg16_loads_a_local_torchvision_state_dict(tmp_path):
 
 
 def test_bad_pretrained_sources_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(WeightsError, match="missing.pth"):
         build_model(small_cfg("acol", "vgg16", f"model.pretrained={tmp_path / 'missing.pth'}"), 2)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "partial.pth")
-    with pytest.raises(KeyError, match="missing VGG16 keys"):
+    with pytest.raises(WeightsError, match="missing VGG16 keys"):
         build_model(small_cfg("acol", "vgg16", f"model.pretrained={tmp_path / 'partial.pth'}"), 2)
-    with pytest.raises(ValueError, match="smallcnn has no ImageNet weights"):
+    with pytest.raises(WeightsError, match="smallcnn has no ImageNet weights"):
         build_model(small_cfg("acol", "smallcnn", "model.pretrained=imagenet"), 2)
 
 
@@ -242,7 +242,7 @@ def test_imagenet_weights_offline_say_where_to_get_them(backbone, weights, arch,
 
     monkeypatch.setattr(weights, "get_state_dict", offline)  # only this backbone's weights enum
     url = re.escape(weights.IMAGENET1K_V1.url)
-    with pytest.raises(RuntimeError, match=f"could not download the ImageNet {arch} weights from {url}.*"
+    with pytest.raises(WeightsError, match=f"could not download the ImageNet {arch} weights from {url}.*"
                                            "model.pretrained=<path"):
         build_model(small_cfg("acol", backbone, "model.pretrained=imagenet"), 2)
 

@@ -26,6 +26,7 @@ from torchvision.models import get_weight
 from torchvision.models.inception import InceptionA, InceptionC
 from torchvision.models.resnet import Bottleneck
 
+from acol import safeload
 from acol.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -60,12 +61,24 @@ def _kaiming_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+class WeightsError(ValueError):
+    """Pretrained weights (model.pretrained) that cannot be had, read or loaded; the message (one line)
+    names the file or the download."""
+
+
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict file (or one of acol's checkpoints), loaded safely: tensors and plain containers only."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise WeightsError(f"pretrained weights file not found: {path}")
+    try:
+        state = safeload.load(path)
+    except safeload.RefusedFile as e:
+        if e.runs_code:
+            raise WeightsError(f"{path}: not a weights file (it would run code); pass a state dict saved with "
+                               "torch.save(model.state_dict(), PATH)") from None
+        raise WeightsError(f"{path}: cannot be read as a torch file ({e.reason})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
     if isinstance(state.get("model"), dict):  # one of our checkpoints: take its model weights
         state = state["model"]
     return state
@@ -77,7 +90,7 @@ def _imagenet_state_dict(weights_name: str, arch: str) -> tuple[dict[str, torch.
     try:
         state = weights.get_state_dict(progress=True)
     except OSError as e:  # URLError and socket errors are OSErrors
-        raise RuntimeError(
+        raise WeightsError(
             f"could not download the ImageNet {arch} weights from {weights.url} ({e}). "
             "Download that file on a machine with internet access and set "
             "model.pretrained=<path to the .pth file>."
@@ -93,7 +106,7 @@ def read_state_dict(source: str, arch: str, imagenet_weights: str | None) -> tup
     """(state dict, its name for messages) of "imagenet" (torchvision's `imagenet_weights`) or a local file."""
     if source == "imagenet":
         if imagenet_weights is None:
-            raise ValueError(f"{arch} has no ImageNet weights; set model.pretrained to a local state dict path")
+            raise WeightsError(f"{arch} has no ImageNet weights; set model.pretrained to a local state dict path")
         return _imagenet_state_dict(imagenet_weights, arch)
     return _load_state_dict_file(source), source
 
@@ -104,8 +117,8 @@ def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: st
 
     Keys starting with `ignored_prefixes` (torchvision modules the backbone drops) are skipped; the
     rest must equal the module's keys (BatchNorm `num_batches_tracked` may be absent, as in older
-    torchvision files), else a KeyError names the missing and unexpected ones; a shape mismatch
-    raises load_state_dict's RuntimeError, which names the key.
+    torchvision files), else a WeightsError names the missing and unexpected ones, or the first key
+    whose shape differs.
     """
     state, source_name = read_state_dict(source, arch, imagenet_weights)
     if any(k.startswith("backbone.") for k in state):  # a whole model's state dict
@@ -116,8 +129,11 @@ def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: st
     unexpected = sorted(set(state) - expected)
     problems = [f"{kind} {arch} keys {_key_list(keys)}"
                 for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    own = module.state_dict()
+    problems += [f"size mismatch for {k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the "
+                 f"{arch}" for k in sorted(set(state) & expected) if state[k].shape != own[k].shape][:1]
     if problems:
-        raise KeyError(f"{source_name}: {'; '.join(problems)}")
+        raise WeightsError(f"{source_name}: {'; '.join(problems)}")
     module.load_state_dict(state, strict=False)  # strict apart from num_batches_tracked, checked above
 
 
