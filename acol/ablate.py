@@ -46,6 +46,27 @@ test images and seeds, `acol.evaluation.bootstrap`, from per-image test records 
 folder as `ablate_<localizer or own>_test.npz`) before each group's table, and `grid.png`: one row of maps per group (the chosen
 cell's run of the first seed, the model's own map, its predicted box at val's threshold in red, GT
 in green) on the same test images.
+
+A random search (wsolevaluation's protocol: every method the same number of trials, chosen on val)
+replaces a group's axes and cells by trials drawn from a [search] table (`acol/search.py`):
+
+    trials = 8                         # the budget: the number of cells of every group (top level only)
+    search_seed = 0                    # the sampler's seed (default 0)
+    [[groups]]
+    name = "ACoL"
+    base = "../synthetic_acol.toml"
+    set = { "model.large_feature_map" = true }           # fixed overrides of every cell (any group)
+    [groups.search]                                      # per dotted key a distribution
+    "optim.lr" = { log_uniform = [0.002, 0.05] }
+    "acol.threshold" = { uniform = [0.5, 0.9] }
+    "model.cam_head" = { choice = ["fc", "conv1x1"] }    # also int_uniform = [low, high]
+
+A file without groups has a top-level `[search]` (and `set`). The trials of a group depend only on
+(search_seed, the group's name, the trial index, the key), so adding a group or a key, or raising
+`trials`, changes no other group's trials and a re-run draws the same ones (its finished runs are
+skipped); `--dry-run` lists them. In a file with `trials` every group is searched. The search's bounds
+and choices must each give a valid config (checked before anything trains), and command-line
+overrides may not set a searched key.
 """
 from __future__ import annotations
 
@@ -68,6 +89,7 @@ import numpy as np
 import torch
 
 from acol import cli
+from acol.search import Distribution, sample_trials, search_space
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
 from acol.evaluation.bootstrap import paired_difference, run_records
@@ -75,8 +97,9 @@ from acol.evaluation.report import mean_std
 from acol.visualize import heatmap_rows, labelled_rows
 
 ABLATIONS = recipe_dir() / "ablations"
-TOP_KEYS = {"description", "base", "seeds", "search_seeds", "select", "axes", "cells", "groups"}
-GROUP_KEYS = {"name", "base", "axes", "cells"}
+TOP_KEYS = {"description", "base", "seeds", "search_seeds", "select", "axes", "cells", "groups", "set", "search",
+            "trials", "search_seed"}
+GROUP_KEYS = {"name", "base", "axes", "cells", "set", "search"}
 CELL_KEYS = {"name", "set", "localizer"}
 VAL_COLUMNS = [("top1_cls", "val top-1 cls"), ("gt_known_loc@oracle", "val GT-known (val τ)"),
                ("maxboxacc_v2", "val MaxBoxAccV2"), ("pxap", "val PxAP")]
@@ -117,16 +140,24 @@ class Group:
     name: str
     base: Path
     cells: list[Cell]
+    overrides: list[str] = field(default_factory=list)  # the group's `set`, before each cell's settings
+    space: dict[str, Distribution] = field(default_factory=dict)  # its [search]; its cells are trials
 
 
 @dataclass
 class Ablation:
-    name: str
+    path: Path
     description: str
     seeds: list[int]
     select: str
     groups: list[Group]
     search_seeds: list[int] | None = None  # None: the cells are compared over all seeds
+    trials: int = 0                        # a random search's budget per group (0: no search)
+    search_seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
 
     @property
     def grouped(self) -> bool:
@@ -168,6 +199,48 @@ def _cells(table: dict, path: Path, where: str) -> list[Cell]:
     return cells
 
 
+def _group(table: dict, path: Path, where: str, name: str, budget: tuple[int, int] | None) -> Group:
+    """The group of a file's top level or of one [[groups]] entry: its base, its `set`, and its cells (the
+    axes and cells, or `budget` = (trials, search seed) draws of its [search])."""
+    base = locate(table["base"], path.parent).resolve()
+    fixed = table.get("set", {})
+    if not isinstance(fixed, dict):
+        raise _error(path, f"{where}set must be a table of config keys and values; got {fixed!r}")
+    overrides = [f"{key}={toml_value(value)}" for key, value in fixed.items()]
+    if "search" not in table:
+        if budget is not None:
+            raise _error(path, f"{where}search is missing: a file with trials searches every group (the same budget)")
+        return Group(name, base, _cells(table, path, where), overrides)
+    if budget is None:
+        raise _error(path, f"{where}search needs trials (the budget of every group) at the top level")
+    mixed = sorted(set(table) & {"axes", "cells"})
+    if mixed:
+        raise _error(path, f"{where}search and {where}{mixed[0]} exclude each other (the trials are the cells)")
+    try:
+        space = search_space(table["search"])
+        cells = [Cell(_spelled(settings), settings) for settings in sample_trials(space, *budget, name)]
+    except ConfigError as e:
+        raise _error(path, f"{where}search: {e}") from None
+    both = sorted(set(space) & set(fixed))
+    if both:
+        raise _error(path, f"{where}set and {where}search both give {both[0]!r}")
+    return Group(name, base, cells, overrides, space)
+
+
+def _budget(data: dict, path: Path) -> tuple[int, int] | None:
+    """(trials, search seed) of a file with `trials`, else None."""
+    if "trials" not in data:
+        if "search_seed" in data:
+            raise _error(path, "search_seed needs trials (the budget of a random search)")
+        return None
+    trials, seed = data["trials"], data.get("search_seed", 0)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise _error(path, f"trials must be a positive integer; got {trials!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _error(path, f"search_seed must be an integer >= 0; got {seed!r}")
+    return trials, seed
+
+
 def _seeds(data: dict, key: str, path: Path) -> list[int]:
     seeds = data[key]
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
@@ -193,29 +266,33 @@ def load_ablation(name_or_path: str) -> Ablation:
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise _error(path, f"unknown key {sorted(unknown)[0]!r} (valid: {', '.join(sorted(TOP_KEYS))})")
+    budget = _budget(data, path)
     if "groups" in data:
-        mixed = set(data) & {"base", "axes", "cells"}
+        mixed = set(data) & {"base", "axes", "cells", "set", "search"}
         if mixed:
             raise _error(path, f"{sorted(mixed)[0]!r} belongs inside each [[groups]] entry of a file with groups")
         groups = []
         for i, table in enumerate(data["groups"]):
+            if {"trials", "search_seed"} & set(table):
+                raise _error(path, f"groups[{i}]: trials and search_seed are set once, at the top level "
+                                   "(the same budget for every group)")
             unknown = set(table) - GROUP_KEYS
             if unknown:
                 raise _error(path, f"groups[{i}]: unknown key {sorted(unknown)[0]!r} "
                                    f"(valid: {', '.join(sorted(GROUP_KEYS))})")
             if "name" not in table or "base" not in table:
                 raise _error(path, f"groups[{i}]: a group needs a name and a base")
-            groups.append(Group(table["name"], locate(table["base"], path.parent).resolve(),
-                                _cells(table, path, f"groups[{i}].")))
+            groups.append(_group(table, path, f"groups[{i}].", table["name"], budget))
     else:
         if "base" not in data:
             raise _error(path, "missing key 'base' (the config every cell starts from)")
-        groups = [Group("", locate(data["base"], path.parent).resolve(), _cells(data, path, ""))]
+        groups = [_group(data, path, "", "", budget)]
     seeds = _seeds(data, "seeds", path) if "seeds" in data else [0]
-    search = _seeds(data, "search_seeds", path) if "search_seeds" in data else None
-    if search is not None and not set(search) <= set(seeds):
+    search_seeds = _seeds(data, "search_seeds", path) if "search_seeds" in data else None
+    if search_seeds is not None and not set(search_seeds) <= set(seeds):
         raise _error(path, "search_seeds must be some of the seeds")
-    return Ablation(path.stem, data.get("description", ""), seeds, data.get("select", "maxboxacc_v2"), groups, search)
+    return Ablation(path, data.get("description", ""), seeds, data.get("select", "maxboxacc_v2"), groups, search_seeds,
+                    *(budget or (0, 0)))
 
 
 @dataclass
@@ -245,7 +322,8 @@ def plan(ablation: Ablation, runs_dir: Path, seeds: list[int], cells: dict[str, 
 
 def train(job: Job, overrides: list[str], env: dict) -> int:
     """Train (or resume) one run in a subprocess; its console output goes to `job.console`."""
-    command = [sys.executable, "-m", "acol.train", "--config", str(job.group.base), *job.cell.overrides, *overrides,
+    command = [sys.executable, "-m", "acol.train", "--config", str(job.group.base), *job.group.overrides,
+               *job.cell.overrides, *overrides,
                f"train.seed={job.seed}", f"log.runs_dir={job.run_dir.parent}", "--name", job.run_dir.name]
     if job.run_dir.exists():
         command += ["--resume", "auto"]
@@ -478,8 +556,18 @@ def _configure(args) -> Ablation:
             raise ConfigError(f"--base applies to an ablation without groups; {args.ablation} has groups")
         ablation.groups[0].base = locate(args.base, Path.cwd()).resolve()
     for group in ablation.groups:  # every cell's config must load before anything trains
+        where = f"groups {group.name!r} search" if group.name else "search"
+        clash = [o for o in args.override if o.split("=", 1)[0].strip() in group.space]
+        if clash:
+            raise ConfigError(f"override {clash[0]!r} sets a key of {where} (the trials would all be the same)")
+        for key, distribution in group.space.items():  # the bounds and choices, whichever trials are drawn
+            for value in distribution.values:
+                try:
+                    load_config(group.base, group.overrides + [f"{key}={toml_value(value)}"] + args.override)
+                except ConfigError as e:
+                    raise _error(ablation.path, f"{where}: {key} = {toml_value(value)}: {e}") from None
         for cell in group.cells:
-            cli.check_device(load_config(group.base, cell.overrides + args.override).train.device)
+            cli.check_device(load_config(group.base, group.overrides + cell.overrides + args.override).train.device)
     return ablation
 
 
@@ -505,6 +593,8 @@ def main(argv=None) -> str:
         sys.exit(f"{len(failed)} run(s) of the chosen cells failed; fix the cause and run the same command again")
     folder = args.runs_dir / "ablations" / ablation.name
     search_note = f"; cells compared on seeds {', '.join(map(str, ablation.search_seeds))}" if ablation.search_seeds else ""
+    if ablation.trials:
+        search_note += f"; random search: {ablation.trials} trials per group (search seed {ablation.search_seed})"
     header = (f"{ablation.description or ablation.name}: seeds {', '.join(map(str, ablation.seeds))}{search_note}; "
               f"mean ± std; chosen on val {ablation.select}")
     parts, rows = [header], []

@@ -202,19 +202,39 @@ def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_value(value: Any, typ: Any, key: str, source: str) -> Any:
+def check_value(value: Any, typ: Any, key: str, source: str) -> Any:
     """Validate `value` against the annotation `typ`; ints are accepted for floats."""
     origin = typing.get_origin(typ)
     if origin is list:
         (item_type,) = typing.get_args(typ)
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return [_check_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return [check_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is int and isinstance(value, bool) or not isinstance(value, typ):
         raise ConfigError(f"{source}: {key} must be {typ.__name__}, got {value!r}")
     return value
+
+
+def key_type(key: str) -> Any:
+    """The schema's type of the dotted config key `key` (`optim.lr` -> float, `has.grid_size` -> int: a
+    method's key by its table); ConfigError naming the key for an unknown key or a table."""
+    types = {n: t for n, t in _field_types(Config).items() if n != "method"} | method_tables()
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if part not in types:
+            valid = ", ".join(f"{prefix}.{n}" if prefix else n for n in types)
+            raise ConfigError(f"unknown key {'.'.join(parts[:i + 1])!r} (valid keys here: {valid})")
+        typ = types[part]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a table (in {key!r})")
+            types = _field_types(typ)
+    if dataclasses.is_dataclass(typ):
+        raise ConfigError(f"{key} is a table, not a value")
+    return typ
 
 
 def _merge_layer(cfg: Config, tables: dict[str, Any], data: dict, source: str) -> None:
@@ -245,7 +265,7 @@ def _merge_into(obj: Any, data: dict, prefix: str, source: str) -> None:
                 raise ConfigError(f"{source}: {key} is a table, got {value!r}")
             _merge_into(getattr(obj, name), value, f"{key}.", source)
         else:
-            setattr(obj, name, _check_value(value, typ, key, source))
+            setattr(obj, name, check_value(value, typ, key, source))
 
 
 def toml_error(path: Path, error: tomllib.TOMLDecodeError) -> str:
