@@ -560,6 +560,7 @@ def _configure(args) -> Ablation:
         clash = [o for o in args.override if o.split("=", 1)[0].strip() in group.space]
         if clash:
             raise ConfigError(f"override {clash[0]!r} sets a key of {where} (the trials would all be the same)")
+        load_config(group.base, group.overrides + args.override)
         for key, distribution in group.space.items():  # the bounds and choices, whichever trials are drawn
             for value in distribution.values:
                 try:
