@@ -51,12 +51,17 @@ class DataCfg:
     eval_center_crop: bool = False      # eval: Resize+CenterCrop (official ACoL) or Resize((crop, crop)) (wsolevaluation)
     num_workers: int = -1               # -1: from the machine's core count
     cache: str = "off"                  # train split decoded once: off | memory (RAM) | device (GPU; crops there)
+    train_split: str = "train"          # the split trained on: train | val (the few-shot baseline, model.name = fsl,
+                                        # trains on val's boxes / masks)
+    val_per_class: int = 0              # val keeps k images per class wherever it is used (0: all): the ones
+                                        # wsolevaluation's --num_val_sample_per_class k --seed <train.seed> draws
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # used when dataset = "SYNTHETIC"
 
 
 @dataclass
 class ModelCfg:
-    name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg
+    name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg,
+                                        # or fsl (the few-shot baseline: see data.train_split)
     backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
@@ -387,6 +392,7 @@ _CHOICES = {
     "optim.schedule": SCHEDULES,
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "data.cache": ("off", "memory", "device"),
+    "data.train_split": ("train", "val"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 
@@ -400,6 +406,7 @@ def _check_choice(key: str, value: Any, choices) -> None:
 # is in none. NOTES: what the special values mean.
 RANGES = {
     "data.resize_size": "[1, inf)", "data.crop_size": "[1, inf)", "data.num_workers": "[-1, inf)",
+    "data.val_per_class": "[0, inf)",
     "model.num_classes": "[0, inf)", "model.head_channels": "[1, inf)", "model.head_dropout": "[0, 1)",
     "optim.lr": "(0, inf)", "optim.momentum": "[0, 1)", "optim.weight_decay": "[0, inf)",
     "optim.head_lr_mult": "[0, inf)", "optim.bias_lr_mult": "[0, inf)", "optim.lr_decay_gamma": "(0, inf)",
@@ -409,7 +416,8 @@ RANGES = {
     "eval.fixed_threshold": "[0, 1)",
     "log.log_every": "[1, inf)", "log.vis_num": "[0, inf)", "log.vis_every": "[1, inf)",
 }
-NOTES = {"data.num_workers": "-1: from the core count", "model.num_classes": "0: from the dataset",
+NOTES = {"data.num_workers": "-1: from the core count", "data.val_per_class": "0: all",
+         "model.num_classes": "0: from the dataset",
          "optim.head_lr_mult": "0 freezes the head", "optim.bias_lr_mult": "0 freezes the biases",
          "train.threads": "0: torch's default", "train.max_steps": "0: no limit",
          "train.checkpoint_every_steps": "0: at epoch ends only"}

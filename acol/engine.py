@@ -18,7 +18,7 @@ from acol import safeload
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process, sync_buffers
-from acol.evaluation import BoxEvaluator, MaskEvaluator, resize_and_normalize, scoremap_file
+from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, resize_and_normalize, scoremap_file
 
 
 class NonFiniteError(RuntimeError):
@@ -87,7 +87,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     after it (it stops early at train.max_steps). `schedule` (an `LRSchedule`) sets the groups' lrs
     from `base_lrs` before every step (None: they stay). `transform(images, labels) -> (images, targets)` is
     the method's batch transform (`Method.transform_batch`; default: targets = labels); the forward
-    pass sees the labels, the loss the targets. `after_step(step, batches_done)` runs after every
+    pass sees the labels, the loss the targets; a batch with masks (the training split of a method
+    that `trains_on_masks`) has those (B, H, W) uint8 masks as its targets instead of the labels.
+    `after_step(step, batches_done)` runs after every
     optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
     the loss comes from the bare model. A non-finite loss raises NonFiniteError before the step."""
     model.train()
@@ -97,8 +99,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
         images = normalize_on_device(batch["image"], device)
         labels = targets = batch["label"].to(device, non_blocking=True)
+        if batch["mask"] is not None:
+            targets = batch["mask"].to(device, non_blocking=True)
         if transform is not None:
-            images, targets = transform(images, labels)
+            images, targets = transform(images, targets)
         with autocast(device, dtype):
             out = model(to_memory_format(images, cfg), labels)
         losses = core.loss(out, targets)
@@ -117,7 +121,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if step % cfg.log.log_every == 0:
             values = {f"train/{k}": v.item() for k, v in losses.items()}
             elapsed = time.perf_counter() - tick
-            values["train/cls_acc"] = (out["logits"].argmax(1) == labels).float().mean().item() * 100
+            if core.classifies:
+                values["train/cls_acc"] = (out["logits"].argmax(1) == labels).float().mean().item() * 100
             values["train/lr"] = optimizer.param_groups[0]["lr"]
             values["train/img_per_s"] = seen * int(os.environ.get("WORLD_SIZE", 1)) / elapsed
             tracker.scalars(values, step)
@@ -182,7 +187,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype 
     """Classification and localization metrics of one split; `threshold` is a box threshold
     chosen elsewhere (on `val`) to report at (the `@val` keys)."""
     boxes_eval, masks_eval = accumulate_split(model, loader, device, dtype, cfg, localizer=localizer)
+    return split_metrics(model, boxes_eval, masks_eval, threshold)
+
+
+def split_metrics(model: nn.Module, boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None,
+                  threshold: float | None = None) -> dict[str, float]:
+    """The metrics of a split's evaluators; for a model without a classifier (`classifies` false: the
+    few-shot baseline) without the classification-dependent ones (`localization_only`)."""
     metrics = boxes_eval.compute(threshold)
+    if not unwrap(model).classifies:
+        metrics = localization_only(metrics)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
     return metrics

@@ -53,8 +53,9 @@ from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.datasets.transforms import normalize_on_device
-from acol.engine import CheckpointError, accumulate_split, amp_dtype, load_checkpoint, load_weights, unwrap
-from acol.evaluation import BoxEvaluator, MaskEvaluator, scoremap_file, stripped_scoremap_file
+from acol.engine import (CheckpointError, accumulate_split, amp_dtype, load_checkpoint, load_weights, split_metrics,
+                         unwrap)
+from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, scoremap_file, stripped_scoremap_file
 from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, Faithfulness
 from acol.evaluation.report import format_table, threshold_line
 from acol.evaluation.sanity import cascade, cascade_grid, cascade_plot, summary
@@ -62,9 +63,6 @@ from acol.methods import build_model
 from acol.registry import UnknownNameError
 from acol.tracking import THRESHOLD_AXIS, Tracker
 from acol.visualize import plot_curves
-
-# metrics that need the classifier's predictions (absent when evaluating bare score maps)
-CLASSIFICATION_KEYS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -263,9 +261,7 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
         threshold = run_split("val")[0].compute().get("best_cam_threshold")
     faithfulness = faithfulness_of(model, localizer, dtype, args)
     boxes_eval, masks_eval = run_split(args.split, faithfulness)
-    metrics = boxes_eval.compute(threshold)
-    if masks_eval is not None:
-        metrics.update(masks_eval.compute())
+    metrics = split_metrics(model, boxes_eval, masks_eval, threshold)
     details = {}
     if args.faithfulness or args.sanity:
         checks, details = map_checks(model, cfg, device, dtype, localizer, args.split, args, faithfulness)
@@ -381,8 +377,7 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
               "the <image_id>.npy ones (wsolevaluation's) were read")
     metrics = {}
     if int(boxes_eval.state["num_boxed"]):
-        metrics = {k: v for k, v in boxes_eval.compute(threshold).items()
-                   if not k.startswith(CLASSIFICATION_KEYS)}
+        metrics = localization_only(boxes_eval.compute(threshold))
     if masks_eval is not None:
         metrics.update(masks_eval.compute())
     return metrics, boxes_eval, cfg.eval.fixed_threshold

@@ -41,7 +41,7 @@ from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, 
                          check_resumable, evaluate, grad_scaler, load_checkpoint, load_weights, rng_state,
                          save_checkpoint, set_rng_state, train_one_epoch, unwrap)
 from acol.evaluation.report import SUMMARY, format_table, threshold_line
-from acol.methods import build_method
+from acol.methods import METHODS, build_method
 from acol.models.backbones import WeightsError
 from acol.schedule import build_schedule
 from acol.runlock import RunLock, RunLocked, describe
@@ -339,8 +339,9 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     dtype = amp_dtype(cfg.train.amp, device)
     prepare_data(cfg)
     try:
-        train_set, val_set, test_set = (build_dataset(cfg, split, train=split == "train")
-                                        for split in ("train", "val", "test"))
+        train_set = build_dataset(cfg, cfg.data.train_split, train=True,
+                                  foreground=METHODS.get(cfg.model.name).trains_on_masks)
+        val_set, test_set = (build_dataset(cfg, split, train=False) for split in ("val", "test"))
         num_classes = cfg.model.num_classes or train_set.meta.num_classes
         check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
     except MetadataError as e:

@@ -21,7 +21,8 @@ def _first(samples: list[dict]) -> dict:
 
 class CachedTrainLoader:
     """Iterates batches {"image": (B, 3, crop, crop) uint8 on the cache's device, "label", "boxes",
-    "mask": None, "image_id", "index"} like the training DataLoader (`sampler.set_epoch` as usual)."""
+    "mask" ((B, crop, crop) uint8 for a `foreground` dataset, else None), "image_id", "index"} like the
+    training DataLoader (`sampler.set_epoch` as usual)."""
 
     def __init__(self, dataset, sampler, batch_size: int, seed: int, store: torch.device, workers: int):
         """dataset: the training WSOLDataset (its transform's random crop and flip are done here);
@@ -30,11 +31,13 @@ class CachedTrainLoader:
         self.batch_size = batch_size
         self.seed = seed
         self.sampler = sampler
-        resized = type(dataset)(dataset.image_root.parent, dataset.meta, self.transform.resize)
+        resized = type(dataset)(dataset.image_root.parent, dataset.meta, self.transform.resize,
+                                foreground=dataset.foreground)
         decode = DataLoader(resized, batch_size=1, num_workers=workers, collate_fn=_first)
-        self.images, self.boxes, self.labels, self.ids = [], [], [], []
+        self.images, self.masks, self.boxes, self.labels, self.ids = [], [], [], [], []
         for sample in decode:
             self.images.append(sample["image"].to(store))
+            self.masks.append(sample["mask"].to(store) if sample["mask"] is not None else None)
             self.boxes.append(sample["boxes"])
             self.labels.append(sample["label"])
             self.ids.append(sample["image_id"])
@@ -52,11 +55,14 @@ class CachedTrainLoader:
             params = [self.transform.crop_params(*self.images[i].shape[-2:], generator) for i in chosen]
             if (b + 1) * self.batch_size <= self.sampler.start:
                 continue
-            images, boxes = [], []
+            images, boxes, masks = [], [], []
             for i, (top, left, flip) in zip(chosen, params):
-                image, box, _ = self.transform.crop_and_flip(self.images[i], self.boxes[i], None, top, left, flip)
+                image, box, mask = self.transform.crop_and_flip(self.images[i], self.boxes[i], self.masks[i], top,
+                                                                left, flip)
                 images.append(image)
                 boxes.append(box)
+                masks.append(mask)
             yield {"image": torch.stack(images), "label": torch.tensor([self.labels[i] for i in chosen]),
-                   "boxes": boxes, "mask": None, "image_id": [self.ids[i] for i in chosen],
+                   "boxes": boxes, "mask": torch.stack(masks) if masks[0] is not None else None,
+                   "image_id": [self.ids[i] for i in chosen],
                    "index": torch.tensor(chosen)}

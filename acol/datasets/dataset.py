@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from acol.datasets.cache import CachedTrainLoader
 from acol.datasets.images import ImageError, read_mask, read_rgb
-from acol.datasets.metadata import Metadata, read_metadata
+from acol.datasets.metadata import Metadata, MetadataError, per_class_subset, read_metadata
 from acol.datasets.transforms import WSOLTransform
 from acol.dist import InferenceSampler, get_rank, get_world_size
 
@@ -25,19 +25,36 @@ def load_mask(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     return torch.from_numpy(read_mask(path, size))
 
 
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(H, W) uint8: 1 inside any of the (K, 4) x0y0x1y1 boxes, corners included (wsolevaluation's
+    box convention: a box covers x0..x1 and y0..y1), 0 elsewhere."""
+    mask = torch.zeros(height, width, dtype=torch.uint8)
+    for x0, y0, x1, y1 in boxes.tolist():
+        mask[y0:y1 + 1, x0:x1 + 1] = 1
+    return mask
+
+
 class WSOLDataset(Dataset):
     """Samples of one split: {"image": (3, H, W) uint8, "label": int, "boxes": (K, 4) int64,
     "mask": (H, W) uint8 (1 foreground, 0 background, 255 ignore) or None, "image_id": str, "index": int}.
 
-    Boxes and masks are in the transformed image's pixel grid.
+    Boxes and masks are in the transformed image's pixel grid. The mask is the GT masks' union with
+    `load_masks` (when the split has masks); with `foreground` it is always there: the boxes filled
+    in (`box_mask`, drawn at the image's own size, so it is resized, cropped and flipped with it) or,
+    for a split without boxes, the GT masks.
     """
 
     def __init__(self, data_root: str | Path, metadata: Metadata, transform: WSOLTransform,
-                 load_masks: bool = False):
+                 load_masks: bool = False, foreground: bool = False):
         self.image_root = Path(data_root) / metadata.split_dir.parent.name
         self.meta = metadata
         self.transform = transform
-        self.load_masks = load_masks and bool(metadata.masks)
+        self.foreground = foreground
+        if foreground and not (metadata.boxes or metadata.masks):
+            raise MetadataError(f"{metadata.split_dir}: no boxes or masks (localization.txt) to train a "
+                                "localizer on")
+        self.box_masks = foreground and bool(metadata.boxes)
+        self.load_masks = (load_masks or foreground) and not self.box_masks and bool(metadata.masks)
 
     def __len__(self) -> int:
         return len(self.meta.image_ids)
@@ -66,7 +83,8 @@ class WSOLDataset(Dataset):
             raise ImageError(f"{self.image_root / image_id}: image is {width}x{height} but image_sizes.txt "
                              f"says {self.meta.sizes[image_id][0]}x{self.meta.sizes[image_id][1]}")
         boxes = torch.tensor(self.meta.boxes.get(image_id, []), dtype=torch.int64).reshape(-1, 4)
-        mask = self._mask(image_id, height, width) if self.load_masks else None
+        mask = box_mask(boxes, height, width) if self.box_masks else \
+            self._mask(image_id, height, width) if self.load_masks else None
         image, boxes, mask = self.transform(image, boxes, mask)
         return {"image": image, "label": self.meta.labels[image_id], "boxes": boxes, "mask": mask,
                 "image_id": image_id, "index": index}
@@ -124,11 +142,16 @@ def default_num_workers() -> int:
     return max(0, min(8, cores // local - 1))
 
 
-def build_dataset(cfg, split: str, train: bool) -> WSOLDataset:
+def build_dataset(cfg, split: str, train: bool, foreground: bool = False) -> WSOLDataset:
+    """`split` with the training (random crop and flip) or the evaluation transform; val restricted
+    to data.val_per_class images per class (`per_class_subset`, drawn with train.seed). Evaluation
+    sets load GT masks; `foreground`: every sample has its foreground mask (see `WSOLDataset`)."""
     meta = read_metadata(cfg.data.metadata_root, cfg.data.dataset, split)
+    if split == "val":
+        meta = per_class_subset(meta, cfg.data.val_per_class, cfg.train.seed)
     transform = WSOLTransform(train, cfg.data.resize_size, cfg.data.crop_size, cfg.data.keep_aspect,
                               center_crop=cfg.data.eval_center_crop)
-    return WSOLDataset(cfg.data.root, meta, transform, load_masks=not train)
+    return WSOLDataset(cfg.data.root, meta, transform, load_masks=not train, foreground=foreground)
 
 
 def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataLoader | CachedTrainLoader:

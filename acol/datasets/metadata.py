@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from acol.textfile import read_utf8
 
 
@@ -175,6 +177,27 @@ def _read_localization(meta: Metadata, path: Path, ids: set[str]) -> None:
         covered.add(image_id)
     if covered:
         _every(meta.image_ids, covered, path, "box or mask")
+
+
+def per_class_subset(meta: Metadata, k: int, seed: int) -> Metadata:
+    """The split restricted to k images per class (k = 0: all of it), drawn as wsolevaluation's
+    `--num_val_sample_per_class k --seed seed` draws its val split (data_loaders.py,
+    `_adjust_samples_per_class`, right after main.py's `np.random.seed(seed)`): for each label in
+    ascending order, `choice(that label's positions in image_ids.txt, k, replace=False)` from one
+    legacy `RandomState(seed)`; the ids come grouped by label, in draw order. A class with fewer than k
+    images keeps them all, in file order, and draws nothing (wsolevaluation refuses it)."""
+    if k == 0:
+        return meta
+    labels = np.array([meta.labels[i] for i in meta.image_ids])
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for label in np.unique(labels):
+        positions = np.where(labels == label)[0]
+        chosen += positions.tolist() if len(positions) < k else rng.choice(positions, k, replace=False).tolist()
+    ids = [meta.image_ids[i] for i in chosen]
+    keep = lambda table: {i: table[i] for i in ids if i in table}  # noqa: E731
+    return Metadata(meta.split_dir, ids, keep(meta.labels), keep(meta.sizes), keep(meta.boxes), keep(meta.masks),
+                    keep(meta.ignore))
 
 
 def check_labels(train: Metadata, evaluated: Iterable[Metadata], num_classes: int) -> None:

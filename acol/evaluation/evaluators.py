@@ -94,6 +94,15 @@ class _CountState:
             counts.copy_(state[name])
 
 
+CLASSIFICATION_KEYS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc")  # key prefixes that need class predictions
+
+
+def localization_only(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` without the classification-dependent ones (CLASSIFICATION_KEYS): for bare score maps
+    and for models without a classifier (the few-shot baseline)."""
+    return {k: v for k, v in metrics.items() if not k.startswith(CLASSIFICATION_KEYS)}
+
+
 class BoxEvaluator(_CountState):
     """Box metrics over CAM thresholds tau in `np.arange(0, 1, cam_curve_interval)`.
 

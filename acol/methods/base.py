@@ -7,7 +7,9 @@
         def transform_batch(self, images, labels): ...  # optional: what it does to a training batch
 
 The training loop calls `transform_batch` on every training batch (after normalisation, before the
-forward pass) and `model.loss(out, targets)`; evaluation and the localizers use the model alone.
+forward pass) and `model.loss(out, targets)`; evaluation and the localizers use the model alone. A
+method that `trains_on_masks` (the few-shot baseline) gets each training image's foreground mask,
+cropped and flipped with it, as its targets instead of the labels.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class Method:
     """
 
     Config: type | None = None
+    trains_on_masks = False  # True: the targets are (B, H, W) uint8 foreground masks (1 in, 0 out, 255 ignore)
 
     def __init__(self, cfg, num_classes: int):
         self.cfg = cfg
@@ -44,8 +47,9 @@ class Method:
         raise NotImplementedError
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train time only: images (B, 3, H, W), normalised, and labels (B,) -> (images, targets): the
-        batch the model sees and the loss's targets, (B,) class indices or (B, C) class probabilities.
+        """Train time only: images (B, 3, H, W), normalised, and labels (B,) (with `trains_on_masks`: the
+        masks) -> (images, targets): the batch the model sees and the loss's targets, (B,) class indices
+        or (B, C) class probabilities (or the masks).
         The forward pass and the training accuracy still use `labels`. Default: the batch unchanged."""
         return images, labels
 

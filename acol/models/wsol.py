@@ -12,7 +12,9 @@ the interface:
 - `localizers`: the names of the localizers (acol.cams) that apply to the model, declared by its class;
 - `default_cam_layer`: the layer gradient localizers hook by default (the features the class scores
   are pooled from);
-- `param_groups(rule)`: which parameters get the base and which the head learning rate.
+- `param_groups(rule)`: which parameters get the base and which the head learning rate;
+- `classifies`: false for a model without a classifier (the few-shot baseline's foreground model),
+  whose reports leave out the classification-dependent metrics.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ class WSOLModel(nn.Module):
     localizers: tuple[str, ...] = ()
     default_cam_layer: str = ""
     he_init_backbones: tuple[str, ...] = ()  # wsolevaluation's init: Kaiming-normal new convs on these backbones
+    classifies: bool = True
 
     def __init__(self, backbone: nn.Module, smooth_features: bool):
         super().__init__()
