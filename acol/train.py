@@ -173,7 +173,8 @@ def final_report(cfg: Config, run_dir: Path, results: dict) -> str:
 
 
 def config_changes(saved_toml: str, cfg: Config) -> list[str]:
-    """`key: saved -> now` for each config value that differs between a run's config.toml and `cfg`."""
+    """`key: saved -> now` for each config value that differs between a run's config.toml and `cfg` (a key
+    the saved file lacks, added to acol since, counts with its default value)."""
     def leaves(node: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in node.items():
@@ -181,6 +182,9 @@ def config_changes(saved_toml: str, cfg: Config) -> list[str]:
         return out
 
     saved, now = leaves(tomllib.loads(saved_toml)), leaves(tomllib.loads(to_toml(cfg)))
+    if now.keys() - saved.keys():  # keys added to acol after the run: it ran with their defaults
+        defaults = leaves(tomllib.loads(to_toml(load_config(overrides=[f"model.name={cfg.model.name}"]))))
+        saved = {k: defaults[k] for k in now.keys() - saved.keys() if k in defaults} | saved
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in {**saved, **now} if saved.get(k) != now.get(k)]
 
 

@@ -204,3 +204,14 @@ def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_the_previous_one_re
     assert load_checkpoint(last)["epoch"] == 1 and not list(last.parent.glob(".*tmp*"))
     run(overrides, "--resume", "auto")
     assert [(r["split"], r["epoch"]) for r in records(tmp_path / "runs" / "r")] == [("val", 1), ("val", 2), ("test", 2)]
+
+
+def test_a_finished_run_saved_before_a_key_existed_is_still_the_same_run(tiny_overrides, tmp_path, capsys):
+    results = run(tiny_overrides)
+    saved = tmp_path / "runs" / "r" / "config.toml"
+    lines = saved.read_text().splitlines()
+    saved.write_text("\n".join(line for line in lines if not line.startswith(("threads =", "train_split ="))))
+    assert run(tiny_overrides) == results  # its keys' defaults: the same config, the table again
+    assert "this run has finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"holds a finished run of another config \(train.threads: 0 -> 1\)"):
+        run([*tiny_overrides, "train.threads=1"])
