@@ -29,6 +29,11 @@ pointing game, deletion / insertion AUCs and randomization-test similarities on 
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
 layer groups randomized, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
 
+Each run x localizer's result is kept in `--out/done/` as soon as it is finished: the same command
+again (after an interruption, or with more runs or localizers) reuses every result whose settings
+(checkpoint file, target, overrides, localizer options, checks) are unchanged and computes the rest;
+`--fresh` recomputes everything.
+
 maps/s counts the localizer alone (forward, backward where the method needs one, map arithmetic)
 over the val and test passes, after one untimed warm-up batch, not the box evaluation.
 """
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import time
@@ -103,10 +109,12 @@ class Timed:
 
 
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-                     checks=None, options: dict | None = None) -> list[tuple[dict, dict]]:
+                     checks=None, options: dict | None = None, done: Path | None = None) -> list[tuple[dict, dict]]:
     """(record, test per-image records) per localizer applicable to the run's model (and in `methods` when
     given); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
-    too; `options`: {localizer name: its keyword options}."""
+    too; `options`: {localizer name: its keyword options}. With `done` (a folder), each run x localizer's
+    result is kept there as it finishes and reused by a later call with the same settings
+    (`finished_result`), so an interrupted comparison goes on where it stopped."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
@@ -114,6 +122,11 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
     warm_up = next(iter(loaders["val"]))
     warm_up = normalize_on_device(warm_up["image"], device), warm_up["label"].to(device)
     for name in names:
+        setting = result_setting(run, name, target, checkpoint, overrides, checks, (options or {}).get(name, {}))
+        if done is not None and (found := finished_result(done, run, name, setting)) is not None:
+            print(f"{run.name} {name}: done before ({done})", file=sys.stderr, flush=True)
+            records.append(found)
+            continue
         localizer = build_localizer(name, target, **(options or {}).get(name, {}))
         with autocast(device, dtype):
             localizer(model, *warm_up)  # first-call costs (allocations, lazy inits) stay out of maps/s
@@ -143,6 +156,8 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
             if "cascade" in details:
                 record["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
         records.append((record, run_records(test_boxes, test_masks, val.get("best_cam_threshold"))))
+        if done is not None:
+            keep_result(done, run, name, setting, *records[-1])
         print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
               f"{test['gt_known_loc@val']:.2f}, {timed.maps / timed.seconds:.0f} maps/s", flush=True)
     return records
@@ -306,6 +321,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    p.add_argument("--fresh", action="store_true", help="recompute every run x localizer (default: reuse those "
+                   "finished by an earlier call with the same settings, kept in OUT/done/)")
     p.add_argument("--reference", metavar="GROUP/LOCALIZER",
                    help="the cell the differences are taken from, e.g. synthetic_cam/cam (default: the first cam "
                         "localizer, else the first row)")
@@ -329,6 +346,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     runs, args.override = cli.overrides_of(args, others=True)
     args.runs = [Path(r) for r in runs]
     return args
+
+
+CHECK_SETTINGS = ("faithfulness", "pointing_tolerance", "perturbation_steps", "perturbation_baseline", "sanity",
+                  "sanity_images", "sanity_depth", "sanity_seed")  # what changes a record (not chunk sizes)
+
+
+def result_setting(run: Path, name: str, target: str, checkpoint: str, overrides, checks, options: dict) -> dict:
+    """Everything a run x localizer's record depends on: the checkpoint file (path, size, mtime), the
+    target, overrides, the localizer's options and the checks' settings."""
+    path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
+    stat = path.stat()
+    return {"run": str(run.resolve()), "localizer": name, "checkpoint": [str(path.resolve()), stat.st_size,
+                                                                            stat.st_mtime_ns],
+            "target": target, "overrides": list(overrides), "options": options,
+            "checks": {k: getattr(checks, k) for k in CHECK_SETTINGS} if checks is not None else None}
+
+
+def _result_files(done: Path, run: Path, name: str) -> tuple[Path, Path]:
+    stem = f"{run.name}__{name}"
+    return done / f"{stem}.json", done / f"{stem}.npz"
+
+
+def finished_result(done: Path, run: Path, name: str, setting: dict) -> tuple[dict, dict] | None:
+    """(record, per-image records) kept by `keep_result` with the same setting, else None."""
+    record_file, arrays_file = _result_files(done, run, name)
+    if not (record_file.is_file() and arrays_file.is_file()):
+        return None
+    kept = json.loads(record_file.read_text())
+    if kept.get("setting") != json.loads(json.dumps(setting)):
+        return None
+    with np.load(arrays_file) as arrays:
+        return kept["record"], dict(arrays)
+
+
+def keep_result(done: Path, run: Path, name: str, setting: dict, record: dict, per_image: dict) -> None:
+    """Write a run x localizer's result to `done` (the arrays first, then the record, each atomically:
+    a record file means a whole result)."""
+    done.mkdir(parents=True, exist_ok=True)
+    record_file, arrays_file = _result_files(done, run, name)
+    tmp = arrays_file.with_name(f".{arrays_file.stem}.tmp.npz")
+    np.savez_compressed(tmp, **per_image)
+    os.replace(tmp, arrays_file)
+    tmp = record_file.with_name(f".{record_file.name}.tmp")
+    tmp.write_text(json.dumps({"setting": setting, "record": record}))
+    os.replace(tmp, record_file)
 
 
 def write_per_image(out: Path, records: list[dict], per_image: list[dict]) -> None:
@@ -359,8 +421,10 @@ def main(argv=None) -> list[dict]:
             cli.fail(f"error: --reference {args.reference}: localizer {method!r} is not evaluated; valid: "
                      f"{', '.join(methods or LOCALIZERS.names_in_order())}")
     try:
+        done = None if args.fresh else args.out / "done"
         evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
-                                                                       args.override, args, args.localizer_options)]
+                                                                       args.override, args, args.localizer_options,
+                                                                       done)]
     except ConfigError as e:
         cli.fail(f"config error: {e}")
     except MetadataError as e:

@@ -116,3 +116,24 @@ def test_compare_rejects_unknown_methods_and_unfinished_runs(tmp_path):
         compare.main([str(tmp_path), "--methods", "gradcam,nope"])
     with pytest.raises(SystemExit, match="is not a run folder of python -m acol.train \\(no config.toml in it\\)"):
         compare.main([str(tmp_path)])
+
+
+def test_a_second_call_reuses_finished_results_and_recomputes_what_changed(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "compare"
+    argv = [*map(str, tiny_runs[:2]), "--methods", "inforward,gradcam", "--out", str(out), "--num-images", "1"]
+    first = compare.main(argv)
+    assert sorted(p.name for p in (out / "done").glob("*.json")) == [
+        "synthetic_acol-s0__gradcam.json", "synthetic_acol-s0__inforward.json",
+        "synthetic_acol-s1__gradcam.json", "synthetic_acol-s1__inforward.json"]
+    (out / "done" / "synthetic_acol-s1__gradcam.json").unlink()  # as if interrupted before its end
+    capsys.readouterr()
+    second = compare.main(argv)
+    err = capsys.readouterr().err
+    assert err.count("done before") == 3 and "synthetic_acol-s1 gradcam: 6 val and 6 test images" in err
+    strip = lambda records: [{k: v for k, v in r.items() if k != "maps_per_s"} for r in records]  # noqa: E731
+    assert strip(second) == strip(first)  # the recomputed one too: maps are deterministic
+    assert [r["maps_per_s"] for r in second[:3]] == [r["maps_per_s"] for r in first[:3]]  # reused as they were
+    compare.main([*argv, "--target", "pred"])  # another setting: nothing reused
+    assert "done before" not in capsys.readouterr().err
+    compare.main([*argv, "--fresh"])
+    assert "done before" not in capsys.readouterr().err
