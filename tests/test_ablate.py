@@ -27,20 +27,25 @@ def write_grid(tmp_path) -> Path:
     return path
 
 
+def kill_after_a_result(args: list[str], folder: Path, pattern: str) -> dict[Path, int]:
+    """Start `python -m acol.ablate ARGS` in a subprocess and SIGKILL it (and its training child) once a
+    `folder.glob(pattern)` results.json exists; {finished run folder: its results.json's mtime}."""
+    process = subprocess.Popen([sys.executable, "-m", "acol.ablate", *args], cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return {p.parent: p.stat().st_mtime_ns for p in folder.glob(pattern)}
+
+
 def test_grid_killed_mid_way_completes_and_matches_the_runs(tiny_overrides, tmp_path, capsys):
     grid = write_grid(tmp_path)
     runs = tmp_path / "ablation_runs"
     args = [str(grid), "--runs-dir", str(runs), *[f"--override={o}" for o in tiny_overrides]]
     folder = runs / "ablations" / "grid"
-    # start the grid in a subprocess and SIGKILL it (and its training child) once a run has finished
-    process = subprocess.Popen([sys.executable, "-m", "acol.ablate", *args], cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(folder.glob("*/results.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("*/results.json")}
+    finished = {run.name: mtime for run, mtime in kill_after_a_result(args, folder, "*/results.json").items()}
     assert 1 <= len(finished) < 8
 
     ablate.main([*args, "--jobs", "2"])

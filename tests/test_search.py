@@ -2,13 +2,8 @@
 tiny search of two methods, killed mid-way, finished, its val-chosen trials reported on test."""
 import csv
 import math
-import os
 import re
-import signal
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +12,7 @@ import pytest
 from acol import ablate, cli
 from acol.config import ConfigError
 from acol.search import distribution, sample_trials, search_space
+from tests.test_ablate import kill_after_a_result
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -160,14 +156,7 @@ def test_a_search_killed_mid_way_finishes_without_retraining_and_reports_the_cho
     listed = capsys.readouterr().out
     assert all(f"todo  {g}  {stem}  seed 0" in listed for g, stems in trials.items() for stem in stems)
 
-    process = subprocess.Popen([sys.executable, "-m", "acol.ablate", *args], cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(folder.glob("*/*/results.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    finished = {p.parent: p.stat().st_mtime_ns for p in folder.glob("*/*/results.json")}
+    finished = kill_after_a_result(args, folder, "*/*/results.json")
     assert len(finished) == 1
 
     ablate.main(args)  # the same command finishes the search and the retraining
