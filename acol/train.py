@@ -45,7 +45,7 @@ from acol.methods import METHODS, build_method
 from acol.models.backbones import WeightsError
 from acol.schedule import build_schedule
 from acol.runlock import RunLock, RunLocked, describe
-from acol.tracking import LOGGER_NAME, Tracker, setup_logging
+from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_strips
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
@@ -114,6 +114,7 @@ class Signals:
         self.signum: int | None = None
         self.depth = 0
         self.phase, self.note = "start-up", "nothing was written; the same command starts again"
+        self.logger: logging.Logger | None = None  # the run's, once it is set up: messages go to log.txt too
 
     def __call__(self, signum, frame) -> None:
         self.signum = signum
@@ -215,10 +216,9 @@ def check_files(datasets) -> None:
                      "list every problem with --check-data")
 
 
-def say(message: str) -> None:
+def say(message: str, logger: logging.Logger | None = None) -> None:
     """A line for the user: through the run's logger (console and log.txt) once it is set up, else stderr."""
-    logger = logging.getLogger(LOGGER_NAME)
-    if logger.handlers:
+    if logger is not None:
         logger.info(message)
     elif dist.is_main_process():
         print(message, file=sys.stderr, flush=True)
@@ -233,7 +233,7 @@ def main(argv=None) -> dict:
             return run(parse_args(argv), signals)
         except Interrupted as e:
             with signals.deferred():
-                say(f"stopped by signal {e.signum} during {signals.phase}: {signals.note}")
+                say(f"stopped by signal {e.signum} during {signals.phase}: {signals.note}", signals.logger)
                 dist.cleanup()
             sys.exit(128 + e.signum)
         except ImageError as e:  # raised here or in a DataLoader worker
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
             if e.errno != errno.ENOSPC:
                 raise
             say(f"error: no space left on device writing {e.filename or 'the run folder'} (during {signals.phase}); "
-                "free space, then run the same command with --resume auto")
+                "free space, then run the same command with --resume auto", signals.logger)
             sys.exit(1)
 
 
@@ -385,6 +385,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
     world, main_process = dist.get_world_size(), dist.is_main_process()
     train_set, val_set, test_set = datasets
     logger = setup_logging(run_dir if main_process else None, main_process)
+    signals.logger = logger
     val_loader = build_loader(cfg, val_set, train=False)
     test_loader = build_loader(cfg, test_set, train=False)
     if cfg.train.channels_last:
@@ -529,7 +530,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
             print(final_report(cfg, run_dir, results), flush=True)
         if signals.signum is not None:
             say(f"signal {signals.signum} arrived while the results were written; they are complete "
-                f"({run_dir / 'results.json'})")
+                f"({run_dir / 'results.json'})", logger)
         dist.cleanup()
     return results
 

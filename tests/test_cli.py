@@ -211,10 +211,10 @@ def test_a_finished_run_command_again_prints_its_table(tiny_overrides, tmp_path,
 
 
 def test_an_unfinished_run_folder_is_refused_with_resume_auto(tiny_overrides, tmp_path, capsys):
-    (tmp_path / "runs" / "half").mkdir(parents=True)
-    (tmp_path / "runs" / "half" / "log.txt").write_text("")
+    (tmp_path / "runs" / "half" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "half" / "checkpoints" / "last.pt").write_bytes(b"")  # refused unread: not resumed
     err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "half", *tiny_overrides])
-    assert "exists without results.json" in err and "--resume auto" in err and "--name NEW" in err
+    assert "holds an unfinished run (checkpoints/last.pt)" in err and "--resume auto" in err and "--name NEW" in err
 
 
 def test_threads_setting_is_applied_and_recorded(tiny_overrides, tmp_path):
