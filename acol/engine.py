@@ -108,8 +108,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         losses = core.loss(out, targets)
         if not torch.isfinite(losses["loss"]):
             raise NonFiniteError(f"non-finite loss {losses['loss'].item()} at step {step + 1} (epoch "
-                                     f"{epoch + 1}, batch {batch_index + 1}); batch images: "
-                                     f"{', '.join(batch['image_id'])}")
+                                 f"{epoch + 1}, batch {batch_index + 1}); batch images: "
+                                 f"{', '.join(batch['image_id'])}")
         optimizer.zero_grad(set_to_none=True)
         if schedule is not None:
             schedule.apply(optimizer, base_lrs, step)
