@@ -45,7 +45,14 @@ def fail(message: str) -> NoReturn:
     raise UserError(message)
 
 
-class Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes (its own and its subcommands') end in one line naming --help, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+class Parser(OneLineParser):
     """argparse with the program name `name` (e.g. `prog("train")`), the module docstring as description,
     an example line at the end of --help, and one-line errors."""
 
@@ -56,9 +63,6 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
         """Positional arguments may come between flags (`RUN --methods cam RUN key=value`)."""
         return self.parse_intermixed_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def add_overrides(parser: argparse.ArgumentParser, example: str, metavar: str = "key=value",

@@ -116,6 +116,8 @@ LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_p
     ("benchmark", ["--batch", "0"], ["--batch", ">= 1"]),
     ("benchmark", ["--backbone", "smallcnn", "--localizers", "cam"], ["'cam'", "acol model", "inforward_a, inforward_b"]),
     ("bench_eval", ["--interval", "0"], ["--interval", "(0, 1)"]),
+    ("prepare", ["cub", "--source"], ["prepare cub: error: argument --source: expected one argument"]),
+    ("prepare", ["nosuch"], ["invalid choice: 'nosuch'", "'cub', 'ilsvrc', 'openimages', 'check'"]),
     pytest.param("train", ["train.device=cuda"], ["train.device=cuda", "train.device=cpu"], marks=NO_CUDA),
     pytest.param("benchmark", ["--device", "cuda"], ["--device=cuda", "--device=cpu"], marks=NO_CUDA),
     pytest.param("ablate", ["erasing", "train.device=cuda"], ["train.device=cuda", "train.device=cpu"], marks=NO_CUDA),
@@ -123,7 +125,8 @@ LOCALIZER_NAMES = ("inforward, inforward_a, inforward_b, cam, gradcam, gradcam_p
 def test_a_user_mistake_is_one_line_naming_the_value_and_the_choices(command, argv, expected, tmp_path,
                                                                       monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    main = {"train": train.main, "evaluate": evaluate.main, "compare": compare.main, "ablate": ablate.main}.get(command)
+    main = {"train": train.main, "evaluate": evaluate.main, "compare": compare.main, "ablate": ablate.main,
+            "prepare": prepare.main}.get(command)
     main = main or script(command).main
     err = one_line_error(capsys, main, argv)
     for text in expected:

@@ -75,7 +75,7 @@ from xml.parsers import expat
 
 from PIL import Image
 
-from acol.cli import prog
+from acol.cli import OneLineParser, prog
 from acol.datasets.images import DECODE_ERRORS, read_mask, read_rgb
 from acol.datasets.metadata import MetadataError, box_problem, label_problem, read_metadata
 from acol.textfile import read_utf8
@@ -1007,7 +1007,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog("datasets.prepare"), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare the WSOL benchmarks in the wsolevaluation format, or check a prepared one.",
         epilog=__doc__.split("\n\n", 1)[1])
