@@ -65,6 +65,7 @@ from acol.evaluate import (add_faithfulness_options, add_localizer_options, chec
 from acol.evaluation.bootstrap import Difference, paired_difference, run_records
 from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
+from acol.textfile import write_atomic
 from acol.tracking import Tracker
 from acol.visualize import heatmap_rows, titled_grid
 
@@ -388,9 +389,7 @@ def keep_result(done: Path, run: Path, name: str, setting: dict, record: dict, p
     tmp = arrays_file.with_name(f".{arrays_file.stem}.tmp.npz")
     np.savez_compressed(tmp, **per_image)
     os.replace(tmp, arrays_file)
-    tmp = record_file.with_name(f".{record_file.name}.tmp")
-    tmp.write_text(json.dumps({"setting": setting, "record": record}))
-    os.replace(tmp, record_file)
+    write_atomic(record_file, json.dumps({"setting": setting, "record": record}))
 
 
 def write_per_image(out: Path, records: list[dict], per_image: list[dict]) -> None:

@@ -1,6 +1,8 @@
-"""Reading the text files a user writes (config TOML, metadata): UTF-8, or one error naming the line."""
+"""Text files: reading what a user writes (config TOML, metadata) as UTF-8, or one error naming the line;
+writing what acol writes atomically."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,3 +17,10 @@ def read_utf8(path: Path, error: type[Exception] = ValueError) -> str:
         line, column = data.count(b"\n", 0, e.start) + 1, e.start - line_start + 1
         raise error(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); save the "
                     "file as UTF-8") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path` with `text`, written to a temporary file renamed over it (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

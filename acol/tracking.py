@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from acol.textfile import write_atomic
 
 LOGGER_NAME = "acol"
 THRESHOLD_AXIS = ("x axis: the box threshold x 1000 (TensorBoard steps are integers): step 250 is threshold "
@@ -100,9 +101,7 @@ class Tracker:
             return 0
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in lines if (record := _record(line)) is not None and keep(record)]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
 
     def hparams(self, hparams: dict, metrics: dict[str, str]) -> None:

@@ -15,7 +15,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import platform
 import random
 import re
@@ -45,6 +44,7 @@ from acol.methods import METHODS, build_method
 from acol.models.backbones import WeightsError
 from acol.schedule import build_schedule
 from acol.runlock import RunLock, RunLocked, describe
+from acol.textfile import write_atomic
 from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_strips
 
@@ -533,13 +533,6 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
                 f"({run_dir / 'results.json'})", logger)
         dist.cleanup()
     return results
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`path` with `text`, written to a temporary file renamed over it (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
