@@ -428,15 +428,16 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
     vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
     last_path = run_dir / "checkpoints" / "last.pt"
 
-    def checkpoint(epochs_done: int, batches: int, step: int, best: dict, also_best: bool = False) -> None:
-        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch.
-        Weights that are not finite are never saved."""
+    def checkpoint(epochs_done: int, batches: int, step: int, best: dict, also_best: bool = False,
+                   rng: dict | None = None) -> None:
+        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch; `rng`:
+        the RNG states to resume with (default: the current ones). Weights that are not finite are never saved."""
         finite_weights(model, step)
         if not main_process:
             return
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "epoch": epochs_done,
-                 "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng_state()}
+                 "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng or rng_state()}
         with signals.deferred():
             if also_best:
                 save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
@@ -466,6 +467,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
                                        cfg, logger, skip=skip if epoch == start_epoch else 0, after_step=after_step,
                                        transform=method.transform_batch, schedule=schedule, base_lrs=base_lrs)
             epochs_done = epoch + 1
+            trained_rng = rng_state()  # validation's loader draws from the global RNG; a resume draws again
             done = cfg.train.max_steps and step >= cfg.train.max_steps
             last_epoch = epoch + 1 == cfg.train.epochs or done
             if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
@@ -482,7 +484,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
                         for k, strip in enumerate(strips):
                             tracker.image(f"vis/heatmaps/{k}", strip, step)
                 except Interrupted:  # keep the epoch's training: a checkpoint after its last batch
-                    checkpoint(epoch, batches_done, step, best)
+                    checkpoint(epoch, batches_done, step, best, rng=trained_rng)
                     signals.note = (f"the epoch's training is saved in {last_path}; --resume auto validates it "
                                     "and goes on")
                     raise
