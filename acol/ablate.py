@@ -61,6 +61,10 @@ replaces a group's axes and cells by trials drawn from a [search] table (`acol/s
     "acol.threshold" = { uniform = [0.5, 0.9] }
     "model.cam_head" = { choice = ["fc", "conv1x1"] }    # also int_uniform = [low, high]
 
+`--val-sizes K,...` adds the val-size study of the search's trials (`acol/valsize.py`: which trial k
+val images per class choose, `--val-draws` subsets per k, from per-image val records cached in each run
+folder as `ablate_own_val.npz`; no new runs) to `val_size.md`.
+
 A file without groups has a top-level `[search]` (and `set`). The trials of a group depend only on
 (search_seed, the group's name, the trial index, the key), so adding a group or a key, or raising
 `trials`, changes no other group's trials and a re-run draws the same ones (its finished runs are
@@ -92,8 +96,10 @@ from acol import cli
 from acol.search import Distribution, sample_trials, search_space
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
+from acol.datasets.metadata import read_metadata
 from acol.evaluation.bootstrap import paired_difference, run_records
 from acol.evaluation.report import mean_std
+from acol.valsize import study, table
 from acol.visualize import heatmap_rows, labelled_rows
 
 ABLATIONS = recipe_dir() / "ablations"
@@ -370,8 +376,8 @@ def last_records(run_dir: Path) -> dict[str, dict]:
     return records
 
 
-def _per_image_cache(job: Job) -> Path:
-    return job.run_dir / f"ablate_{job.cell.localizer or 'own'}_test.npz"
+def _per_image_cache(job: Job, split: str = "test") -> Path:
+    return job.run_dir / f"ablate_{job.cell.localizer or 'own'}_{split}.npz"
 
 
 def _evaluate_localizer(job: Job) -> None:
@@ -398,22 +404,25 @@ def cell_metrics(job: Job) -> dict[str, dict]:
     return json.loads(cache.read_text())
 
 
-def test_records(job: Job) -> dict:
-    """A finished job's per-image test records (`acol.evaluation.bootstrap`) of the map its metrics are of
-    (`cell_metrics`), at the run's val threshold; computed once, then read from `_per_image_cache`."""
-    cache = _per_image_cache(job)
+def split_records(job: Job, split: str = "test") -> dict:
+    """A finished job's per-image records (`acol.evaluation.bootstrap`) of the map its metrics are of
+    (`cell_metrics`): on test at the run's val threshold, or on the whole val split (whatever the run's
+    data.val_per_class); computed once, then read from `_per_image_cache`."""
+    cache = _per_image_cache(job, split)
     if not cache.is_file() and job.cell.localizer is not None:
+        if split != "test":
+            raise ConfigError(f"cell {job.cell.label!r}: per-image {split} records are of the model's own map only")
         _evaluate_localizer(job)
-    elif not cache.is_file():  # the model's own map, as the run's final test evaluation
+    elif not cache.is_file():  # the model's own map, as the run's final evaluation
         from acol.datasets.dataset import build_dataset, build_loader
         from acol.engine import accumulate_split
         from acol.evaluate import load_run
 
-        cfg, model, device, dtype = load_run(job.run_dir)
-        loader = build_loader(cfg, build_dataset(cfg, "test", train=False), train=False)
-        boxes, masks = accumulate_split(model, loader, device, dtype, cfg, desc=f"{job.run_dir.name} test",
+        cfg, model, device, dtype = load_run(job.run_dir, overrides=["data.val_per_class=0"])
+        loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
+        boxes, masks = accumulate_split(model, loader, device, dtype, cfg, desc=f"{job.run_dir.name} {split}",
                                         per_image=True)
-        threshold = last_records(job.run_dir)["test"].get("val_cam_threshold")
+        threshold = last_records(job.run_dir)["test"].get("val_cam_threshold") if split == "test" else None
         np.savez_compressed(cache, **run_records(boxes, masks, threshold))
     return dict(np.load(cache))
 
@@ -467,7 +476,7 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
     its test metrics (mean ± std over the seeds) and their differences from the first group's, with
     95% paired bootstrap intervals (1000 replicates over the test images and both groups' seeds)."""
     reference = ablation.groups[0]
-    records = {group.name: [test_records(j) for j in final if j.group is group] for group in ablation.groups}
+    records = {group.name: [split_records(j) for j in final if j.group is group] for group in ablation.groups}
     lines = [f"| method | chosen on val | val {ablation.select} | n | "
              + " | ".join(t for _, _, t in GROUP_COLUMNS)
              + "".join(f" | {t} Δ vs {reference.name}" for _, _, t in GROUP_COLUMNS) + " |",
@@ -490,6 +499,29 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
                     + [x for v in columns for x in _numbers(v)]
                     + [f"{getattr(d, end):.4f}" if d else "" for d in deltas for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
+
+
+def val_size_study(ablation: Ablation, search: list[Job], overrides: list[str], ks: list[int], draws: int) -> str:
+    """The val-size study (`acol.valsize`) of every group's trials, from their search runs: markdown."""
+    studied, tests = {}, {}
+    for group in ablation.groups:
+        name = group.name or ablation.name
+        cfg = load_config(group.base, group.overrides + overrides)
+        if cfg.data.train_split == "val":
+            studied[name] = "trains on val"
+            continue
+        jobs = [[j for j in search if j.group is group and j.cell is cell] for cell in group.cells]
+        tests[name] = [statistics.mean(cell_metrics(j)["test"][ablation.select] for j in js) for js in jobs]
+        records = [[split_records(j, "val") for j in js] for js in jobs]
+        meta = read_metadata(cfg.data.metadata_root, cfg.data.dataset, "val")
+        for job, r in zip((j for js in jobs for j in js), (r for rs in records for r in rs)):
+            if len(r.get("top1", r.get("fg_hist"))) != len(meta.image_ids):
+                raise ConfigError(f"{job.run_dir}: its val records do not cover the {len(meta.image_ids)} images of "
+                                  f"{cfg.data.metadata_root}/{cfg.data.dataset}/val")
+        studied[name] = study(records, tests[name], meta, ks, draws, ablation.select)
+    if not tests:
+        raise ConfigError("no group to study: every group trains on the val split")
+    return table(studied, tests, ablation.select, draws)
 
 
 def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
@@ -523,9 +555,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--num-images", type=int, default=8, help="columns of a group file's grid.png")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
+    p.add_argument("--val-sizes", type=_seed_list, metavar="K,K,...",
+                   help="also the val-size study (acol/valsize.py): the trials chosen on K val images per class, "
+                        "to val_size.md")
+    p.add_argument("--val-draws", type=_positive_int, default=20, help="val subsets drawn per K (default 20)")
     args = p.parse_args(argv)
     if args.num_images < 1:
         p.error(f"argument --num-images: must be >= 1, got {args.num_images}")
+    if args.val_sizes and min(args.val_sizes) < 1:
+        p.error(f"argument --val-sizes: every K must be >= 1, got {min(args.val_sizes)}")
     names, args.override = cli.overrides_of(args, others=True)
     if len(names) != 1:
         p.error(f"give one ablation NAME (got {len(names)}: {' '.join(names) or 'none'}); known: {known_ablations()}")
@@ -617,6 +655,14 @@ def main(argv=None) -> str:
         grid = method_grid(ablation, final, args.override, args.num_images)
         cv2.imwrite(str(folder / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         written += ", grid.png"
+    if args.val_sizes:
+        try:
+            study_text = val_size_study(ablation, search, args.override, args.val_sizes, args.val_draws)
+        except ConfigError as e:
+            cli.fail(f"val-size study: {e}")
+        (folder / "val_size.md").write_text(study_text + "\n")
+        text += "\n\n" + study_text
+        written += ", val_size.md"
     print(f"\n{text}\nwritten to {folder}: {written}")
     return text
 

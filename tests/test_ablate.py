@@ -125,7 +125,8 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
                     f'[[groups]]\nname = "HaS"\nbase = "{experiments / "synthetic_has.toml"}"\n[[groups.cells]]\n'
                     f'set = {{ "has.grid_size" = 4 }}\n[[groups.cells]]\nset = {{ "has.grid_size" = 8 }}\n')
     runs = tmp_path / "ablation_runs"
-    ablate.main([str(path), "--runs-dir", str(runs), "--num-images", "3", *[f"--override={o}" for o in tiny_overrides]])
+    args = [str(path), "--runs-dir", str(runs), "--num-images", "3", *[f"--override={o}" for o in tiny_overrides]]
+    ablate.main(args)
     folder = runs / "ablations" / "duel"
     trained = sorted(str(p.parent.relative_to(folder)) for p in folder.glob("*/*/results.json"))
     chosen = {}
@@ -158,7 +159,7 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     # a cell with a localizer: its metrics and per-image records, cached in the run folder
     run = folder / "CAM" / f"{chosen['CAM']}-s0"
     job = ablate.Job(None, ablate.Cell("Grad-CAM", localizer="gradcam"), 0, run)
-    metrics, records = ablate.cell_metrics(job), ablate.test_records(job)
+    metrics, records = ablate.cell_metrics(job), ablate.split_records(job)
     assert (run / "ablate_gradcam.json").is_file() and (run / "ablate_gradcam_test.npz").is_file()
     again = resampled_metrics(records, np.ones((1, len(records["top1"]))))
     assert {k: v[0] for k, v in again.items()} == pytest.approx({k: metrics["test"][k] for k in again})
@@ -166,3 +167,16 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     assert grid.is_file()
     import cv2
     assert cv2.imread(str(grid)).shape == (2 + 3 * (2 * 32 + 2), 2 + 4 * (2 * 32 + 2), 3)  # image + 2 methods; label + 3
+    # the val-size study of the same runs (nothing trains): the whole val split chooses the chosen cells
+    ablate.main([*args, "--val-sizes", "1", "--val-draws", "3"])
+    study = (folder / "val_size.md").read_text()
+    picked = []
+    for group, cells in (("CAM", ("optim.lr=0.01", "optim.lr=0.001")), ("HaS", ("has.grid_size=4", "has.grid_size=8"))):
+        for cell in cells:  # the whole val split's records give the run's val metric again
+            records = dict(np.load(folder / group / f"{cell}-s0" / "ablate_own_val.npz"))
+            again = resampled_metrics(records, np.ones((1, len(records["top1"]))))["maxboxacc_v2"][0]
+            assert again == pytest.approx(ablate.last_records(folder / group / f"{cell}-s0")["val"]["maxboxacc_v2"])
+        picked.append(f"{ablate.last_records(folder / group / f'{chosen[group]}-s0')['test']['maxboxacc_v2']:.1f} (100%)")
+    num_val = len(records["top1"])
+    assert f"| all ({num_val} images) | {' | '.join(picked)} |" in study
+    assert "| 1 (3 images, 3 draws) | " in study  # 1 image of each of the 3 classes
