@@ -27,8 +27,10 @@ threads, or one GPU of those visible, round robin). Cells that name a localizer 
 same settings and evaluate it on val and test (cached in the run folder as `ablate_<localizer>.json`).
 
 The summary `<runs-dir>/ablations/<NAME>/results.md` and `.csv` hold, per cell, the mean ± std over
-seeds of the val metrics; the cell with the best mean val `select` is marked, and test numbers are
-reported for that cell only (test never chooses anything).
+seeds of the val metrics and the val `select` difference from the chosen cell (the one with the best
+mean val `select`) with its 95% paired bootstrap interval over the val images and seeds (per-image val
+records cached in each run folder as `ablate_own_val.npz`; cells of the model's own map); test numbers
+are reported for the chosen cell only (test never chooses anything).
 
 A comparison of several methods, each tuned on val with the same budget, is a file of groups:
 
@@ -97,7 +99,7 @@ from acol.search import Distribution, sample_trials, search_space
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
 from acol.datasets.metadata import read_metadata
-from acol.evaluation.bootstrap import paired_difference, run_records
+from acol.evaluation.bootstrap import Difference, paired_difference, run_records
 from acol.evaluation.report import mean_std
 from acol.valsize import study, table
 from acol.visualize import heatmap_rows, labelled_rows
@@ -443,25 +445,48 @@ def _numbers(values: list[float] | None) -> list[str]:
     return [f"{statistics.mean(values):.4f}", f"{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"]
 
 
-def summarize(group: Group, search: list[Job], final: list[Job], chosen: Cell) -> tuple[str, list[list[str]]]:
-    """(markdown table, CSV rows) of one group: val metrics of every cell over the search jobs, test
-    metrics of the chosen cell over the final jobs."""
+def val_differences(group: Group, search: list[Job], chosen: Cell, select: str) -> dict[str, Difference | None]:
+    """Per cell label, its val `select` minus the chosen cell's, with the 95% paired bootstrap interval
+    over the val images and both cells' search seeds (None for a cell with a localizer, whose val
+    records are not kept, or a metric the records lack)."""
+    def val_records(cell: Cell) -> list[dict] | None:
+        return None if cell.localizer else [split_records(j, "val") for j in search if j.group is group and j.cell is cell]
+
+    reference = val_records(chosen)
+    out = {}
+    for cell in group.cells:
+        records = val_records(cell)
+        out[cell.label] = None if records is None or reference is None else \
+            paired_difference(records, reference, [select], paired_runs=cell is chosen).get(select)
+    return out
+
+
+def summarize(group: Group, search: list[Job], final: list[Job], chosen: Cell,
+              select: str) -> tuple[str, list[list[str]]]:
+    """(markdown table, CSV rows) of one group: val metrics of every cell over the search jobs and its val
+    `select` difference from the chosen cell (`val_differences`), test metrics of the chosen cell over
+    the final jobs."""
     per_cell = {cell.label: [cell_metrics(j) for j in search if j.group is group and j.cell is cell]
                 for cell in group.cells}
     tested = [cell_metrics(j) for j in final if j.group is group]
+    deltas = val_differences(group, search, chosen, select)
     val_cols = [c for c in VAL_COLUMNS if all(c[0] in m["val"] for runs in per_cell.values() for m in runs)]
     test_cols = [c for c in TEST_COLUMNS if all(c[0] in m["test"] for m in tested)]
-    lines = [f"| cell | n | {' | '.join(t for _, t in val_cols + test_cols)} |",
-             "|---|---:|" + "---:|" * (len(val_cols) + len(test_cols))]
-    rows = [["cell", "n", "chosen"] + [f"{t} {s}" for _, t in val_cols + test_cols for s in ("mean", "std")]]
+    delta_title = f"val {dict(VAL_COLUMNS).get(select, select).removeprefix('val ')} Δ vs chosen"
+    lines = [f"| cell | n | {' | '.join(t for _, t in val_cols)} | {delta_title} | {' | '.join(t for _, t in test_cols)} |",
+             "|---|---:|" + "---:|" * (len(val_cols) + 1 + len(test_cols))]
+    rows = [["cell", "n", "chosen"] + [f"{t} {s}" for _, t in val_cols + test_cols for s in ("mean", "std")]
+            + [f"{delta_title}{end}" for end in ("", " low", " high")]]
     for label, runs in per_cell.items():
         is_chosen = label == chosen.label
         val = [[m["val"][k] for m in runs] for k, _ in val_cols]
         test = [[m["test"][k] for m in tested] for k, _ in test_cols] if is_chosen else [None] * len(test_cols)
-        cells = [mean_std(v) for v in val] + [mean_std(v) if v else "–" for v in test]
+        delta = "reference" if is_chosen and deltas[label] else deltas[label].text() if deltas[label] else "–"
+        cells = [mean_std(v) for v in val] + [delta] + [mean_std(v) if v else "–" for v in test]
         name = f"**{label}** (chosen on val)" if is_chosen else label
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
-        rows.append([label, str(len(runs)), "yes" if is_chosen else ""] + [x for v in val + test for x in _numbers(v)])
+        rows.append([label, str(len(runs)), "yes" if is_chosen else ""] + [x for v in val + test for x in _numbers(v)]
+                    + [f"{getattr(deltas[label], end):.4f}" if deltas[label] else "" for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
 
 
@@ -642,7 +667,7 @@ def main(argv=None) -> str:
         parts.append(table)
         rows.append([])
     for group in ablation.groups:
-        table, group_rows = summarize(group, search, final, chosen[group.name])
+        table, group_rows = summarize(group, search, final, chosen[group.name], ablation.select)
         title = f"{group.name}: base {group.base.name}" if group.name else f"base {group.base.name}"
         parts.append(f"{title}; chosen: {chosen[group.name].label}\n\n{table}")
         rows += [[group.name, *row] for row in group_rows] if group.name else group_rows

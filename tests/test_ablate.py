@@ -79,8 +79,13 @@ def test_grid_killed_mid_way_completes_and_matches_the_runs(tiny_overrides, tmp_
             assert row["test MaxBoxAccV2 mean"] == ""  # test is reported for the val-chosen cell only
     chosen = [label for label, row in rows.items() if row["chosen"]]
     assert chosen == [max(val_means, key=val_means.get)]
+    for label, row in rows.items():  # each cell's val difference from the chosen one, inside its interval
+        delta = [float(row[f"val MaxBoxAccV2 Δ vs chosen{end}"]) for end in ("", " low", " high")]
+        assert delta[0] == pytest.approx(val_means[label] - val_means[chosen[0]], abs=1e-4)
+        assert delta[1] <= delta[0] <= delta[2] and (label != chosen[0] or delta == [0.0, 0.0, 0.0])
     table = (folder / "results.md").read_text()
     assert f"**{chosen[0]}** (chosen on val)" in table and "acol.threshold=0.5,acol.loss_weight_b=0.5" in table
+    assert "| val MaxBoxAccV2 Δ vs chosen |" in table and "| reference |" in table
 
 
 def test_bad_ablation_files_name_the_key(tmp_path):
