@@ -99,7 +99,7 @@ from acol.search import Distribution, sample_trials, search_space
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
 from acol.datasets.metadata import read_metadata
-from acol.evaluation.bootstrap import Difference, paired_difference, run_records
+from acol.evaluation.bootstrap import Difference, aligned, paired_difference, run_records
 from acol.evaluation.report import mean_std
 from acol.valsize import study, table
 from acol.visualize import heatmap_rows, labelled_rows
@@ -408,8 +408,8 @@ def cell_metrics(job: Job) -> dict[str, dict]:
 
 def split_records(job: Job, split: str = "test") -> dict:
     """A finished job's per-image records (`acol.evaluation.bootstrap`) of the map its metrics are of
-    (`cell_metrics`): on test at the run's val threshold, or on the whole val split (whatever the run's
-    data.val_per_class); computed once, then read from `_per_image_cache`."""
+    (`cell_metrics`) on the run's own `split` (test: at the run's val threshold), with its image ids;
+    computed once, then read from `_per_image_cache`."""
     cache = _per_image_cache(job, split)
     if not cache.is_file() and job.cell.localizer is not None:
         if split != "test":
@@ -420,12 +420,12 @@ def split_records(job: Job, split: str = "test") -> dict:
         from acol.engine import accumulate_split
         from acol.evaluate import load_run
 
-        cfg, model, device, dtype = load_run(job.run_dir, overrides=["data.val_per_class=0"])
+        cfg, model, device, dtype = load_run(job.run_dir)
         loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
         boxes, masks = accumulate_split(model, loader, device, dtype, cfg, desc=f"{job.run_dir.name} {split}",
                                         per_image=True)
         threshold = last_records(job.run_dir)["test"].get("val_cam_threshold") if split == "test" else None
-        np.savez_compressed(cache, **run_records(boxes, masks, threshold))
+        np.savez_compressed(cache, **run_records(boxes, masks, threshold, loader.dataset.meta.image_ids))
     return dict(np.load(cache))
 
 
@@ -448,16 +448,17 @@ def _numbers(values: list[float] | None) -> list[str]:
 def val_differences(group: Group, search: list[Job], chosen: Cell, select: str) -> dict[str, Difference | None]:
     """Per cell label, its val `select` minus the chosen cell's, with the 95% paired bootstrap interval
     over the val images and both cells' search seeds (None for a cell with a localizer, whose val
-    records are not kept, or a metric the records lack)."""
-    def val_records(cell: Cell) -> list[dict] | None:
-        return None if cell.localizer else [split_records(j, "val") for j in search if j.group is group and j.cell is cell]
+    records are not kept, for runs validated on different images, or a metric the records lack)."""
+    def val_records(cell: Cell) -> list[dict]:
+        return [] if cell.localizer else [split_records(j, "val") for j in search if j.group is group and j.cell is cell]
 
     reference = val_records(chosen)
     out = {}
     for cell in group.cells:
         records = val_records(cell)
-        out[cell.label] = None if records is None or reference is None else \
-            paired_difference(records, reference, [select], paired_runs=cell is chosen).get(select)
+        both = aligned(records + reference) if records and reference else None
+        out[cell.label] = None if both is None else paired_difference(
+            both[:len(records)], both[len(records):], [select], paired_runs=cell is chosen).get(select)
     return out
 
 
@@ -536,16 +537,16 @@ def val_size_study(ablation: Ablation, search: list[Job], overrides: list[str], 
             studied[name] = "trains on val"
             continue
         jobs = [[j for j in search if j.group is group and j.cell is cell] for cell in group.cells]
-        tests[name] = [statistics.mean(cell_metrics(j)["test"][ablation.select] for j in js) for js in jobs]
-        records = [[split_records(j, "val") for j in js] for js in jobs]
+        flat = aligned([split_records(j, "val") for js in jobs for j in js])
         meta = read_metadata(cfg.data.metadata_root, cfg.data.dataset, "val")
-        for job, r in zip((j for js in jobs for j in js), (r for rs in records for r in rs)):
-            if len(r.get("top1", r.get("fg_hist"))) != len(meta.image_ids):
-                raise ConfigError(f"{job.run_dir}: its val records do not cover the {len(meta.image_ids)} images of "
-                                  f"{cfg.data.metadata_root}/{cfg.data.dataset}/val")
-        studied[name] = study(records, tests[name], meta, ks, draws, ablation.select)
+        if flat is None or flat[0]["image_ids"].tolist() != sorted(meta.image_ids):
+            studied[name] = f"validates on part of val (data.val_per_class={cfg.data.val_per_class})"
+            continue
+        records = [[flat.pop(0) for _ in js] for js in jobs]
+        tests[name] = [statistics.mean(cell_metrics(j)["test"][ablation.select] for j in js) for js in jobs]
+        studied[name] = study(records, tests[name], meta, ks, draws, ablation.select, sorted(meta.image_ids))
     if not tests:
-        raise ConfigError("no group to study: every group trains on the val split")
+        raise ConfigError("no group to study: every group trains on val or validates on part of it")
     return table(studied, tests, ablation.select, draws)
 
 

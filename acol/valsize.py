@@ -20,10 +20,12 @@ from acol.datasets.metadata import Metadata, per_class_subset
 from acol.evaluation.bootstrap import resampled_metrics
 
 
-def subset_weights(meta: Metadata, k: int, draws: int) -> np.ndarray:
-    """(draws, n) 0/1 weights over meta.image_ids: row d marks `per_class_subset(meta, k, d)`."""
-    index = {image_id: i for i, image_id in enumerate(meta.image_ids)}
-    weights = np.zeros((draws, len(meta.image_ids)))
+def subset_weights(meta: Metadata, k: int, draws: int, image_ids: list[str] | None = None) -> np.ndarray:
+    """(draws, n) 0/1 weights over `image_ids` (the records' order; default meta.image_ids): row d marks
+    `per_class_subset(meta, k, d)`."""
+    image_ids = meta.image_ids if image_ids is None else image_ids
+    index = {image_id: i for i, image_id in enumerate(image_ids)}
+    weights = np.zeros((draws, len(image_ids)))
     for d in range(draws):
         weights[d, [index[i] for i in per_class_subset(meta, k, d).image_ids]] = 1.0
     return weights
@@ -51,13 +53,13 @@ class Row:
 
 
 def study(records: list[list[dict]], tests: list[float], meta: Metadata, ks: list[int], draws: int,
-          select: str) -> list[Row]:
+          select: str, image_ids: list[str] | None = None) -> list[Row]:
     """One group's rows: each k in `ks` (`draws` subsets each), then k = 0, the whole val split (one
-    draw). tests[t]: trial t's test metric."""
+    draw). tests[t]: trial t's test metric; image_ids: the records' image order (default meta's)."""
     whole = picks(records, np.ones((1, len(meta.image_ids))), select)[0]
     rows = []
     for k in ks:
-        weights = subset_weights(meta, k, draws)
+        weights = subset_weights(meta, k, draws, image_ids)
         chosen = picks(records, weights, select)
         rows.append(Row(k, int(weights[0].sum()), [tests[t] for t in chosen], float(np.mean(chosen == whole))))
     rows.append(Row(0, len(meta.image_ids), [tests[whole]], 1.0))

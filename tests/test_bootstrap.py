@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from acol.evaluation import BoxEvaluator, MaskEvaluator
-from acol.evaluation.bootstrap import paired_difference, resampled_metrics, run_records
+from acol.evaluation.bootstrap import PER_IMAGE, aligned, paired_difference, resampled_metrics, run_records
 from tests.test_evaluation import _dataset
 
 
@@ -124,3 +124,19 @@ def test_bad_inputs():
         paired_difference([_hits(rng, 10, 0.5)], [_hits(rng, 20, 0.5)])
     with pytest.raises(ValueError, match="paired runs need groups of one size"):
         paired_difference([_hits(rng, 10, 0.5)], [_hits(rng, 10, 0.5)] * 2, paired_runs=True)
+
+
+def test_aligned_puts_runs_of_the_same_images_in_one_order_and_refuses_others():
+    box, mask = _evaluated()
+    ids = [f"img{i:02d}" for i in range(12)]
+    records = run_records(box, mask, image_ids=ids)
+    order = np.random.default_rng(0).permutation(12)  # the same images validated in another order
+    shuffled = {k: v[order] if k in PER_IMAGE or k == "image_ids" else v for k, v in records.items()}
+    first, second = aligned([records, shuffled])
+    for key in [*PER_IMAGE, "image_ids"]:
+        assert np.array_equal(first[key], records[key]) and np.array_equal(second[key], records[key]), key
+    # identical maps, whatever the order they were recorded in: a difference of exactly 0
+    assert all(d.difference == 0 and d.low == d.high == 0
+               for d in paired_difference([first], [second], paired_runs=True).values())
+    other = run_records(box, mask, image_ids=[*ids[:11], "img99"])
+    assert aligned([records, other]) is None and aligned([records, run_records(box, mask)]) is None

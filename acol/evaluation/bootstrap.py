@@ -69,17 +69,37 @@ def resampled_metrics(records: dict, weights: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
+PER_IMAGE = ("top1", "top5", "boxed", "gt_known", "box_v2", "fg_hist", "bg_hist")  # (N, ...) record arrays
+
+
 def run_records(boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None = None,
-                val_threshold: float | None = None) -> dict:
+                val_threshold: float | None = None, image_ids: list[str] | None = None) -> dict:
     """One run's records for `resampled_metrics`, from evaluators built with per-image records;
-    val_threshold: the box threshold chosen on val (the `@val` metrics), as given to `compute`."""
+    val_threshold: the box threshold chosen on val (the `@val` metrics), as given to `compute`;
+    image_ids: the images in accumulation order (for `aligned`)."""
     records = {**boxes_eval.per_image_records(), "thresholds": boxes_eval.thresholds,
                "fixed_threshold": boxes_eval.fixed_threshold}
     if masks_eval is not None:
         records.update(masks_eval.per_image_records())
     if val_threshold is not None:
         records["val_cam_threshold"] = val_threshold
+    if image_ids is not None:
+        records["image_ids"] = np.array(image_ids)
     return records
+
+
+def aligned(runs: list[dict]) -> list[dict] | None:
+    """The runs' records with their images in one order (sorted by id), or None when a run's records
+    have no `image_ids` or the runs are of different images (e.g. val subsets drawn with other seeds)."""
+    if any("image_ids" not in r for r in runs):
+        return None
+    if len({tuple(sorted(r["image_ids"].tolist())) for r in runs}) != 1:
+        return None
+    out = []
+    for r in runs:
+        order = np.argsort(r["image_ids"], kind="stable")
+        out.append({k: v[order] if k in PER_IMAGE or k == "image_ids" else v for k, v in r.items()})
+    return out
 
 
 @dataclass
