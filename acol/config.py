@@ -402,6 +402,8 @@ def _check_choice(key: str, value: Any, choices) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 # the valid range of each number in the fixed tables, as an interval ("[" and "]" include the end); NaN
 # is in none. NOTES: what the special values mean.
 RANGES = {
@@ -464,6 +466,10 @@ def validate(cfg: Config) -> None:
         _check_range(key, flat[section][name], interval)
     for i, iou in enumerate(cfg.eval.iou_thresholds):
         _check_range(f"eval.iou_thresholds[{i}]", iou, "(0, 100]")
+    peak_lr = cfg.optim.lr * max(1.0, cfg.optim.head_lr_mult) * max(1.0, cfg.optim.bias_lr_mult)
+    if peak_lr >= FLOAT32_MAX:  # the head biases' lr (acol/engine.py `build_optimizer`), a float32 in the step
+        raise ConfigError(f"optim.lr x optim.head_lr_mult x optim.bias_lr_mult = {peak_lr:g} exceeds float32's "
+                          f"range ({FLOAT32_MAX:g}); got optim.lr={cfg.optim.lr:g}")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0; got optim.momentum=0 (set "
                           "optim.nesterov=false for plain SGD)")

@@ -260,6 +260,8 @@ BAD_VALUES = [  # (overrides, space-separated; the line after "config error: ")
     ("optim.lr=-1", "optim.lr must be > 0 and finite; got -1.0"),
     ("optim.lr=nan", "optim.lr must be > 0 and finite; got nan"),
     ("optim.lr=inf", "optim.lr must be > 0 and finite; got inf"),
+    ("optim.lr=4e38", "optim.lr x optim.head_lr_mult x optim.bias_lr_mult = 4e+38 exceeds float32's range "
+                      "(3.40282e+38); got optim.lr=4e+38"),
     ("optim.momentum=1.5", "optim.momentum must be in [0, 1); got 1.5"),
     ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0 and finite; got -0.0001"),
     ("optim.head_lr_mult=nan", "optim.head_lr_mult must be >= 0 and finite (0 freezes the head); got nan"),
