@@ -503,6 +503,10 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
     95% paired bootstrap intervals (1000 replicates over the test images and both groups' seeds)."""
     reference = ablation.groups[0]
     records = {group.name: [split_records(j) for j in final if j.group is group] for group in ablation.groups}
+
+    def reported(group: Group) -> set[str]:  # the metrics every run of the group reports (FSL: no top-1)
+        tested = [cell_metrics(j)["test"] for j in final if j.group is group]
+        return {key for _, key, _ in GROUP_COLUMNS if all(key in m for m in tested)}
     lines = [f"| method | chosen on val | val {ablation.select} | n | "
              + " | ".join(t for _, _, t in GROUP_COLUMNS)
              + "".join(f" | {t} Δ vs {reference.name}" for _, _, t in GROUP_COLUMNS) + " |",
@@ -516,7 +520,9 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
         tested = [cell_metrics(j) for j in final if j.group is group]
         columns = [[m[split][key] for m in tested] if all(key in m[split] for m in tested) else None
                    for split, key, _ in GROUP_COLUMNS]
-        found = paired_difference(records[group.name], records[reference.name], [k for _, k, _ in GROUP_COLUMNS])
+        both = reported(group) & reported(reference)
+        found = paired_difference(records[group.name], records[reference.name], [k for _, k, _ in GROUP_COLUMNS
+                                                                                 if k in both])
         deltas = [found.get(key) for _, key, _ in GROUP_COLUMNS]
         lines.append(f"| {group.name} | {cell.label} | {statistics.mean(val):.1f} | {len(tested)} | "
                      + " | ".join(mean_std(v) if v else "–" for v in columns) + " | "

@@ -78,5 +78,6 @@ def table(groups: dict[str, list[Row] | str], tests: dict[str, list[float]], sel
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     spans = [f"{min(tests[n]):.1f} – {max(tests[n]):.1f}" if n in tests else "–" for n in names]
     lines.append("| the trials' test range | " + " | ".join(spans) + " |")
-    return (f"test {select} of the trial chosen on k val images per class: mean ± std over the draws (the share "
-            f"of draws choosing the whole val split's trial)\n\n" + "\n".join(lines))
+    return (f"test {select} of the trial chosen on k val images per class (of its runs on the search seeds): "
+            f"mean ± std over the draws, and the share of draws that chose the whole val split's trial\n\n"
+            + "\n".join(lines))

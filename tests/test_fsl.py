@@ -1,4 +1,5 @@
 """The few-shot (FSL) baseline: val subsampling, foreground masks at the crop, the loss, a tiny run."""
+import csv
 import json
 import math
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from acol import train
+from acol import ablate, train
 from acol.config import ConfigError, load_config
 from acol.datasets.dataset import WSOLDataset, box_mask, build_dataset, build_loader
 from acol.datasets.metadata import Metadata, MetadataError, per_class_subset, read_metadata
@@ -134,3 +135,23 @@ def test_fsl_train_batches_carry_masks_and_wsol_batches_do_not(tiny_overrides):
     assert fsl["mask"].shape == (4, 32, 32) and set(fsl["mask"].unique().tolist()) <= {0, 1}
     wsol = next(iter(build_loader(cfg, build_dataset(cfg, "train", train=True), train=True)))
     assert wsol["mask"] is None  # a WSOL method's targets stay its labels
+
+
+def test_fsl_beside_cam_in_a_method_table_compares_localization_only(tiny_overrides, tmp_path):
+    """The few-shot baseline as a group of a method comparison: differences from CAM in the metrics both
+    report, none in classification; the val-size study leaves it out (it trains on val)."""
+    path = tmp_path / "duel.toml"
+    path.write_text("seeds = [0]\n" + "".join(
+        f'\n[[groups]]\nname = "{name}"\nbase = "{EXPERIMENTS / base}"\n[[groups.cells]]\nset = {{ "train.epochs" = 2 }}\n'
+        for name, base in (("CAM", "synthetic_cam.toml"), ("FSL", "synthetic_fsl.toml"))))
+    runs = tmp_path / "ablation_runs"
+    ablate.main([str(path), "--runs-dir", str(runs), "--num-images", "2", "--val-sizes", "1", "--val-draws", "2",
+                 *[f"--override={o}" for o in [*tiny_overrides, "data.val_per_class=2"]]])
+    folder = runs / "ablations" / "duel"
+    with open(folder / "results.csv") as f:
+        rows = list(csv.reader(f))
+    fsl = dict(zip(rows[0], next(r for r in rows if r and r[0] == "FSL")))
+    assert fsl["top-1 cls mean"] == fsl["top-1 cls Δ"] == fsl["top-1 loc @val τ Δ"] == ""
+    tests = {g: ablate.last_records(folder / g / "train.epochs=2-s0")["test"]["maxboxacc_v2"] for g in ("CAM", "FSL")}
+    assert float(fsl["MaxBoxAccV2 Δ"]) == pytest.approx(tests["FSL"] - tests["CAM"], abs=1e-4)
+    assert "| trains on val |" in (folder / "val_size.md").read_text()
