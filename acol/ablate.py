@@ -29,8 +29,8 @@ same settings and evaluate it on val and test (cached in the run folder as `abla
 The summary `<runs-dir>/ablations/<NAME>/results.md` and `.csv` hold, per cell, the mean ± std over
 seeds of the val metrics and the val `select` difference from the chosen cell (the one with the best
 mean val `select`) with its 95% paired bootstrap interval over the val images and seeds (per-image val
-records cached in each run folder as `ablate_own_val.npz`; cells of the model's own map); test numbers
-are reported for the chosen cell only (test never chooses anything).
+records cached in each run folder as `ablate_<localizer or own>_val.npz`); test numbers are reported
+for the chosen cell only (test never chooses anything).
 
 A comparison of several methods, each tuned on val with the same budget, is a file of groups:
 
@@ -411,19 +411,19 @@ def split_records(job: Job, split: str = "test") -> dict:
     (`cell_metrics`) on the run's own `split` (test: at the run's val threshold), with its image ids;
     computed once, then read from `_per_image_cache`."""
     cache = _per_image_cache(job, split)
-    if not cache.is_file() and job.cell.localizer is not None:
-        if split != "test":
-            raise ConfigError(f"cell {job.cell.label!r}: per-image {split} records are of the model's own map only")
+    if not cache.is_file() and job.cell.localizer is not None and split == "test":
         _evaluate_localizer(job)
-    elif not cache.is_file():  # the model's own map, as the run's final evaluation
+    elif not cache.is_file():  # the model's own map (as the run's final evaluation) or the cell's localizer
+        from acol.cams import build_localizer
         from acol.datasets.dataset import build_dataset, build_loader
         from acol.engine import accumulate_split
         from acol.evaluate import load_run
 
         cfg, model, device, dtype = load_run(job.run_dir)
         loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
-        boxes, masks = accumulate_split(model, loader, device, dtype, cfg, desc=f"{job.run_dir.name} {split}",
-                                        per_image=True)
+        localizer = build_localizer(job.cell.localizer, "gt") if job.cell.localizer else None
+        boxes, masks = accumulate_split(model, loader, device, dtype, cfg, localizer=localizer, per_image=True,
+                                        desc=f"{job.run_dir.name} {job.cell.localizer or ''} {split}")
         threshold = last_records(job.run_dir)["test"].get("val_cam_threshold") if split == "test" else None
         np.savez_compressed(cache, **run_records(boxes, masks, threshold, loader.dataset.meta.image_ids))
     return dict(np.load(cache))
@@ -447,18 +447,19 @@ def _numbers(values: list[float] | None) -> list[str]:
 
 def val_differences(group: Group, search: list[Job], chosen: Cell, select: str) -> dict[str, Difference | None]:
     """Per cell label, its val `select` minus the chosen cell's, with the 95% paired bootstrap interval
-    over the val images and both cells' search seeds (None for a cell with a localizer, whose val
-    records are not kept, for runs validated on different images, or a metric the records lack)."""
-    def val_records(cell: Cell) -> list[dict]:
-        return [] if cell.localizer else [split_records(j, "val") for j in search if j.group is group and j.cell is cell]
+    over the val images and both cells' search seeds (None for runs validated on different images, or a
+    metric the records lack). Two cells of the same runs (own map and a localizer) are paired by run."""
+    def val_jobs(cell: Cell) -> list[Job]:
+        return [j for j in search if j.group is group and j.cell is cell]
 
-    reference = val_records(chosen)
+    reference = val_jobs(chosen)
     out = {}
     for cell in group.cells:
-        records = val_records(cell)
-        both = aligned(records + reference) if records and reference else None
+        jobs = val_jobs(cell)
+        both = aligned([split_records(j, "val") for j in jobs + reference])
+        same_runs = [j.run_dir for j in jobs] == [j.run_dir for j in reference]
         out[cell.label] = None if both is None else paired_difference(
-            both[:len(records)], both[len(records):], [select], paired_runs=cell is chosen).get(select)
+            both[:len(jobs)], both[len(jobs):], [select], paired_runs=same_runs).get(select)
     return out
 
 

@@ -168,6 +168,18 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     assert (run / "ablate_gradcam.json").is_file() and (run / "ablate_gradcam_test.npz").is_file()
     again = resampled_metrics(records, np.ones((1, len(records["top1"]))))
     assert {k: v[0] for k, v in again.items()} == pytest.approx({k: metrics["test"][k] for k in again})
+    val = ablate.split_records(job, "val")  # its val records give compare's val metrics again
+    again = resampled_metrics(val, np.ones((1, len(val["top1"]))))
+    assert {k: v[0] for k, v in again.items()} == pytest.approx({k: metrics["val"][k] for k in again})
+    # own map vs Grad-CAM of the same run: the val difference, paired by run, of the two maps' own values
+    own = ablate.Cell("own", {"optim.lr": float(chosen["CAM"].split("=")[1])})
+    pair = ablate.Group("CAM", path, [own, job.cell])
+    jobs = [ablate.Job(pair, cell, 0, run) for cell in (own, job.cell)]
+    deltas = ablate.val_differences(pair, jobs, own, "maxboxacc_v2")
+    expected = metrics["val"]["maxboxacc_v2"] - ablate.last_records(run)["val"]["maxboxacc_v2"]
+    assert deltas["Grad-CAM"].difference == pytest.approx(expected, abs=1e-6)
+    assert deltas["Grad-CAM"].low <= deltas["Grad-CAM"].difference <= deltas["Grad-CAM"].high
+    assert (deltas["own"].difference, deltas["own"].low, deltas["own"].high) == (0, 0, 0)
     grid = (folder / "grid.png")
     assert grid.is_file()
     import cv2
