@@ -423,7 +423,7 @@ def split_records(job: Job, split: str = "test") -> dict:
         loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
         localizer = build_localizer(job.cell.localizer, "gt") if job.cell.localizer else None
         boxes, masks = accumulate_split(model, loader, device, dtype, cfg, localizer=localizer, per_image=True,
-                                        desc=f"{job.run_dir.name} {job.cell.localizer or ''} {split}")
+                                        desc=" ".join(filter(None, (job.run_dir.name, job.cell.localizer, split))))
         threshold = last_records(job.run_dir)["test"].get("val_cam_threshold") if split == "test" else None
         np.savez_compressed(cache, **run_records(boxes, masks, threshold, loader.dataset.meta.image_ids))
     return dict(np.load(cache))
