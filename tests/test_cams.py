@@ -122,7 +122,7 @@ def test_no_hooks_modes_or_parameter_gradients_left_behind(name, model_name, bat
 
 
 @pytest.mark.parametrize("model_name", METHODS.names())
-def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batch):
+def test_every_localizer_is_batch_exact_detached_and_works_under_no_grad(model_name, batch):
     model = tiny(model_name)
     x, y = batch
     names = applicable_localizers(model)
@@ -135,6 +135,7 @@ def test_every_localizer_is_batch_exact_and_works_under_no_grad(model_name, batc
             logits, maps = localizer(model, x, y)
         for i in range(len(x)):
             single_logits, single = localizer(model, x[i:i + 1], y[i:i + 1])
+            assert not single.requires_grad and not single_logits.requires_grad, name  # .numpy() works on them
             torch.testing.assert_close(single[0], maps[i], atol=1e-5, rtol=1e-4, msg=name)
             torch.testing.assert_close(single_logits[0], logits[i], atol=1e-5, rtol=1e-5)
 

@@ -75,7 +75,7 @@ class EigenCAM(_Gradients):
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad(), capture(self.target_layer(model)) as activation:
             logits = model(images, self.forward_labels(labels))["logits"]
-        act = activation.value.float()
+        act = activation.value.detach().float()  # capture made it a leaf requiring grad: no graph for the SVD
         if act.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(act.shape)}")
         b, k, h, w = act.shape
