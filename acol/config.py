@@ -380,6 +380,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), paths
         folders |= dict.fromkeys(_dotted_keys(nested) & set(PATH_KEYS), Path.cwd())
     _resolve_paths(cfg, folders)
     cfg.method = tables.get(cfg.model.name, method_table(cfg.model.name))
+    for name, table in tables.items():  # the other methods' tables: checked too, then dropped
+        check_method_table(name, table)
     validate(cfg)
     return cfg
 
@@ -439,6 +441,15 @@ def _check_range(key: str, value: float, interval: str) -> None:
         raise ConfigError(f"{key} must be {valid}{note}; got {value}")
 
 
+def check_method_table(name: str, table: Any) -> None:
+    """The method table's own `check()`; ConfigError "<name>.<key> ..." for a bad value (None: no table)."""
+    if table is not None:
+        try:
+            table.check()
+        except ValueError as e:
+            raise ConfigError(f"{name}.{e}") from None
+
+
 def validate(cfg: Config) -> None:
     """Value checks the types alone cannot express, the method table's own `check()` included."""
     from acol.methods import METHODS  # imported here: the models need torch, the schema does not
@@ -450,11 +461,7 @@ def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         _check_choice(key, flat[section][name], choices)
-    if cfg.method is not None:
-        try:
-            cfg.method.check()
-        except ValueError as e:
-            raise ConfigError(f"{cfg.model.name}.{e}") from None
+    check_method_table(cfg.model.name, cfg.method)
     if cfg.data.crop_size > cfg.data.resize_size:
         raise ConfigError(f"data.crop_size ({cfg.data.crop_size}) exceeds data.resize_size ({cfg.data.resize_size})")
     if cfg.model.pretrained_classifier and not (cfg.model.pretrained and cfg.model.backbone == "resnet50"):

@@ -329,6 +329,9 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     # Everything that can be checked is checked before the run folder is created or touched.
     device = dist.init_distributed(dist.device_type(cfg.train.device))
     name = args.name or default_run_name(args.config, args.overrides, cfg.train.seed)
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        cli.fail(f"error: --name {name!r}: a run name is one folder inside log.runs_dir ({cfg.log.runs_dir}): no "
+                 "'/', not '.' or '..'")
     run_dir = Path(cfg.log.runs_dir) / name
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
@@ -352,6 +355,10 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         cli.fail(f"data error: {e} (data.metadata_root={cfg.data.metadata_root}, data.dataset={cfg.data.dataset})")
     check_files((train_set, val_set, test_set))
     train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
+    if len(train_loader) == 0:
+        cli.fail(f"config error: train.global_batch_size={cfg.train.global_batch_size} exceeds the {len(train_set)} "
+                 f"images of the {cfg.data.train_split} split (each epoch drops its last, incomplete batch, so it would "
+                 "train nothing); lower it")
     try:
         schedule = build_schedule(cfg, steps_per_epoch=len(train_loader))
     except ValueError as e:

@@ -30,6 +30,7 @@ from acol.datasets.metadata import MetadataError, read_metadata
 from acol.engine import (CheckpointError, CheckpointWriteError, check_resumable, load_checkpoint, load_weights,
                          save_checkpoint)
 from acol.methods import build_model
+from tests.conftest import TINY_SPEC
 from tests.test_cli import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,14 +285,26 @@ BAD_VALUES = [  # (overrides, space-separated; the line after "config error: ")
     ("acol.loss_weight_b=-1", "acol.loss_weight_b must be >= 0; got -1.0"),
     ("model.name=cutmix cutmix.beta=inf", "cutmix.beta must be >= 0 (0: no mixing); got inf"),
     ("model.name=spg spg.threshold_2l=nan", "spg.threshold_2l must be in [0, 1]; got nan"),
+    ("model.name=cam acol.threshold=2", "acol.threshold must be in (0, 1]; got 2.0"),  # another method's table too
+    ("train.global_batch_size=100000", "train.global_batch_size=100000 exceeds the {train} images of the train split "
+                                       "(each epoch drops its last, incomplete batch, so it would train nothing); "
+                                       "lower it"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
 def test_a_bad_value_names_the_key_the_value_and_the_range(override, message, tiny_overrides, tmp_path, capsys):
     err = one_line_error(capsys, train.main, ["--config", CONFIG, *tiny_overrides, *override.split()])
-    assert err == f"config error: {message}\n"
+    assert err == f"config error: {message.format(train=TINY_SPEC['num_classes'] * TINY_SPEC['train_per_class'])}\n"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../outside"])
+def test_a_run_name_stays_one_folder_inside_the_runs_folder(name, tiny_overrides, tmp_path, capsys):
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, *tiny_overrides, "--name", name])
+    assert err == (f"error: --name {name!r}: a run name is one folder inside log.runs_dir ({tmp_path / 'runs'}): no "
+                   "'/', not '.' or '..'\n")
+    assert not any(tmp_path.iterdir())  # no runs folder, nothing beside it
 
 
 def test_a_bad_value_in_a_file_is_checked_as_an_override_is(tmp_path):
