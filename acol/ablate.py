@@ -49,6 +49,11 @@ folder as `ablate_<localizer or own>_test.npz`) before each group's table, and `
 cell's run of the first seed, the model's own map, its predicted box at val's threshold in red, GT
 in green) on the same test images.
 
+With `baselines = ["centre", "brightness"]` at the top level of a file with groups, the summary adds a
+row per class-agnostic baseline map (`acol.evaluation.baselines`: no model, one evaluation on the first
+group's first final run's data set, cached in `<runs-dir>/ablations/<NAME>/baselines/`), with its
+test difference from the first group.
+
 A random search (wsolevaluation's protocol: every method the same number of trials, chosen on val)
 replaces a group's axes and cells by trials drawn from a [search] table (`acol/search.py`):
 
