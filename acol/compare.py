@@ -35,12 +35,11 @@ pointing game, deletion / insertion AUCs and randomization-test similarities on 
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
 layer groups randomized, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
 
-Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as soon as it is
-finished: the same command
-again (after an interruption, or with more runs or localizers) reuses every result whose settings
-(checkpoint file, target, overrides, localizer options, checks; a baseline's: its data and evaluation settings) are
-unchanged and computes the rest;
-`--fresh` recomputes everything.
+Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as
+soon as it is finished: the same command again (after an interruption, or with more runs or
+localizers) reuses every result whose settings (checkpoint file, target, overrides, localizer options,
+checks; a baseline's: its data and evaluation settings) are unchanged and computes the rest; `--fresh`
+recomputes everything.
 
 maps/s counts the localizer alone (forward, backward where the method needs one, map arithmetic)
 over the val and test passes, after one untimed warm-up batch, not the box evaluation.
@@ -68,9 +67,9 @@ from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
-from acol.evaluate import (add_faithfulness_options, add_localizer_options, baseline_result, check_faithfulness_options,
-                           check_run, faithfulness_of, load_run, localizer_options, map_checks, run_config, spread_batch,
-                           write_png)
+from acol.evaluate import (add_faithfulness_options, add_localizer_options, baseline_result,
+                           check_faithfulness_options, check_run, faithfulness_of, load_run, localizer_options,
+                           map_checks, run_config, spread_batch, write_png)
 from acol.evaluation.baselines import BASELINE_MAPS
 from acol.evaluation.bootstrap import Difference, paired_difference, run_records
 from acol.evaluation.sanity import cascade_plot
@@ -501,7 +500,8 @@ def main(argv=None) -> list[dict]:
     (args.out / "results.md").write_text(table + "\n")
     with open(args.out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    grid = figure([r for r in records if "baseline" not in r], args.target, args.checkpoint, args.override, args.num_images, args.localizer_options)
+    grid = figure([r for r in records if "baseline" not in r], args.target, args.checkpoint, args.override,
+                  args.num_images, args.localizer_options)
     write_png(args.out / "grid.png", grid)
     randomization = randomization_figure(records)
     if randomization is not None:

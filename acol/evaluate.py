@@ -64,8 +64,8 @@ from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.datasets.transforms import normalize_on_device
-from acol.engine import (CheckpointError, accumulate_baseline, accumulate_split, amp_dtype, load_checkpoint, load_weights,
-                         split_metrics, unwrap)
+from acol.engine import (CheckpointError, accumulate_baseline, accumulate_split, amp_dtype, load_checkpoint,
+                         load_weights, split_metrics, unwrap)
 from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, scoremap_file, stripped_scoremap_file
 from acol.evaluation.baselines import BASELINE_MAPS
 from acol.evaluation.bootstrap import run_records
@@ -307,8 +307,8 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
     return metrics, boxes_eval, cfg.eval.fixed_threshold, details
 
 
-def baseline_split(name: str, cfg, split: str, per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None,
-                                                                               list[str]]:
+def baseline_split(name: str, cfg, split: str,
+                   per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None, list[str]]:
     """(box evaluator, mask evaluator or None, the image ids in accumulation order) of the baseline map
     `name` on `split` of `cfg`'s data set (`accumulate_baseline`)."""
     loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
