@@ -190,8 +190,9 @@ def baseline_results(names: list[str], cfg, done: Path | None = None) -> list[tu
         if done is not None:
             keep_result(done, stem, setting, *results[-1])
         test = results[-1][0]["test"]
-        print(f"baseline {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
-              f"{test['gt_known_loc@val']:.2f}", flush=True)
+        shown = (("maxboxacc_v2", "MaxBoxAccV2"), ("gt_known_loc@val", "GT-known @val"), ("pxap", "PxAP"))
+        print(f"baseline {name}: test " + ", ".join(f"{title} {test[key]:.2f}" for key, title in shown if key in test),
+              flush=True)
     return results
 
 
