@@ -49,6 +49,11 @@ folder as `ablate_<localizer or own>_test.npz`) before each group's table, and `
 cell's run of the first seed, the model's own map, its predicted box at val's threshold in red, GT
 in green) on the same test images.
 
+With `baselines = ["centre", "brightness"]` at the top level of a file with groups, the summary adds a
+row per class-agnostic baseline map (`acol.evaluation.baselines`: no model, one evaluation on the first
+group's first final run's data set, cached in `<runs-dir>/ablations/<NAME>/baselines/`), with its
+test difference from the first group.
+
 A random search (wsolevaluation's protocol: every method the same number of trials, chosen on val)
 replaces a group's axes and cells by trials drawn from a [search] table (`acol/search.py`):
 
@@ -99,6 +104,7 @@ from acol.search import Distribution, sample_trials, search_space
 from acol.cams import LOCALIZERS
 from acol.config import ConfigError, load_config, locate, recipe_dir, toml_value
 from acol.datasets.metadata import read_metadata
+from acol.evaluation.baselines import BASELINE_MAPS
 from acol.evaluation.bootstrap import Difference, aligned, paired_difference, run_records
 from acol.evaluation.report import mean_std
 from acol.valsize import study, table
@@ -106,7 +112,7 @@ from acol.visualize import heatmap_rows, labelled_rows
 
 ABLATIONS = recipe_dir() / "ablations"
 TOP_KEYS = {"description", "base", "seeds", "search_seeds", "select", "axes", "cells", "groups", "set", "search",
-            "trials", "search_seed"}
+            "trials", "search_seed", "baselines"}
 GROUP_KEYS = {"name", "base", "axes", "cells", "set", "search"}
 CELL_KEYS = {"name", "set", "localizer"}
 VAL_COLUMNS = [("top1_cls", "val top-1 cls"), ("gt_known_loc@oracle", "val GT-known (val τ)"),
@@ -162,6 +168,7 @@ class Ablation:
     search_seeds: list[int] | None = None  # None: the cells are compared over all seeds
     trials: int = 0                        # a random search's budget per group (0: no search)
     search_seed: int = 0
+    baselines: list[str] = field(default_factory=list)  # class-agnostic baseline maps shown as method rows
 
     @property
     def name(self) -> str:
@@ -300,7 +307,21 @@ def load_ablation(name_or_path: str) -> Ablation:
     if search_seeds is not None and not set(search_seeds) <= set(seeds):
         raise _error(path, "search_seeds must be some of the seeds")
     return Ablation(path, data.get("description", ""), seeds, data.get("select", "maxboxacc_v2"), groups, search_seeds,
-                    *(budget or (0, 0)))
+                    *(budget or (0, 0)), _baselines(data, path))
+
+
+def _baselines(data: dict, path: Path) -> list[str]:
+    """The file's `baselines`: names of baseline maps (`acol.evaluation.baselines`), rows of a method table."""
+    names = data.get("baselines", [])
+    valid = ", ".join(BASELINE_MAPS.names_in_order())
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _error(path, f"baselines must be a list of baseline map names ({valid}); got {names!r}")
+    for name in names:
+        if name not in BASELINE_MAPS:
+            raise _error(path, f"baselines: unknown baseline map {name!r} (valid: {valid})")
+    if names and "groups" not in data:
+        raise _error(path, "baselines are rows of the method table of a file with [[groups]]; this file has none")
+    return names
 
 
 @dataclass
@@ -497,11 +518,12 @@ GROUP_COLUMNS = [("test", "top1_cls", "top-1 cls"), ("test", "gt_known_loc@val",
                  ("test", "pxap", "PxAP")]
 
 
-def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
-                     chosen: dict[str, Cell]) -> tuple[str, list[list[str]]]:
+def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job], chosen: dict[str, Cell],
+                     overrides: list[str] = ()) -> tuple[str, list[list[str]]]:
     """(markdown table, CSV rows): per group the chosen cell, its val `select` over the search seeds,
     its test metrics (mean ± std over the seeds) and their differences from the first group's, with
-    95% paired bootstrap intervals (1000 replicates over the test images and both groups' seeds)."""
+    95% paired bootstrap intervals (1000 replicates over the test images and both groups' seeds); then
+    a row per baseline map of `ablation.baselines` (`baseline_rows`)."""
     reference = ablation.groups[0]
     records = {group.name: [split_records(j) for j in final if j.group is group] for group in ablation.groups}
 
@@ -531,7 +553,39 @@ def summarize_groups(ablation: Ablation, search: list[Job], final: list[Job],
         rows.append([group.name, cell.label, f"{statistics.mean(val):.4f}", str(len(tested))]
                     + [x for v in columns for x in _numbers(v)]
                     + [f"{getattr(d, end):.4f}" if d else "" for d in deltas for end in ("difference", "low", "high")])
+    for name, record, found in baseline_rows(ablation, final, records[reference.name], reported(reference), overrides):
+        columns = [[record["test"][key]] if key in record["test"] else None for _, key, _ in GROUP_COLUMNS]
+        deltas = [found.get(key) for _, key, _ in GROUP_COLUMNS]
+        val = record["val"].get(ablation.select)
+        lines.append(f"| {name} (baseline) | none (no training) | {'–' if val is None else f'{val:.1f}'} | 1 | "
+                     + " | ".join(mean_std(v) if v else "–" for v in columns) + " | "
+                     + " | ".join(d.text() if d else "–" for d in deltas) + " |")
+        rows.append([f"{name} (baseline)", "", "" if val is None else f"{val:.4f}", "1"]
+                    + [x for v in columns for x in _numbers(v)]
+                    + [f"{getattr(d, end):.4f}" if d else "" for d in deltas for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
+
+
+def baseline_rows(ablation: Ablation, final: list[Job], reference_records: list[dict], reported: set[str],
+                  overrides: list[str]) -> list[tuple[str, dict, dict]]:
+    """(name, {"val", "test"} metrics, {metric: Difference vs the reference group}) of each baseline map
+    of `ablation.baselines`, evaluated once (no training, no seeds) on the data set, val subset and test
+    split of the reference group's first final run (its config and `overrides`) and cached in
+    `<runs-dir>/ablations/<NAME>/baselines/`; the differences are paired over the test images, the
+    reference's runs resampled (`paired_difference`), in the `reported` metrics the baseline has too."""
+    if not ablation.baselines:
+        return []
+    from acol.compare import baseline_results  # the evaluation stack: only for a file with baselines
+    from acol.evaluate import run_config
+
+    first = next(j for j in final if j.group is ablation.groups[0])
+    cfg = run_config(first.run_dir, overrides)
+    out = []
+    for name, (record, per_image) in zip(ablation.baselines, baseline_results(ablation.baselines, cfg,
+                                                                              first.run_dir.parents[1] / "baselines")):
+        keys = [key for _, key, _ in GROUP_COLUMNS if key in reported and key in record["test"]]
+        out.append((name, record, paired_difference([per_image], reference_records, keys)))
+    return out
 
 
 def val_size_study(ablation: Ablation, search: list[Job], overrides: list[str], ks: list[int], draws: int) -> str:
@@ -671,7 +725,7 @@ def main(argv=None) -> str:
               f"mean ± std; chosen on val {ablation.select}")
     parts, rows = [header], []
     if ablation.grouped:
-        table, rows = summarize_groups(ablation, search, final, chosen)
+        table, rows = summarize_groups(ablation, search, final, chosen, args.override)
         parts.append(table)
         rows.append([])
     for group in ablation.groups:

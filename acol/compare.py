@@ -3,7 +3,8 @@
     python -m acol.compare [RUN ...] [--methods inforward,cam,gradcam] [--target gt|pred]
                            [--checkpoint last|best] [--out runs/compare] [--num-images 6]
                            [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
-                           [--bootstrap-seed 0] [key=value ...]
+                           [--bootstrap-seed 0] [--baselines centre,brightness | --no-baselines]
+                           [key=value ...]
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
@@ -15,6 +16,11 @@ Beside them, the difference of each group x localizer from the reference one (`-
 the `cam` localizer of a CAM group if there is one, else the first row) in the main test metrics, with
 its paired bootstrap interval over test images and seeds (`acol.evaluation.bootstrap`):
 `+3.1 [+1.9, +4.4]` is the difference of the means over seeds and its 95% percentile interval.
+
+Below the runs, one row per class-agnostic baseline map (`--baselines`, default `centre,brightness`:
+`acol.evaluation.baselines`, no model) on the reference cell's first run's data set, val and test
+splits, scored the same way (the box threshold chosen on its val), with its difference from the
+reference; no classification metrics (a class-agnostic map has no class), no maps/s, not in the grid.
 
 Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s, the
 difference from the reference), `per_image/<run>__<method>.npz` (the test split's per-image records,
@@ -29,10 +35,11 @@ pointing game, deletion / insertion AUCs and randomization-test similarities on 
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
 layer groups randomized, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
 
-Each run x localizer's result is kept in `--out/done/` as soon as it is finished: the same command
-again (after an interruption, or with more runs or localizers) reuses every result whose settings
-(checkpoint file, target, overrides, localizer options, checks) are unchanged and computes the rest;
-`--fresh` recomputes everything.
+Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as
+soon as it is finished: the same command again (after an interruption, or with more runs or
+localizers) reuses every result whose settings (checkpoint file, target, overrides, localizer options,
+checks; a baseline's: its data and evaluation settings) are unchanged and computes the rest; `--fresh`
+recomputes everything.
 
 maps/s counts the localizer alone (forward, backward where the method needs one, map arithmetic)
 over the val and test passes, after one untimed warm-up batch, not the box evaluation.
@@ -54,14 +61,16 @@ import torch
 from acol import cli
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
 from acol.cams.localizers import TARGETS
-from acol.config import ConfigError
+from acol.config import ConfigError, to_dict
 from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
-from acol.evaluate import (add_faithfulness_options, add_localizer_options, check_faithfulness_options, check_run,
-                           faithfulness_of, load_run, localizer_options, map_checks, spread_batch, write_png)
+from acol.evaluate import (add_faithfulness_options, add_localizer_options, baseline_result,
+                           check_faithfulness_options, check_run, faithfulness_of, load_run, localizer_options,
+                           map_checks, run_config, spread_batch, write_png)
+from acol.evaluation.baselines import BASELINE_MAPS
 from acol.evaluation.bootstrap import Difference, paired_difference, run_records
 from acol.evaluation.sanity import cascade_plot
 from acol.evaluation.report import iou_columns, mean_std, seed_group
@@ -124,7 +133,7 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
     warm_up = normalize_on_device(warm_up["image"], device), warm_up["label"].to(device)
     for name in names:
         setting = result_setting(run, name, target, checkpoint, overrides, checks, (options or {}).get(name, {}))
-        if done is not None and (found := finished_result(done, run, name, setting)) is not None:
+        if done is not None and (found := finished_result(done, result_stem(run, name), setting)) is not None:
             print(f"{run.name} {name}: done before ({done})", file=sys.stderr, flush=True)
             records.append(found)
             continue
@@ -158,14 +167,43 @@ def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoi
                 record["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
         records.append((record, run_records(test_boxes, test_masks, val.get("best_cam_threshold"))))
         if done is not None:
-            keep_result(done, run, name, setting, *records[-1])
+            keep_result(done, result_stem(run, name), setting, *records[-1])
         print(f"{run.name} {name}: test MaxBoxAccV2 {test['maxboxacc_v2']:.2f}, GT-known @val "
               f"{test['gt_known_loc@val']:.2f}, {timed.maps / timed.seconds:.0f} maps/s", flush=True)
     return records
 
 
+def baseline_results(names: list[str], cfg, done: Path | None = None) -> list[tuple[dict, dict]]:
+    """(record, test per-image records) of each baseline map in `names` on `cfg`'s data set
+    (`acol.evaluate.baseline_result`); with `done`, kept there as `baseline__<name>` and reused while the
+    data and evaluation settings are the same."""
+    results = []
+    for name in names:
+        setting = {"baseline": name, "data": to_dict(cfg)["data"], "eval": to_dict(cfg)["eval"],
+                   "seed": cfg.train.seed}
+        stem = f"baseline__{name}"
+        if done is not None and (found := finished_result(done, stem, setting)) is not None:
+            print(f"baseline {name}: done before ({done})", file=sys.stderr, flush=True)
+            results.append(found)
+            continue
+        results.append(baseline_result(name, cfg))
+        if done is not None:
+            keep_result(done, stem, setting, *results[-1])
+        test = results[-1][0]["test"]
+        shown = (("maxboxacc_v2", "MaxBoxAccV2"), ("gt_known_loc@val", "GT-known @val"), ("pxap", "PxAP"))
+        print(f"baseline {name}: test " + ", ".join(f"{title} {test[key]:.2f}" for key, title in shown if key in test),
+              flush=True)
+    return results
+
+
+def baseline_rows(names: list[str], cfg, done: Path | None = None) -> list[tuple[dict, dict]]:
+    """`baseline_results` as comparison records: group "baseline", method the baseline's name."""
+    return [({"run": "baseline", "group": "baseline", "model": None, "method": record["baseline"], "target": None,
+              **record}, per_image) for record, per_image in baseline_results(names, cfg, done)]
+
+
 def value(record: dict, split: str, key: str) -> float | None:
-    return record[key] if not split else record[split].get(key)
+    return record.get(key) if not split else record[split].get(key)
 
 
 def cells_of(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -230,17 +268,18 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
              "|---|---|---:|" + "---:|" * (len(present) + len(deltas))]
     rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]
             + ["Δ reference"] + [f"{t} Δ{end}" for _, t in deltas for end in ("", " low", " high")]]
-    for (group, method), runs in cells.items():
-        values = [[value(r, split, key) for r in runs] for split, key, _ in present]
-        text = [f"{statistics.mean(v):.0f}" if key == "maps_per_s" else mean_std(v, 2 if key in TWO_DECIMALS else 1)
-                for v, (_, key, _) in zip(values, present)]
+    for (group, method), runs in cells.items():  # a metric a cell lacks (a baseline's top-1 cls): –
+        values = [[v for r in runs if (v := value(r, split, key)) is not None] for split, key, _ in present]
+        text = ["–" if not v else f"{statistics.mean(v):.0f}" if key == "maps_per_s"
+                else mean_std(v, 2 if key in TWO_DECIMALS else 1) for v, (_, key, _) in zip(values, present)]
         vs = runs[0]["test_vs_reference"]
         is_reference = f"{group}/{method}" == vs["reference"]
-        text += ["reference" if is_reference else Difference(**vs[k]).text() for k, _ in deltas]
+        text += ["reference" if is_reference else Difference(**vs[k]).text() if k in vs else "–" for k, _ in deltas]
         lines.append(f"| {group} | {method} | {len(runs)} | " + " | ".join(text) + " |")
-        rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" for v in values]
-                    + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" for v in values]
-                    + [vs["reference"]] + [f"{vs[k][end]:.4f}" for k, _ in deltas for end in ("difference", "low", "high")])
+        rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" if v else "" for v in values]
+                    + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" if v else "" for v in values]
+                    + [vs["reference"]] + [f"{vs[k][end]:.4f}" if k in vs else "" for k, _ in deltas
+                                           for end in ("difference", "low", "high")])
     return "\n".join(lines), rows
 
 
@@ -331,6 +370,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--confidence", type=float, default=0.95, help="the intervals' level, in (0, 1)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="the resampling's seed (the intervals are "
                                                                   "deterministic in it)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--baselines", default=",".join(BASELINE_MAPS.names_in_order()), metavar="NAME,...",
+                       help="class-agnostic baseline maps shown as rows, of "
+                            f"{', '.join(BASELINE_MAPS.names_in_order())} (default: all)")
+    shown.add_argument("--no-baselines", action="store_true", help="no baseline rows")
     add_localizer_options(p)
     add_faithfulness_options(p)
     args = p.parse_args(argv)
@@ -344,6 +388,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"argument --confidence: must lie in (0, 1), got {args.confidence}")
     if args.reference is not None and "/" not in args.reference:
         p.error(f"argument --reference: GROUP/LOCALIZER, e.g. synthetic_cam/cam; got {args.reference!r}")
+    args.baselines = [] if args.no_baselines else [name for name in args.baselines.split(",") if name]
+    for name in args.baselines:
+        if name not in BASELINE_MAPS:
+            p.error(f"argument --baselines: unknown baseline map {name!r} (choose from "
+                    f"{', '.join(BASELINE_MAPS.names_in_order())})")
     runs, args.override = cli.overrides_of(args, others=True)
     args.runs = [Path(r) for r in runs]
     return args
@@ -364,14 +413,18 @@ def result_setting(run: Path, name: str, target: str, checkpoint: str, overrides
             "checks": {k: getattr(checks, k) for k in CHECK_SETTINGS} if checks is not None else None}
 
 
-def _result_files(done: Path, run: Path, name: str) -> tuple[Path, Path]:
-    stem = f"{run.name}__{name}"
+def result_stem(run: Path, name: str) -> str:
+    """The name of a run x localizer's files in `done`."""
+    return f"{run.name}__{name}"
+
+
+def _result_files(done: Path, stem: str) -> tuple[Path, Path]:
     return done / f"{stem}.json", done / f"{stem}.npz"
 
 
-def finished_result(done: Path, run: Path, name: str, setting: dict) -> tuple[dict, dict] | None:
-    """(record, per-image records) kept by `keep_result` with the same setting, else None."""
-    record_file, arrays_file = _result_files(done, run, name)
+def finished_result(done: Path, stem: str, setting: dict) -> tuple[dict, dict] | None:
+    """(record, per-image records) kept by `keep_result` under `stem` with the same setting, else None."""
+    record_file, arrays_file = _result_files(done, stem)
     if not (record_file.is_file() and arrays_file.is_file()):
         return None
     kept = json.loads(record_file.read_text())
@@ -381,11 +434,11 @@ def finished_result(done: Path, run: Path, name: str, setting: dict) -> tuple[di
         return kept["record"], dict(arrays)
 
 
-def keep_result(done: Path, run: Path, name: str, setting: dict, record: dict, per_image: dict) -> None:
-    """Write a run x localizer's result to `done` (the arrays first, then the record, each atomically:
-    a record file means a whole result)."""
+def keep_result(done: Path, stem: str, setting: dict, record: dict, per_image: dict) -> None:
+    """Write a result to `done` under `stem` (the arrays first, then the record, each atomically: a record
+    file means a whole result)."""
     done.mkdir(parents=True, exist_ok=True)
-    record_file, arrays_file = _result_files(done, run, name)
+    record_file, arrays_file = _result_files(done, stem)
     tmp = arrays_file.with_name(f".{arrays_file.stem}.tmp.npz")
     np.savez_compressed(tmp, **per_image)
     os.replace(tmp, arrays_file)
@@ -424,6 +477,10 @@ def main(argv=None) -> list[dict]:
         evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
                                                                        args.override, args, args.localizer_options,
                                                                        done)]
+        if evaluated and args.baselines:  # on the data set of the reference cell's first run
+            group, method = choose_reference([r for r, _ in evaluated], args.reference)
+            first = next(Path(r["run"]) for r, _ in evaluated if (r["group"], r["method"]) == (group, method))
+            evaluated += baseline_rows(args.baselines, run_config(first, args.override), done)
     except ConfigError as e:
         cli.fail(f"config error: {e}")
     except MetadataError as e:
@@ -444,7 +501,8 @@ def main(argv=None) -> list[dict]:
     (args.out / "results.md").write_text(table + "\n")
     with open(args.out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    grid = figure(records, args.target, args.checkpoint, args.override, args.num_images, args.localizer_options)
+    grid = figure([r for r in records if "baseline" not in r], args.target, args.checkpoint, args.override,
+                  args.num_images, args.localizer_options)
     write_png(args.out / "grid.png", grid)
     randomization = randomization_figure(records)
     if randomization is not None:

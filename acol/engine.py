@@ -19,6 +19,7 @@ from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.dist import is_main_process, sync_buffers
 from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, resize_and_normalize, scoremap_file
+from acol.evaluation.baselines import baseline_maps
 
 
 class NonFiniteError(RuntimeError):
@@ -153,9 +154,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
     core = unwrap(model)  # no DDP forward: ranks may see different numbers of batches
     sync_buffers(core)
     localizer = localizer or default_localizer(core)
-    boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
-                              cfg.eval.fixed_threshold, per_image=per_image)
-    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval, per_image=per_image) if loader.dataset.load_masks else None
+    boxes_eval, masks_eval = split_evaluators(cfg, loader, per_image)
     size = (cfg.data.crop_size, cfg.data.crop_size)
     for batch in progress(loader, desc):
         images = to_memory_format(normalize_on_device(batch["image"], device), cfg)
@@ -165,10 +164,7 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
         scoremaps = resize_and_normalize(maps.cpu(), size)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = (top5 == labels[:, None]).cpu().numpy()
-        boxes_eval.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], hits[:, 0], hits.any(1))
-        if masks_eval is not None:
-            masks = batch["mask"].numpy()
-            masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+        accumulate_batch(boxes_eval, masks_eval, batch, scoremaps, hits[:, 0], hits.any(1))
         if on_batch is not None:
             on_batch(batch, images, labels, logits, scoremaps)
         if scoremap_dir is not None:
@@ -182,20 +178,55 @@ def accumulate_split(model: nn.Module, loader, device: torch.device, dtype: torc
     return boxes_eval, masks_eval
 
 
+def split_evaluators(cfg, loader, per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None]:
+    """The empty evaluators of a split's loader: boxes always, masks (PxAP) when its dataset loads them."""
+    boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds),
+                              cfg.eval.fixed_threshold, per_image=per_image)
+    masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval, per_image=per_image) if loader.dataset.load_masks else None
+    return boxes_eval, masks_eval
+
+
+def accumulate_batch(boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None, batch: dict,
+                     scoremaps: np.ndarray, top1, top5) -> None:
+    """Add one loader batch's (B, H, W) score maps (at the input size, in [0, 1]) to the evaluators, with
+    each image's (B,) top-1 / top-5 classification hits."""
+    boxes_eval.accumulate(scoremaps, [b.numpy() for b in batch["boxes"]], top1, top5)
+    if masks_eval is not None:
+        masks = batch["mask"].numpy()
+        masks_eval.accumulate(scoremaps, masks == 1, masks == 255)
+
+
+def accumulate_baseline(name: str, loader, cfg, desc: str = "eval",
+                        per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None]:
+    """`accumulate_split` for a class-agnostic baseline map (`acol.evaluation.baselines`): no model, no
+    classification (every hit counted false: report its metrics through `localization_only`, and its
+    per-image records through `run_records(..., classifies=False)`)."""
+    boxes_eval, masks_eval = split_evaluators(cfg, loader, per_image)
+    for batch in progress(loader, desc):
+        scoremaps = baseline_maps(name, batch["image"])
+        misses = np.zeros(len(scoremaps), bool)
+        accumulate_batch(boxes_eval, masks_eval, batch, scoremaps, misses, misses)
+    boxes_eval.all_reduce()
+    if masks_eval is not None:
+        masks_eval.all_reduce()
+    return boxes_eval, masks_eval
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None, cfg,
              threshold: float | None = None, localizer: Localizer | None = None) -> dict[str, float]:
     """Classification and localization metrics of one split; `threshold` is a box threshold
     chosen elsewhere (on `val`) to report at (the `@val` keys)."""
     boxes_eval, masks_eval = accumulate_split(model, loader, device, dtype, cfg, localizer=localizer)
-    return split_metrics(model, boxes_eval, masks_eval, threshold)
+    return split_metrics(unwrap(model).classifies, boxes_eval, masks_eval, threshold)
 
 
-def split_metrics(model: nn.Module, boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None,
+def split_metrics(classifies: bool, boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None,
                   threshold: float | None = None) -> dict[str, float]:
-    """The metrics of a split's evaluators; for a model without a classifier (`classifies` false: the
-    few-shot baseline) without the classification-dependent ones (`localization_only`)."""
+    """The metrics of a split's evaluators; for maps without a classifier (`classifies` false: the few-shot
+    baseline's model, a class-agnostic baseline map) without the classification-dependent ones
+    (`localization_only`)."""
     metrics = boxes_eval.compute(threshold)
-    if not unwrap(model).classifies:
+    if not classifies:
         metrics = localization_only(metrics)
     if masks_eval is not None:
         metrics.update(masks_eval.compute())

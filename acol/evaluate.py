@@ -19,6 +19,17 @@ A folder of score maps in wsolevaluation's layout (`<root>/<image_id>.npy`, the 
                             [--data-root data] [--threshold 0.25] [key=value ...]
     python -m acol.evaluate --scoremaps DIR --dataset CUB --split val,test    # @val in one call
 
+A class-agnostic baseline map (`acol.evaluation.baselines`: `centre`, a centre prior, or `brightness`,
+the image's grey level), no model involved, on a data set named by a config (default: acol's defaults,
+wsolevaluation's 224 px input) and overrides; `--dataset`, `--metadata-root`, `--data-root` stand for
+data.dataset, data.metadata_root, data.root:
+
+    python -m acol.evaluate --baseline brightness --config experiments/synthetic_base.toml [--split test]
+    python -m acol.evaluate --baseline centre --dataset CUB [--metadata-root data/metadata] [--data-root data]
+
+It is scored like a model's map (val chooses the @val threshold), without the classification metrics
+(top-1 cls, top-1 / top-5 loc): a class-agnostic map has no class.
+
 The box threshold is reported under labelled policies: `@fixed` (eval.fixed_threshold), `@val`
 (chosen on the val split: evaluated first for a run; for score maps the first split of `--split
 val,test`, or given with --threshold) and `@oracle` (the split's own best). Outputs: a table on stdout,
@@ -46,22 +57,25 @@ import torch
 from acol import cli, dist
 from acol.cams import LOCALIZERS, build_localizer, default_localizer
 from acol.cams.localizers import TARGETS
-from acol.config import ConfigError, load_config, parse_override
+from acol.config import ConfigError, load_config, parse_override, toml_value
 from acol.datasets.dataset import build_dataset, build_loader, collate, load_mask, worker_error_line
 from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, read_metadata
 from acol.datasets.prepare import SPLITS
 from acol.datasets.transforms import scale_boxes
 from acol.datasets.transforms import normalize_on_device
-from acol.engine import (CheckpointError, accumulate_split, amp_dtype, load_checkpoint, load_weights, split_metrics,
-                         unwrap)
+from acol.engine import (CheckpointError, accumulate_baseline, accumulate_split, amp_dtype, load_checkpoint,
+                         load_weights, split_metrics, unwrap)
 from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, scoremap_file, stripped_scoremap_file
+from acol.evaluation.baselines import BASELINE_MAPS
+from acol.evaluation.bootstrap import run_records
 from acol.evaluation.faithfulness import BASELINES, DeletionInsertion, Faithfulness
 from acol.evaluation.report import format_table, threshold_line
 from acol.evaluation.sanity import cascade, cascade_grid, cascade_plot, summary
 from acol.methods import build_model
 from acol.registry import UnknownNameError
 from acol.tracking import THRESHOLD_AXIS, Tracker
+from acol.train import prepare_data
 from acol.visualize import plot_curves
 
 
@@ -73,7 +87,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "torchrun's own parser reads --run as its --run-path)")
     source.add_argument("--scoremaps", type=Path,
                         help="a folder of <image_id>.npy score maps (wsolevaluation's layout)")
-    p.add_argument("--checkpoint", default="last", help="last | best | a checkpoint path (with --run)")
+    source.add_argument("--baseline", help=f"a class-agnostic baseline map, no model: "
+                                           f"{' | '.join(BASELINE_MAPS.names_in_order())}")
+    p.add_argument("--config", type=Path, help="with --baseline: the config naming the data set, its input size "
+                                               "and val subset (default: acol's defaults)")
+    p.add_argument("--checkpoint", help="last (default) | best | a checkpoint path (with --run)")
     p.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}; with --scoremaps also a list, e.g. "
                                                    "val,test: the first split's best box threshold is reported as "
                                                    "@val on the others")
@@ -85,10 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-scoremaps", action="store_true",
                    help="with --run: save the maps evaluated (the split's, and val's when it chooses the "
                         "threshold) as <out>/scoremaps/<image_id>.npy")
-    p.add_argument("--dataset", help="with --scoremaps: the metadata's data set name (e.g. CUB)")
-    p.add_argument("--metadata-root", default="data/metadata")
-    p.add_argument("--data-root", default="data", help="image root (for masks) with --scoremaps")
-    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval or <scoremaps>_eval)")
+    p.add_argument("--dataset", help="the metadata's data set name (e.g. CUB): with --scoremaps; with --baseline, "
+                                     "data.dataset")
+    p.add_argument("--metadata-root", help="default data/metadata; with --baseline, data.metadata_root")
+    p.add_argument("--data-root", help="image root (for masks) with --scoremaps, default data; with --baseline, "
+                                       "data.root")
+    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval, <scoremaps>_eval or "
+                                            "<log.runs_dir>/baselines/<data.dataset>_<baseline>)")
     add_localizer_options(p)
     add_faithfulness_options(p)
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
@@ -105,6 +126,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"argument --threshold: a box threshold lies in [0, 1); got {args.threshold}")
     if args.layer and not args.localizer:
         p.error("argument --layer: needs --localizer (the model's own map has no layer to choose)")
+    for option, given in (("--checkpoint", args.checkpoint), ("--localizer", args.localizer),
+                          ("--save-scoremaps", args.save_scoremaps)):
+        if given and not args.run:
+            p.error(f"argument {option}: needs --run (a model's map)")
+    args.checkpoint = args.checkpoint or "last"
+    if args.config and not args.baseline:
+        p.error("argument --config: needs --baseline (a run's config is its own; score maps take --dataset)")
+    if args.baseline is not None and args.baseline not in BASELINE_MAPS:
+        p.error(f"argument --baseline: unknown baseline map {args.baseline!r} (choose from "
+                f"{', '.join(BASELINE_MAPS.names_in_order())})")
     return args
 
 
@@ -217,11 +248,16 @@ def check_run(run: Path, checkpoint: str) -> None:
         cli.fail(f"error: --checkpoint {checkpoint!r} is not last, best or a checkpoint file")
 
 
+def run_config(run: Path, overrides=()):
+    """The config of a training run folder with `overrides` applied."""
+    # config.toml holds absolute paths; one saved before they were holds paths relative to where it ran
+    return load_config(run / "config.toml", list(overrides), paths_from=Path.cwd())
+
+
 def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
     checkpoint: "last", "best" or a path."""
-    # config.toml holds absolute paths; one saved before they were holds paths relative to where it ran
-    cfg = load_config(run / "config.toml", list(overrides), paths_from=Path.cwd())
+    cfg = run_config(run, overrides)
     cli.check_device(cfg.train.device)
     cli.set_threads(cfg.train.threads)
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
@@ -261,7 +297,7 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
         threshold = run_split("val")[0].compute().get("best_cam_threshold")
     faithfulness = faithfulness_of(model, localizer, dtype, args)
     boxes_eval, masks_eval = run_split(args.split, faithfulness)
-    metrics = split_metrics(model, boxes_eval, masks_eval, threshold)
+    metrics = split_metrics(model.classifies, boxes_eval, masks_eval, threshold)
     details = {}
     if args.faithfulness or args.sanity:
         checks, details = map_checks(model, cfg, device, dtype, localizer, args.split, args, faithfulness)
@@ -269,6 +305,49 @@ def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
         if "cascade" in details:
             metrics["randomization"] = {k: details["cascade"][k] for k in ("groups", "spearman", "ssim")}
     return metrics, boxes_eval, cfg.eval.fixed_threshold, details
+
+
+def baseline_split(name: str, cfg, split: str,
+                   per_image: bool = False) -> tuple[BoxEvaluator, MaskEvaluator | None, list[str]]:
+    """(box evaluator, mask evaluator or None, the image ids in accumulation order) of the baseline map
+    `name` on `split` of `cfg`'s data set (`accumulate_baseline`)."""
+    loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
+    return (*accumulate_baseline(name, loader, cfg, f"{name} {split}", per_image), loader.dataset.meta.image_ids)
+
+
+def baseline_config(args):
+    """The config of `--baseline`: --config (or the defaults), then --dataset / --metadata-root / --data-root
+    as data.dataset / data.metadata_root / data.root, then the overrides; the synthetic benchmark is
+    generated when missing (as training does)."""
+    named = [f"data.{key}={toml_value(value)}" for key, value in
+             (("dataset", args.dataset), ("metadata_root", args.metadata_root), ("root", args.data_root)) if value]
+    cfg = load_config(args.config, named + args.overrides)
+    prepare_data(cfg)
+    return cfg
+
+
+def baseline_result(name: str, cfg) -> tuple[dict, dict]:
+    """The baseline map `name` on `cfg`'s val (which chooses the box threshold) and test splits, as a
+    comparison row: ({"baseline": name, "val": metrics, "test": metrics at val's threshold, "test_curves":
+    BoxAcc vs threshold}, the test split's per-image records with their image ids, without classification
+    hits: `run_records`)."""
+    val = split_metrics(False, *baseline_split(name, cfg, "val")[:2])
+    threshold = val.get("best_cam_threshold")
+    boxes_eval, masks_eval, image_ids = baseline_split(name, cfg, "test", per_image=True)
+    record = {"baseline": name, "val": val, "test": split_metrics(False, boxes_eval, masks_eval, threshold),
+              "test_curves": {k: v.tolist() for k, v in boxes_eval.box_acc_curves().items()}}
+    return record, run_records(boxes_eval, masks_eval, threshold, image_ids, classifies=False)
+
+
+def evaluate_baseline(args) -> tuple[dict, BoxEvaluator, float, object]:
+    """(metrics, box evaluator, fixed threshold, cfg) of `--baseline` on `--split` (val first, to choose the
+    @val threshold, unless --threshold gives it or the split is val)."""
+    cfg = baseline_config(args)
+    threshold = args.threshold
+    if threshold is None and args.split != "val":
+        threshold = split_metrics(False, *baseline_split(args.baseline, cfg, "val")[:2]).get("best_cam_threshold")
+    boxes_eval, masks_eval, _ = baseline_split(args.baseline, cfg, args.split)
+    return split_metrics(False, boxes_eval, masks_eval, threshold), boxes_eval, cfg.eval.fixed_threshold, cfg
 
 
 def find_scoremap(root: Path, image_id: str) -> tuple[Path, bool]:
@@ -337,7 +416,7 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
     if not args.dataset:
         cli.fail("error: --scoremaps needs --dataset (the metadata folder's name, e.g. CUB)")
     cfg = load_config(overrides=args.overrides)
-    meta = read_metadata(args.metadata_root, args.dataset, split)
+    meta = read_metadata(args.metadata_root or "data/metadata", args.dataset, split)
     boxes_eval = BoxEvaluator(cfg.eval.cam_curve_interval, tuple(cfg.eval.iou_thresholds), cfg.eval.fixed_threshold)
     masks_eval = MaskEvaluator(cfg.eval.cam_curve_interval) if meta.masks else None
     no = np.zeros(1, bool)
@@ -361,7 +440,7 @@ def evaluate_scoremaps(args, split: str, threshold: float | None) -> tuple[dict,
             boxes = scale_boxes(torch.tensor(meta.boxes[image_id]), meta.sizes[image_id], (width, height))
             boxes_eval.accumulate(scoremap[None], [boxes.numpy()], no, no)
         if masks_eval is not None:
-            image_root = Path(args.data_root) / args.dataset
+            image_root = Path(args.data_root or "data") / args.dataset
             masks = [load_mask(image_root / rel).numpy() for rel in meta.masks.get(image_id, [])]
             fg = np.zeros((height, width), bool)
             for m in masks:
@@ -459,18 +538,25 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.run:
         check_run(args.run, args.checkpoint)
-    elif not args.scoremaps.is_dir():
+    elif args.scoremaps and not args.scoremaps.is_dir():
         cli.fail(f"error: --scoremaps {args.scoremaps}: no such folder")
-    out = args.out or (args.run / "eval" if args.run else args.scoremaps.with_name(args.scoremaps.name + "_eval"))
+    if args.config and not args.config.is_file():
+        cli.fail(f"error: --config {args.config}: no such file")
+    out = args.out or (args.run / "eval" if args.run else
+                       args.scoremaps.with_name(args.scoremaps.name + "_eval") if args.scoremaps else None)
     splits = args.split.split(",")
-    if args.run and len(splits) > 1:
-        cli.fail(f"error: --split {args.split}: a split list is for --scoremaps; with --run, a split other "
-                 "than val is reported at val's threshold already")
+    if not args.scoremaps and len(splits) > 1:
+        cli.fail(f"error: --split {args.split}: a split list is for --scoremaps; with --run or --baseline, a "
+                 "split other than val is reported at val's threshold already")
     try:
         details = {}
         if args.run:
             metrics, boxes_eval, fixed, details = evaluate_run(args, out)
             results = [(args.split, metrics, boxes_eval)]
+        elif args.baseline:
+            metrics, boxes_eval, fixed, cfg = evaluate_baseline(args)
+            results = [(args.split, metrics, boxes_eval)]
+            out = out or Path(cfg.log.runs_dir) / "baselines" / f"{cfg.data.dataset}_{args.baseline}"
         else:
             results, fixed = evaluate_scoremap_splits(args, splits)
     except ConfigError as e:
@@ -492,7 +578,7 @@ def main(argv=None) -> dict:
     tracker = Tracker(out, enabled=True) if boxed or details else None
     for split, metrics, boxes_eval in boxed:
         write_curves(boxes_eval, metrics, split, out, tracker)
-    title = args.localizer or "own map"
+    title = args.localizer or args.baseline or "own map"
     if "perturbation" in details:
         write_perturbation(details["perturbation"], args.split, out, tracker, title)
     if "cascade" in details:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from acol import ablate
+from acol import ablate, evaluate
 from acol.config import ConfigError
 from acol.evaluation.bootstrap import resampled_metrics
 
@@ -101,6 +101,16 @@ def test_bad_ablation_files_name_the_key(tmp_path):
         ablate.load_ablation(str(path))
     with pytest.raises(ConfigError, match="known ablations: .*delta"):
         ablate.load_ablation("no_such_ablation")
+    path.write_text('base = "x.toml"\nbaselines = ["centre"]\n[axes]\n"acol.threshold" = [0.5]\n')
+    with pytest.raises(ConfigError, match="bad.toml: baselines are rows of the method table of a file with"):
+        ablate.load_ablation(str(path))
+    path.write_text('baselines = ["centre", "middle"]\n[[groups]]\nname = "A"\nbase = "x.toml"\n[[groups.cells]]\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: baselines: unknown baseline map 'middle' \(valid: centre, "
+                                          r"brightness\)"):
+        ablate.load_ablation(str(path))
+    path.write_text('baselines = "centre"\n[[groups]]\nname = "A"\nbase = "x.toml"\n[[groups.cells]]\n')
+    with pytest.raises(ConfigError, match="bad.toml: baselines must be a list of baseline map names"):
+        ablate.load_ablation(str(path))
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments" / "ablations").glob("*.toml")))
@@ -125,7 +135,7 @@ def test_methods_comparison_gives_every_method_the_same_budget():
 def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overrides, tmp_path):
     path = tmp_path / "duel.toml"
     experiments = ROOT / "experiments"
-    path.write_text(f'seeds = [0, 1]\nsearch_seeds = [0]\n\n[[groups]]\nname = "CAM"\n'
+    path.write_text(f'seeds = [0, 1]\nsearch_seeds = [0]\nbaselines = ["centre", "brightness"]\n\n[[groups]]\nname = "CAM"\n'
                     f'base = "{experiments / "synthetic_cam.toml"}"\n[groups.axes]\n"optim.lr" = [0.01, 0.001]\n\n'
                     f'[[groups]]\nname = "HaS"\nbase = "{experiments / "synthetic_has.toml"}"\n[[groups.cells]]\n'
                     f'set = {{ "has.grid_size" = 4 }}\n[[groups.cells]]\nset = {{ "has.grid_size" = 8 }}\n')
@@ -161,6 +171,23 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     assert float(has["MaxBoxAccV2 Δ low"]) <= float(has["MaxBoxAccV2 Δ high"])
     table = (folder / "results.md").read_text()
     assert "| MaxBoxAccV2 Δ vs CAM | PxAP Δ vs CAM |" in table and "| reference | reference |" in table
+    # the baseline maps' rows: one evaluation each on the CAM runs' data set (acol-evaluate --baseline's numbers),
+    # their difference from CAM's mean over seeds, with its interval; no top-1 cls
+    cam_config = folder / "CAM" / f"{chosen['CAM']}-s0" / "config.toml"
+    for name in ("centre", "brightness"):
+        alone = evaluate.main(["--baseline", name, "--config", str(cam_config), "--out", str(tmp_path / name)])
+        val = evaluate.main(["--baseline", name, "--config", str(cam_config), "--split", "val",
+                             "--out", str(tmp_path / name)])
+        row = dict(zip(rows[0], next(r for r in rows if r and r[0] == f"{name} (baseline)")))
+        assert row["n"] == "1" and row["top-1 cls mean"] == row["top-1 cls Δ"] == ""
+        assert float(row["val maxboxacc_v2 mean"]) == pytest.approx(val["maxboxacc_v2"], abs=1e-4)
+        assert float(row["MaxBoxAccV2 mean"]) == pytest.approx(alone["maxboxacc_v2"], abs=1e-4)
+        assert float(row["GT-known @val τ mean"]) == pytest.approx(alone["gt_known_loc@val"], abs=1e-4)
+        assert float(row["MaxBoxAccV2 Δ"]) == pytest.approx(alone["maxboxacc_v2"] - means["CAM"], abs=1e-4)
+        assert float(row["PxAP Δ low"]) <= float(row["PxAP Δ"]) <= float(row["PxAP Δ high"])
+        (line,) = [line for line in table.splitlines() if line.startswith(f"| {name} (baseline) | none (no training) |")]
+        assert f"| {float(row['MaxBoxAccV2 Δ']):+.1f} [{float(row['MaxBoxAccV2 Δ low']):+.1f}, " in line
+        assert (folder / "baselines" / f"baseline__{name}.json").is_file()  # kept: the next summary reuses it
     # a cell with a localizer: its metrics and per-image records, cached in the run folder
     run = folder / "CAM" / f"{chosen['CAM']}-s0"
     job = ablate.Job(None, ablate.Cell("Grad-CAM", localizer="gradcam"), 0, run)

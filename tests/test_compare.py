@@ -31,6 +31,8 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     out = tmp_path / "compare"
     records = compare.main([*map(str, tiny_runs), "--methods", "inforward,cam,gradcam,guided_gradcam",
                             "--out", str(out), "--num-images", "2"])
+    baselines = [r for r in records if r["group"] == "baseline"]
+    records = [r for r in records if r["group"] != "baseline"]
     methods = {(Path(r["run"]).name, r["method"]) for r in records}
     assert methods == {("synthetic_acol-s0", "inforward"), ("synthetic_acol-s0", "gradcam"),
                        ("synthetic_acol-s0", "guided_gradcam"), ("synthetic_acol-s1", "inforward"),
@@ -77,6 +79,27 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     interval = acol[0]["test_vs_reference"]["maxboxacc_v2"]
     assert f"{interval['difference']:+.1f} [{interval['low']:+.1f}, {interval['high']:+.1f}]" in table
     assert float(row["MaxBoxAccV2 Δ high"]) == pytest.approx(interval["high"], abs=1e-4)
+
+    # the baseline maps' rows, after the runs: acol-evaluate --baseline's numbers on the runs' data set,
+    # their difference from the reference with its interval; no classification metric, no maps/s
+    assert [r["method"] for r in baselines] == ["centre", "brightness"]
+    for r in baselines:
+        alone = evaluate.main(["--baseline", r["method"], "--config", str(tiny_runs[2] / "config.toml"),
+                               "--out", str(tmp_path / f"ev_{r['method']}")])
+        assert r["test"] == alone and "top1_cls" not in r["test"] and "maps_per_s" not in r
+        vs = r["test_vs_reference"]
+        assert "top1_cls" not in vs and not vs["runs_paired"]
+        assert vs["maxboxacc_v2"]["difference"] == pytest.approx(alone["maxboxacc_v2"] - cam["test"]["maxboxacc_v2"])
+        assert vs["pxap"]["low"] <= vs["pxap"]["difference"] <= vs["pxap"]["high"]
+        (line,) = [line for line in table.splitlines() if line.startswith(f"| baseline | {r['method']} | 1 | – |")]
+        d = vs["maxboxacc_v2"]
+        assert f"| {d['difference']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] |" in line
+        row = rows[("baseline", r["method"])]
+        assert row["top-1 cls mean"] == row["maps/s mean"] == row["top-1 cls Δ"] == ""
+        assert float(row["MaxBoxAccV2 mean"]) == pytest.approx(alone["maxboxacc_v2"], abs=1e-4)
+        assert float(row["MaxBoxAccV2 Δ"]) == pytest.approx(d["difference"], abs=1e-4)
+        saved = dict(np.load(out / "per_image" / f"baseline__{r['method']}.npz"))
+        assert "top1" not in saved and len(saved["boxed"]) == 6
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["test_vs_reference"]["reference"] == \
         "synthetic_cam/cam"
     # the saved per-image records give the run's test metrics again, without the maps
@@ -112,6 +135,11 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
 
 
 def test_compare_rejects_unknown_methods_and_unfinished_runs(tmp_path):
+    with pytest.raises(SystemExit, match=r"argument --baselines: unknown baseline map 'nope' \(choose from centre, "
+                                         r"brightness\)"):
+        compare.main([str(tmp_path), "--baselines", "centre,nope"])
+    with pytest.raises(SystemExit, match="argument --no-baselines: not allowed with argument --baselines"):
+        compare.main([str(tmp_path), "--baselines", "centre", "--no-baselines"])
     with pytest.raises(SystemExit, match="unknown localizer 'nope'; valid: .*gradcam_pp"):
         compare.main([str(tmp_path), "--methods", "gradcam,nope"])
     with pytest.raises(SystemExit, match="is not a run folder of python -m acol.train \\(no config.toml in it\\)"):
@@ -123,17 +151,21 @@ def test_a_second_call_reuses_finished_results_and_recomputes_what_changed(tiny_
     argv = [*map(str, tiny_runs[:2]), "--methods", "inforward,gradcam", "--out", str(out), "--num-images", "1"]
     first = compare.main(argv)
     assert sorted(p.name for p in (out / "done").glob("*.json")) == [
+        "baseline__brightness.json", "baseline__centre.json",
         "synthetic_acol-s0__gradcam.json", "synthetic_acol-s0__inforward.json",
         "synthetic_acol-s1__gradcam.json", "synthetic_acol-s1__inforward.json"]
     (out / "done" / "synthetic_acol-s1__gradcam.json").unlink()  # as if interrupted before its end
     capsys.readouterr()
     second = compare.main(argv)
     err = capsys.readouterr().err
-    assert err.count("done before") == 3 and "synthetic_acol-s1 gradcam: 6 val and 6 test images" in err
+    assert err.count("done before") == 5 and "synthetic_acol-s1 gradcam: 6 val and 6 test images" in err
     strip = lambda records: [{k: v for k, v in r.items() if k != "maps_per_s"} for r in records]  # noqa: E731
     assert strip(second) == strip(first)  # the recomputed one too: maps are deterministic
     assert [r["maps_per_s"] for r in second[:3]] == [r["maps_per_s"] for r in first[:3]]  # reused as they were
-    compare.main([*argv, "--target", "pred"])  # another setting: nothing reused
+    compare.main([*argv, "--target", "pred"])  # another target: no run's result reused (the baselines have none)
+    assert capsys.readouterr().err.count("done before") == 2
+    compare.main([*argv, "eval.fixed_threshold=0.3"])  # an evaluation setting: nothing reused
     assert "done before" not in capsys.readouterr().err
-    compare.main([*argv, "--fresh"])
+    compare.main([*argv, "--fresh", "--baselines", "centre"])
     assert "done before" not in capsys.readouterr().err
+    assert [r["method"] for r in compare.main([*argv, "--no-baselines"])] == [r["method"] for r in first[:4]]

@@ -38,31 +38,33 @@ def _tau_index(thresholds: np.ndarray, tau: float) -> int:
 def resampled_metrics(records: dict, weights: np.ndarray) -> dict[str, np.ndarray]:
     """The metrics of one run under image weights (B, n) -> {metric: (B,) float64}.
 
-    records: a run's per-image records (box: `top1`, `top5`, `boxed`, `gt_known`, `box_v2`; mask:
+    records: a run's per-image records (box: `top1`, `top5`, `boxed`, `gt_known`, `box_v2`, without
+    `top1` and `top5` for maps without a classifier: then no `top1_cls`, `top1_loc@...`; mask:
     `fg_hist`, `bg_hist`; either may be absent) plus `thresholds` (T,) and `fixed_threshold`, and
     `val_cam_threshold` for the `@val` metrics (`run_records`). Box metrics are left out when no
     image has a box (a replicate without one scores 0, as an evaluator does), `pxap` without masks.
     """
     weights = np.asarray(weights, np.float64)
     out = {}
-    if "top1" in records:
-        num = weights.sum(1)
-        out["top1_cls"] = 100.0 * (weights @ records["top1"]) / np.maximum(num, 1)
-        if records["boxed"].any():
-            scale = 100.0 / np.maximum(weights @ records["boxed"], 1)
-            hits = records["gt_known"]
-            taus = {"fixed": records["fixed_threshold"], "val": records.get("val_cam_threshold")}
-            for policy, tau in taus.items():
-                if tau is not None:
-                    i = _tau_index(records["thresholds"], tau)
-                    out[f"gt_known_loc@{policy}"] = (weights @ hits[:, i]) * scale
+    classifies = "top1" in records
+    if classifies:
+        out["top1_cls"] = 100.0 * (weights @ records["top1"]) / np.maximum(weights.sum(1), 1)
+    if "boxed" in records and records["boxed"].any():
+        scale = 100.0 / np.maximum(weights @ records["boxed"], 1)
+        hits = records["gt_known"]
+        taus = {"fixed": records["fixed_threshold"], "val": records.get("val_cam_threshold")}
+        for policy, tau in taus.items():
+            if tau is not None:
+                i = _tau_index(records["thresholds"], tau)
+                out[f"gt_known_loc@{policy}"] = (weights @ hits[:, i]) * scale
+                if classifies:
                     out[f"top1_loc@{policy}"] = (weights @ (hits[:, i] & records["top1"])) * scale
-            w32 = weights.astype(np.float32)  # exact: sums of counts below 2^24
-            out["maxboxacc"] = (w32 @ hits.astype(np.float32)).astype(np.float64).max(1) * scale
-            v2 = records["box_v2"]
-            per_iou = [(w32 @ v2[:, d].astype(np.float32)).astype(np.float64).max(1) * scale
-                       for d in range(v2.shape[1])]
-            out["maxboxacc_v2"] = np.mean(np.stack(per_iou, 1), axis=1)
+        w32 = weights.astype(np.float32)  # exact: sums of counts below 2^24
+        out["maxboxacc"] = (w32 @ hits.astype(np.float32)).astype(np.float64).max(1) * scale
+        v2 = records["box_v2"]
+        per_iou = [(w32 @ v2[:, d].astype(np.float32)).astype(np.float64).max(1) * scale
+                   for d in range(v2.shape[1])]
+        out["maxboxacc_v2"] = np.mean(np.stack(per_iou, 1), axis=1)
     if "fg_hist" in records:
         fg, bg = weights @ records["fg_hist"], weights @ records["bg_hist"]
         out["pxap"] = np.array([pxap(f, b) for f, b in zip(fg, bg)])
@@ -73,12 +75,16 @@ PER_IMAGE = ("top1", "top5", "boxed", "gt_known", "box_v2", "fg_hist", "bg_hist"
 
 
 def run_records(boxes_eval: BoxEvaluator, masks_eval: MaskEvaluator | None = None,
-                val_threshold: float | None = None, image_ids: list[str] | None = None) -> dict:
+                val_threshold: float | None = None, image_ids: list[str] | None = None,
+                classifies: bool = True) -> dict:
     """One run's records for `resampled_metrics`, from evaluators built with per-image records;
     val_threshold: the box threshold chosen on val (the `@val` metrics), as given to `compute`;
-    image_ids: the images in accumulation order (for `aligned`)."""
+    image_ids: the images in accumulation order (for `aligned`); classifies false (maps without a
+    classifier, e.g. `acol.evaluation.baselines`): without the classification hits `top1`, `top5`."""
     records = {**boxes_eval.per_image_records(), "thresholds": boxes_eval.thresholds,
                "fixed_threshold": boxes_eval.fixed_threshold}
+    if not classifies:
+        del records["top1"], records["top5"]
     if masks_eval is not None:
         records.update(masks_eval.per_image_records())
     if val_threshold is not None:
@@ -123,7 +129,7 @@ def paired_difference(group_a: list[dict], group_b: list[dict], metrics=METRICS,
     `seed`.
     """
     runs = group_a + group_b
-    sizes = {len(r.get("top1", r.get("fg_hist"))) for r in runs}
+    sizes = {len(r.get("boxed", r.get("fg_hist"))) for r in runs}
     if len(sizes) != 1:
         raise ValueError(f"the runs are evaluated on different numbers of images: {sorted(sizes)}")
     if paired_runs and len(group_a) != len(group_b):
