@@ -46,7 +46,8 @@ def test_loss_terms_and_their_weights_on_a_hand_built_output():
     model = bas("smallcnn", "bas.area_weight=0.3", "bas.fg_ce_weight=0.25")
     targets = torch.tensor([0, 2])
     logits = torch.tensor([[2.0, 1.0, 0.0, 0.0], [0.0, 1.0, 4.0, 0.0]])
-    out = {"logits": logits, "logits_fg": logits.flip(1), "erased_logits": torch.tensor([[1.0, 0, 0, 0], [0, 0, 5.0, 0]]),
+    erased = torch.tensor([[1.0, 0, 0, 0], [0, 0, 5.0, 0]])
+    out = {"logits": logits, "logits_fg": logits.flip(1), "erased_logits": erased,
            "fg": torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.0, 0.0], [0.0, 1.0]]])}
     losses = model.loss(out, targets)
     assert losses["loss_area"] == pytest.approx((0.5 + 0.25) / 2)
