@@ -2,6 +2,8 @@
 hand-built tensors; the erased pass through the detached tail (no gradient to the tail or the classifier,
 no BatchNorm statistics); the mid/tail backbones; the authors' learning-rate groups; the [bas] table."""
 import copy
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +16,10 @@ from acol.methods import build_method
 from acol.methods.bas import BASConfig, background_ratio, top_k_map
 from acol.models.backbones import (InceptionV3MidTail, ResNet50MidTail, SmallCNNMidTail, VGG16MidTail,
                                    mid_tail_backbone)
+from acol.schedule import build_schedule
 
 NUM_CLASSES = 4
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def bas(backbone="smallcnn", *extra):
@@ -134,6 +138,27 @@ def test_the_authors_lr_groups():
                 0.02: {n for n in names.values() if head(n) and n.endswith("bias")}}
     assert by_lr == expected
     assert "backbone.layer4.2.conv3.weight" in by_lr[0.001] and "fg_head.0.bias" in by_lr[0.02]
+
+
+@pytest.mark.parametrize("recipe, decay_epoch", [("cub_bas_vgg16", 80), ("ilsvrc_bas_resnet50", 3)])
+def test_recipe_schedules_are_the_authors_decay(recipe, decay_epoch):
+    """Their scheduler multiplies every group's lr by 0.1 at the start of each epoch that is a nonzero
+    multiple of decay_epoch."""
+    cfg = load_config(EXPERIMENTS / "bas" / f"{recipe}.toml")
+    schedule = build_schedule(cfg, steps_per_epoch=2)
+    for epoch in range(cfg.train.epochs):
+        for step in (2 * epoch, 2 * epoch + 1):
+            assert schedule.lr(0.001, step) == pytest.approx(0.001 * 0.1 ** (epoch // decay_epoch), rel=1e-12)
+
+
+def test_new_layers_initialised_as_the_authors():
+    vgg = bas("vgg16")
+    for conv in (vgg.classifier[0], vgg.fg_head[0]):  # N(0, 0.02), PyTorch's default bias
+        assert abs(conv.weight.std().item() - 0.02) < 0.002 and conv.bias.abs().sum() > 0
+    model = bas("smallcnn")
+    for conv in (model.classifier[0], model.classifier[4], model.fg_head[0]):  # Xavier-uniform, zero bias
+        fan_in, fan_out = conv.weight[0].numel(), conv.weight[:, 0].numel()
+        assert conv.weight.abs().max() <= math.sqrt(6 / (fan_in + fan_out)) and not conv.bias.any()
 
 
 @pytest.mark.parametrize("builder, mid, out, keys", [
