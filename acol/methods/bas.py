@@ -114,8 +114,8 @@ class BAS(WSOLModel):
             nn.Conv2d(head_channels, num_classes, kernel_size=1), nn.ReLU(inplace=True))
         self.fg_head = nn.Sequential(nn.Conv2d(backbone.mid_channels, num_classes, kernel_size=3, padding=1),
                                      nn.Sigmoid())
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and not any(m is b for b in backbone.modules()):
+        for m in (*self.classifier, *self.fg_head):
+            if isinstance(m, nn.Conv2d):
                 _init_conv(m, backbone.name)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
