@@ -30,6 +30,7 @@ def batch():
 # expected (h, w) of the maps at a 64x64 input, by (backbone, large_feature_map)
 MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("resnet50", True): 8, ("resnet50", False): 4,
             ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
+BAS_MAP_SIZE = {"vgg16": 8, "resnet50": 8, "inception_v3": 8, "smallcnn": 32}  # its mid-level maps, fixed per backbone
 
 # every registered model, and the cam model also without its conv (GAP + FC on the backbone)
 MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in METHODS.names()] + [
@@ -45,7 +46,7 @@ def test_forward_shapes_for_every_model(name, variant, backbone, large, batch):
                         NUM_CLASSES)
     x, y = batch
     out = model(x, y)
-    side = MAP_SIZE[(backbone, large)]
+    side = BAS_MAP_SIZE[backbone] if name == "bas" else MAP_SIZE[(backbone, large)]
     assert out["logits"].shape == (3, NUM_CLASSES)
     for key in ("cam_a", "cam_b"):
         if key in out:
@@ -58,7 +59,8 @@ def test_forward_shapes_for_every_model(name, variant, backbone, large, batch):
     losses["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
     expected_keys = {"acol": {"loss", "loss_a", "loss_b"},
-                     "spg": {"loss", "loss_cls", "loss_b1", "loss_b2", "loss_c"}}.get(name, {"loss"})
+                     "spg": {"loss", "loss_cls", "loss_b1", "loss_b2", "loss_c"},
+                     "bas": {"loss", "loss_cls", "loss_fg_cls", "loss_ratio", "loss_area"}}.get(name, {"loss"})
     assert set(losses) == expected_keys
 
 

@@ -4,6 +4,7 @@
     class HaS(Method):
         Config = HaSConfig                     # the [has] config table (a dataclass), or None
         def build_model(self, backbone): ...   # its model on any backbone (a WSOLModel)
+        def build_backbone(self, model_cfg): ...  # optional: a variant of the backbone (BAS: cut in two)
         def transform_batch(self, images, labels): ...  # optional: what it does to a training batch
 
 The training loop calls `transform_batch` on every training batch (after normalisation, before the
@@ -46,6 +47,10 @@ class Method:
         """The method's model on `backbone` (built from cfg.model, pretrained weights loaded)."""
         raise NotImplementedError
 
+    def build_backbone(self, model_cfg) -> nn.Module:
+        """The backbone of model.backbone before its pretrained weights load (default: the registry's)."""
+        return BACKBONES.get(model_cfg.backbone)(model_cfg)
+
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train time only: images (B, 3, H, W), normalised, and labels (B,) (with `trains_on_masks`: the
         masks) -> (images, targets): the batch the model sees and the loss's targets, (B,) class indices
@@ -58,7 +63,7 @@ class Method:
         it, new layers initialised as `model.head_init` says and, with `model.pretrained_classifier`,
         the ImageNet classifier loaded into the FC."""
         model_cfg = self.cfg.model
-        backbone = BACKBONES.get(model_cfg.backbone)(model_cfg)
+        backbone = self.build_backbone(model_cfg)
         if model_cfg.pretrained:
             backbone.load_pretrained(model_cfg.pretrained)
         model = self.build_model(backbone)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import get_weight
-from torchvision.models.inception import InceptionA, InceptionC
+from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 from torchvision.models.resnet import Bottleneck
 
 from acol import safeload
@@ -312,6 +312,122 @@ class SmallCNN(nn.Module):
 
     def load_pretrained(self, source: str) -> None:
         load_weights(self, source, "smallcnn", imagenet_weights=None)
+
+
+class MidTail:
+    """A backbone cut in two, for BAS: `mid(x)` -> (B, mid_channels, h, w), the features its
+    localization head sees, and `tail()`, the layers that turn them into (B, out_channels, h', w');
+    forward = tail(mid(x)). The layers are those of `layers()` (a Sequential, keys as torchvision's),
+    the tail from index `tail_start` on; `tail()` is a view sharing the modules, built per call."""
+
+    tail_start: int
+    mid_channels: int
+
+    def layers(self) -> nn.Sequential:
+        return self
+
+    def _part(self, part: slice) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(list(self.layers().named_children())[part]))
+
+    def mid(self, x: torch.Tensor) -> torch.Tensor:
+        return self._part(slice(self.tail_start))(x)
+
+    def tail(self) -> nn.Sequential:
+        return self._part(slice(self.tail_start, None))
+
+
+class VGG16MidTail(MidTail, VGG16Features):
+    """BAS's VGG16: torchvision's 2x2 pools after blocks 1-4, none after block 5 (stride 16); mid =
+    conv4_3 (stride 8, 512 channels), tail = pool4 + block 5."""
+
+    tail_start, mid_channels = 23, 512
+
+    def __init__(self):
+        super().__init__(large_feature_map=False, pool="2x2")
+
+    def layers(self) -> nn.Sequential:
+        return self.features
+
+
+class ResNet50MidTail(MidTail, ResNet50Features):
+    """BAS's ResNet-50: layer3 and layer4 at stride 1 with a MaxPool(2) between them (`pool3`, no
+    parameters); mid = layer3 (stride 8, 1024 channels), tail = pool3 + layer4 (stride 16)."""
+
+    tail_start, mid_channels = 7, 1024
+
+    def __init__(self):
+        super().__init__(large_feature_map=True)
+        layer4 = self._modules.pop("layer4")
+        self.add_module("pool3", nn.MaxPool2d(kernel_size=2))
+        self.add_module("layer4", layer4)
+
+
+class InceptionDPadded(nn.Module):
+    """torchvision's InceptionD (Mixed_7a, 768 -> 1280 channels) with padding 1 on its stride-2 convs
+    and max pool, as BAS's Inception-v3 (h -> ceil(h / 2)). Keys equal torchvision's InceptionD."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2, padding=1)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3_2(self.branch3x3_1(x))
+        branch7x7x3 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([branch3x3, branch7x7x3, F.max_pool2d(x, kernel_size=3, stride=2, padding=1)], dim=1)
+
+
+class InceptionV3MidTail(MidTail, InceptionV3Features):
+    """BAS's Inception-v3: wsolevaluation's variant with `large_feature_map` up to Mixed_6e (the mid,
+    stride 8, 768 channels), then Mixed_7a (padded, stride 16), Mixed_7b and Mixed_7c (the tail, 2048
+    channels). ImageNet weights load for every layer (AuxLogits and fc ignored)."""
+
+    tail_start, mid_channels = 16, 768
+
+    def __init__(self):
+        super().__init__(large_feature_map=True)
+        self.add_module("Mixed_7a", InceptionDPadded(768))
+        self.add_module("Mixed_7b", InceptionE(1280, conv_block=BasicConv2d))
+        self.add_module("Mixed_7c", InceptionE(2048, conv_block=BasicConv2d))
+        self.out_channels = 2048
+        _kaiming_init(self)
+
+    def load_pretrained(self, source: str) -> None:
+        load_weights(self, source, "Inception-v3", "Inception_V3_Weights.IMAGENET1K_V1",
+                     ignored_prefixes=("AuxLogits.", "fc."))
+
+
+class SmallCNNMidTail(MidTail, SmallCNN):
+    """smallcnn cut as BAS's VGG16: mid = the second block (stride 2, 2 x width channels), tail = the
+    pool and the last block (and the extra pool without `large_feature_map`)."""
+
+    tail_start = 10
+
+    def __init__(self, large_feature_map: bool = True, width: int = 16):
+        super().__init__(large_feature_map, width)
+        self.mid_channels = 2 * width
+
+    def layers(self) -> nn.Sequential:
+        return self.features
+
+
+MID_TAIL_BACKBONES = {"vgg16": VGG16MidTail, "resnet50": ResNet50MidTail, "inception_v3": InceptionV3MidTail,
+                      "smallcnn": SmallCNNMidTail}
+
+
+def mid_tail_backbone(model_cfg) -> MidTail:
+    """The `MidTail` variant of model.backbone. vgg16, resnet50 and inception_v3 are BAS's fixed networks
+    (model.large_feature_map and model.vgg_pool do not apply); smallcnn keeps large_feature_map."""
+    if model_cfg.backbone not in MID_TAIL_BACKBONES:
+        raise ValueError(f"model.backbone {model_cfg.backbone!r} has no mid/tail split; one of "
+                         f"{', '.join(MID_TAIL_BACKBONES)}")
+    if model_cfg.backbone == "smallcnn":
+        return SmallCNNMidTail(model_cfg.large_feature_map)
+    return MID_TAIL_BACKBONES[model_cfg.backbone]()
 
 
 @BACKBONES.register("vgg16")
