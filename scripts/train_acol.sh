@@ -20,6 +20,12 @@ CONFIG=(--config "$REPO/experiments/synthetic_acol.toml")
 if [[ "${1:-}" == *.toml ]]; then CONFIG=(--config "$1"); shift
 elif [[ " $* " == *" --config "* || " $* " == *" --config="* ]]; then CONFIG=(); fi
 
+for var in NGPUS NNODES; do  # process counts: whole numbers >= 1, or one line saying what is wrong
+  value=${!var:-1}
+  if [[ ! "$value" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: $var must be a whole number >= 1 (processes); got '$value'" >&2; exit 2
+  fi
+done
 # torchrun sets OMP_NUM_THREADS=1 per process unless told otherwise: share the cores instead.
 NPROC=${NGPUS:-1}
 if [[ -z "${OMP_NUM_THREADS:-}" ]]; then

@@ -75,3 +75,13 @@ def test_the_train_script_runs_where_the_user_stands(tmp_path):
         resolved = tomllib.loads(done.stdout)
         assert resolved["model"]["name"] == name and resolved["data"]["root"] == str(root)
         assert resolved["log"]["runs_dir"] == str(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("variable, value", [("NGPUS", "abc"), ("NGPUS", "0"), ("NNODES", "2x")])
+def test_the_train_script_checks_its_process_counts(variable, value, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, **{variable: value})
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_acol.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (2, f"error: {variable} must be a whole number >= 1 (processes); "
+                                                 f"got '{value}'\n")
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
