@@ -393,6 +393,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if name not in BASELINE_MAPS:
             p.error(f"argument --baselines: unknown baseline map {name!r} (choose from "
                     f"{', '.join(BASELINE_MAPS.names_in_order())})")
+    for name in args.methods.split(",") if args.methods else []:
+        if name not in LOCALIZERS:
+            cli.fail(f"error: --methods: unknown localizer {name!r}; valid: {', '.join(LOCALIZERS.names_in_order())}")
     runs, args.override = cli.overrides_of(args, others=True)
     args.runs = [Path(r) for r in runs]
     return args
@@ -459,9 +462,6 @@ def main(argv=None) -> list[dict]:
     if not runs:
         cli.fail("error: no runs given and none found under runs/: train them first, e.g. bash scripts/compare_cams.sh")
     methods = args.methods.split(",") if args.methods else None
-    for name in methods or []:
-        if name not in LOCALIZERS:
-            cli.fail(f"error: --methods: unknown localizer {name!r}; valid: {', '.join(LOCALIZERS.names_in_order())}")
     for run in runs:
         check_run(run, args.checkpoint)
     if args.reference is not None:

@@ -11,6 +11,11 @@
 # data/ and runs/ are those of the current folder.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+for seed in ${SEEDS:-0 1 2}; do
+  [[ "$seed" =~ ^[0-9]+$ ]] || { echo "error: SEEDS must be whole numbers >= 0; got '$seed'" >&2; exit 2; }
+done
+# The comparison's arguments are checked before anything trains (a typo costs one line, not six runs).
+"$PYTHON" -c 'import sys; from acol.compare import parse_args; parse_args(sys.argv[1:])' "$@"
 RUNS=()
 for seed in ${SEEDS:-0 1 2}; do
   for method in acol cam; do

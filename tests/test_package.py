@@ -85,3 +85,17 @@ def test_the_train_script_checks_its_process_counts(variable, value, tmp_path):
     assert (done.returncode, done.stderr) == (2, f"error: {variable} must be a whole number >= 1 (processes); "
                                                  f"got '{value}'\n")
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("args, env_seeds, line", [
+    (["--bogus"], "0", "python -m acol.compare: error: unrecognized arguments: --bogus (see python -m acol.compare "
+                       "--help)"),
+    (["--methods", "gradcam,nope"], "0", "error: --methods: unknown localizer 'nope'; valid: "),
+    ([], "0 x", "error: SEEDS must be whole numbers >= 0; got 'x'"),
+])
+def test_the_compare_script_checks_its_arguments_before_training(args, env_seeds, line, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, SEEDS=env_seeds)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "compare_cams.sh"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
+    assert not any(tmp_path.iterdir())  # nothing trained
