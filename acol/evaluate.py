@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -254,27 +255,36 @@ def run_config(run: Path, overrides=()):
     return load_config(run / "config.toml", list(overrides), paths_from=Path.cwd())
 
 
-def load_run(run: Path, checkpoint: str = "last", overrides=()) -> tuple:
+def load_run(run: Path, checkpoint: str = "last", overrides=(), describe: bool = False) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
-    checkpoint: "last", "best" or a path."""
+    checkpoint: "last", "best" or a path. `describe`: say on stderr which epoch and step the weights are
+    of, and whether the run has finished."""
     cfg = run_config(run, overrides)
     cli.check_device(cfg.train.device)
     cli.set_threads(cfg.train.threads)
     device = dist.init_distributed(dist.device_type(cfg.train.device))  # under torchrun: this rank's device
     path = run / "checkpoints" / f"{checkpoint}.pt" if checkpoint in ("last", "best") else Path(checkpoint)
+    if not cfg.model.num_classes and not (run / "meta.json").is_file():
+        cli.fail(f"error: {run} has no meta.json (it records the number of classes); set model.num_classes=N")
     num_classes = cfg.model.num_classes or json.loads((run / "meta.json").read_text())["num_classes"]
     untrained = copy.deepcopy(cfg)  # the checkpoint holds every weight: no pretrained file or download needed
     untrained.model.pretrained, untrained.model.pretrained_classifier = "", False
     model = build_model(untrained, num_classes).to(device)
     try:
-        load_weights(model, load_checkpoint(path), path, f"the {cfg.model.name} / {cfg.model.backbone} model of {run}")
+        state = load_checkpoint(path)
+        load_weights(model, state, path, f"the {cfg.model.name} / {cfg.model.backbone} model of {run}")
     except CheckpointError as e:
         cli.fail(f"error: {e}")
+    if describe and dist.is_main_process() and "step" in state:
+        batches = f" and {state['batch']} batches of the next" if state.get("batch") else ""
+        unfinished = "" if (run / "results.json").is_file() else " (the run has not finished: no results.json)"
+        print(f"weights: {path}, after epoch {state['epoch']}{batches}, step {state['step']}{unfinished}",
+              file=sys.stderr, flush=True)
     return cfg, model, device, amp_dtype(cfg.train.amp, device)
 
 
 def evaluate_run(args, out: Path) -> tuple[dict, BoxEvaluator, float, dict]:
-    cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides)
+    cfg, model, device, dtype = load_run(args.run, args.checkpoint, args.overrides, describe=True)
     localizer = (build_localizer(args.localizer, args.target, args.layer, **args.localizer_options.get(args.localizer, {}))
                  if args.localizer else None)
     if args.localizer and args.localizer not in model.localizers:
