@@ -27,8 +27,6 @@ from torch import nn
 from acol.methods.base import METHODS, Method, check_range
 from acol.models.wsol import POST_HOC, ClassActivationHead, WSOLModel, cross_entropy
 
-CLUSTERS = 3  # universum, source-like, target
-
 
 @dataclass
 class DAWSOLConfig:
