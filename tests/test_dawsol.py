@@ -118,6 +118,12 @@ def test_assigner_skips_images_with_too_few_samples_but_keeps_their_universum():
     assert source.shape[0] == target.shape[0] == 0 and universum.shape == (2, 2)
 
 
+def test_assigner_needs_three_pixels_per_image():
+    tsa = TargetSampleAssigner(num_classes=1, channels=2, sample_num_source=1, sample_num_target=1)
+    with pytest.raises(ValueError, match=r"need at least 3 pixels; got \(1, 2\)"):
+        tsa(torch.tensor([[5.0, 5.0]]), pixels_of((0.0, 0.0), (1.0, 1.0)), torch.tensor([0]))
+
+
 def dawsol_model(backbone="smallcnn", *extra):
     cfg = load_config(overrides=["model.name=dawsol", f"model.backbone={backbone}", "model.head_channels=8",
                                  "dawsol.sample_num_source=2", "dawsol.sample_num_target=2", *extra])

@@ -166,6 +166,9 @@ class TargetSampleAssigner(nn.Module):
         """image_features (B, K), pixel_features (B, K, h, w), labels (B,) -> source (count, n_s, K), target
         (count, n_t, K) of the kept images and the universum pixels (N_u, K) of all images, with gradients."""
         pixels = pixel_features.flatten(2).transpose(1, 2)
+        if pixels.shape[1] < 3:
+            raise ValueError(f"dawsol clusters each image's pixel features into 3 clusters: its feature maps need at "
+                             f"least 3 pixels; got {tuple(pixel_features.shape[2:])} (a larger data.crop_size)")
         sources, targets, universum = [], [], []
         for feature, image_pixels, label in zip(image_features, pixels, labels.tolist()):
             clusters = self.cluster(feature.detach(), image_pixels.detach(), label)
