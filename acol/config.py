@@ -61,7 +61,7 @@ class DataCfg:
 @dataclass
 class ModelCfg:
     name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg,
-                                        # bas, or fsl (the few-shot baseline: see data.train_split)
+                                        # bas, dawsol, or fsl (the few-shot baseline: see data.train_split)
     backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict

@@ -92,10 +92,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     that `trains_on_masks`) has those (B, H, W) uint8 masks as its targets instead of the labels.
     `after_step(step, batches_done)` runs after every
     optimizer step (mid-epoch checkpoints, stop requests). `model` may be DDP-wrapped and compiled;
-    the loss comes from the bare model. A non-finite loss raises NonFiniteError before the step."""
+    the loss comes from the bare model, told the epoch first (`WSOLModel.set_epoch`). A non-finite loss
+    raises NonFiniteError before the step."""
     model.train()
     loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
     core = unwrap(model)
+    core.set_epoch(epoch)
     seen, tick = 0, time.perf_counter()
     for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
         images = normalize_on_device(batch["image"], device)

@@ -155,7 +155,8 @@ def graph_leaves(tensor):
 
 
 @pytest.mark.parametrize("model_name, layer", [("acol", None), ("acol", "smoothing"), ("acol", "head_a.2"),
-                                               ("cam", None), ("spg", None), ("adl", None), ("single", None)])
+                                               ("cam", None), ("spg", None), ("adl", None), ("single", None),
+                                               ("dawsol", None)])
 def test_the_graph_starts_at_the_layer_with_the_full_graphs_gradients(model_name, layer, batch):
     """The gradient localizers record no graph before their layer (the only leaf is the activation, no
     parameter is in the graph) and return what a full graph through the whole model gives."""

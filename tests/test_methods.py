@@ -468,7 +468,7 @@ def test_every_method_on_every_backbone_trains_a_step_and_evaluates(name, backbo
         assert 0 <= results[split]["maxboxacc_v2"] <= 100 and 0 <= results[split]["pxap"] <= 100
 
 
-@pytest.mark.parametrize("name", ["has", "adl", "cutmix"])
+@pytest.mark.parametrize("name", ["has", "adl", "cutmix", "dawsol"])
 def test_resume_is_exact_with_random_batch_transforms_and_layers(name, tiny_overrides, tmp_path):
     common = ["--config", str(EXPERIMENTS / f"synthetic_{name}.toml"), *tiny_overrides, "train.global_batch_size=6"]
     train.main([*common, "train.epochs=2", "--name", "straight"])

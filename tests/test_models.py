@@ -60,7 +60,8 @@ def test_forward_shapes_for_every_model(name, variant, backbone, large, batch):
     assert all(p.grad is not None for p in model.parameters())
     expected_keys = {"acol": {"loss", "loss_a", "loss_b"},
                      "spg": {"loss", "loss_cls", "loss_b1", "loss_b2", "loss_c"},
-                     "bas": {"loss", "loss_cls", "loss_fg_cls", "loss_ratio", "loss_area"}}.get(name, {"loss"})
+                     "bas": {"loss", "loss_cls", "loss_fg_cls", "loss_ratio", "loss_area"},
+                     "dawsol": {"loss", "loss_cls", "loss_mmd", "loss_universum"}}.get(name, {"loss"})
     assert set(losses) == expected_keys
 
 

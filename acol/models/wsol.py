@@ -13,6 +13,8 @@ the interface:
 - `default_cam_layer`: the layer gradient localizers hook by default (the features the class scores
   are pooled from);
 - `param_groups(rule)`: which parameters get the base and which the head learning rate;
+- `set_epoch(epoch)`: the training loop's call before each training epoch (0-based), for a model
+  whose loss changes with the epoch (DA-WSOL's start_epoch); default: nothing;
 - `classifies`: false for a model without a classifier (the few-shot baseline's foreground model),
   whose reports leave out the classification-dependent metrics.
 """
@@ -123,6 +125,9 @@ class WSOLModel(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before training epoch `epoch` (0-based; also when a run resumes in it)."""
 
     def loss(self, out: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": cross_entropy(out["logits"], targets)}
