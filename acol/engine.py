@@ -81,6 +81,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
                            nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
 
 
+def duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '42s'."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     device: torch.device, dtype: torch.dtype | None, epoch: int, step: int, tracker, cfg,
                     logger, skip: int = 0, after_step=None, transform=None, schedule=None, base_lrs=()) -> int:
@@ -98,7 +106,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
     core = unwrap(model)
     core.set_epoch(epoch)
-    seen, tick = 0, time.perf_counter()
+    total = cfg.train.epochs * len(loader)
+    total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    seen, window, tick = 0, 0, time.perf_counter()
     for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
         images = normalize_on_device(batch["image"], device)
         labels = targets = batch["label"].to(device, non_blocking=True)
@@ -120,7 +130,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        seen += len(labels)
+        seen, window = seen + len(labels), window + 1
         if step % cfg.log.log_every == 0:
             values = {f"train/{k}": v.item() for k, v in losses.items()}
             elapsed = time.perf_counter() - tick
@@ -129,9 +139,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             values["train/lr"] = optimizer.param_groups[0]["lr"]
             values["train/img_per_s"] = seen * int(os.environ.get("WORLD_SIZE", 1)) / elapsed
             tracker.scalars(values, step)
-            logger.info(f"epoch {epoch + 1} step {step} " + " ".join(
-                f"{k.split('/')[1]}={v:.4g}" for k, v in values.items()))
-            seen, tick = 0, time.perf_counter()
+            logger.info(f"epoch {epoch + 1}/{cfg.train.epochs} step {step}/{total} " + " ".join(
+                f"{k.split('/')[1]}={v:.4g}" for k, v in values.items())
+                + f" train_eta={duration((total - step) * elapsed / window)}")
+            seen, window, tick = 0, 0, time.perf_counter()
         if after_step is not None:
             after_step(step, batch_index + 1)
         if cfg.train.max_steps and step >= cfg.train.max_steps:

@@ -28,9 +28,20 @@ def test_two_step_run_writes_the_run_directory(tiny_overrides, tmp_path):
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "rng"}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
+    steps = [line.split(" loss=")[0].split(" ", 1)[-1] for line in (run_dir / "log.txt").read_text().splitlines()
+             if " loss=" in line]
+    assert steps == ["epoch 1/1 step 1/2", "epoch 1/1 step 2/2"]  # log.log_every=1: where the run is, of how much
+    assert "train_eta=0s" in (run_dir / "log.txt").read_text()
     # the saved config re-runs as it is
     again = train.main(["--config", str(run_dir / "config.toml"), "--print-config"])
     assert again == {}
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (59.6, "1m00s"), (185, "3m05s"), (3600, "1h00m"),
+                                           (7322, "2h02m")])
+def test_durations_read_at_a_glance(seconds, text):
+    from acol.engine import duration
+    assert duration(seconds) == text
 
 
 def test_resume_auto_continues_to_the_same_weights(tiny_overrides, tmp_path, capsys):
