@@ -276,9 +276,10 @@ def covered_by(ckpt: dict):
     return keep
 
 
-def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack) -> str:
+def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack, report_finished: bool = True) -> str:
     """Lock the run folder (rank 0) and decide, under the lock, what this start does: "finished"
-    (results.json exists), "resume" (auto and checkpoints/last.pt exists, or an explicit checkpoint),
+    (results.json exists and `report_finished`), "resume" (auto and checkpoints/last.pt exists, or an
+    explicit checkpoint),
     or "fresh" (no checkpoint: files of an earlier start that failed before its first checkpoint are
     cleared, log.txt kept). Refusals (locked, an unfinished run without --resume) exit with one line.
     The lock is released when `held` closes."""
@@ -292,7 +293,7 @@ def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack) -> s
         else:
             held.callback(lock.release)
             has_last = (run_dir / "checkpoints" / "last.pt").is_file()
-            if (run_dir / "results.json").is_file() and resume is None:
+            if (run_dir / "results.json").is_file() and report_finished:
                 verdict = "finished"
             elif resume == "auto" and has_last or resume not in (None, "auto"):
                 verdict = "resume"
@@ -335,7 +336,11 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     run_dir = Path(cfg.log.runs_dir) / name
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
-    if args.resume is None and (run_dir / "results.json").is_file():
+    saved = run_dir / "config.toml"
+    # a finished run is reported again, also under --resume auto unless the config extends it (more epochs)
+    report_finished = args.resume is None or args.resume == "auto" and saved.is_file() and not config_changes(
+        saved.read_text(), cfg)
+    if report_finished and (run_dir / "results.json").is_file():
         results = show_finished(cfg, run_dir)
         dist.cleanup()
         return results
@@ -371,7 +376,7 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     ckpt = load_resume(Path(args.resume), model, cfg) if args.resume not in (None, "auto") else None
 
     with contextlib.ExitStack() as held:
-        verdict = open_run(run_dir, args.resume, held)
+        verdict = open_run(run_dir, args.resume, held, report_finished)
         if verdict == "finished":  # finished while this process was starting
             results = show_finished(cfg, run_dir)
             dist.cleanup()

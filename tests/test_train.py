@@ -58,6 +58,13 @@ def test_resume_auto_continues_to_the_same_weights(tiny_overrides, tmp_path, cap
         assert torch.equal(value, resumed["model"][key]), key
     with pytest.raises(SystemExit, match=r"holds a finished run of another config \(train.epochs: 2 -> 1\)"):
         run(overrides, "--name", "resumed")
+    # --resume auto on the finished run with its own config: its report again, nothing re-tested or written
+    run_dir = tmp_path / "runs" / "resumed"
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    capsys.readouterr()
+    assert run(overrides + ["train.epochs=2"], "--name", "resumed", "--resume", "auto") == results
+    assert "this run has finished" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
 def test_missing_data_stops_before_the_run_directory_exists(tiny_overrides, tmp_path):
