@@ -1,4 +1,5 @@
-"""torchrun environment -> process group; rank helpers; a non-padding inference sampler.
+"""torchrun environment -> process group; rank helpers; a non-padding inference sampler; DataLoader
+workers that leave stop signals to the main process.
 
 Without torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) everything runs in one process.
 NCCL is used when the processes drive CUDA devices, gloo otherwise (CPU runs, tests).
@@ -6,10 +7,20 @@ NCCL is used when the processes drive CUDA devices, gloo otherwise (CPU runs, te
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A DataLoader `worker_init_fn`: the worker ignores SIGINT and SIGTERM. Ctrl-C in a terminal,
+    `timeout` and schedulers signal the whole process group; the main process acts on the signal (it
+    finishes its step, writes a checkpoint, says so) and shuts its workers down, which a worker killed
+    by the signal would turn into a "DataLoader worker exited unexpectedly" traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def is_distributed() -> bool:

@@ -206,3 +206,27 @@ def test_kills_at_random_steps_then_resume_reach_the_same_weights_and_metrics_li
     assert [json.loads(line) for line in read("random_kills")] == [json.loads(line) for line in read("straight")]
     assert_same_weights(torch.load(runs / "random_kills" / "checkpoints" / "last.pt", weights_only=True)["model"],
                         reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(signum, long_run):
+    """Ctrl-C in a terminal, `timeout` and schedulers signal the whole group, DataLoader workers included:
+    the workers leave the signal to the main process, which finishes its step, checkpoints and says so."""
+    overrides, runs = long_run
+    overrides = [*overrides, "data.num_workers=2"]
+    name = f"group{signum}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "acol.train", "--config", CONFIG, "--name", name, *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    wait_for_mid_epoch_checkpoint(runs / name, proc, min_step=2)
+    os.killpg(proc.pid, signum)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, out[-2000:]
+    assert "Traceback" not in out and "DataLoader worker" not in out, out[-2000:]
+    stopped = [line for line in out.splitlines() if "stopped by signal" in line]
+    assert len(stopped) == 1 and f"stopped by signal {int(signum)} during training epoch" in stopped[0]
+    ckpt = load_checkpoint(runs / name / "checkpoints" / "last.pt")
+    assert f"checkpoint of step {ckpt['step']} written" in stopped[0]  # the step it was in, not an earlier one
+    assert "resumed from" in finish(overrides, name, "--resume", "auto")
+    assert (runs / name / "results.json").is_file()

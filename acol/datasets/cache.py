@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from acol.dist import get_rank
+from acol.dist import get_rank, leave_signals_to_the_main_process
 
 
 def _first(samples: list[dict]) -> dict:
@@ -33,7 +33,8 @@ class CachedTrainLoader:
         self.sampler = sampler
         resized = type(dataset)(dataset.image_root.parent, dataset.meta, self.transform.resize,
                                 foreground=dataset.foreground)
-        decode = DataLoader(resized, batch_size=1, num_workers=workers, collate_fn=_first)
+        decode = DataLoader(resized, batch_size=1, num_workers=workers, collate_fn=_first,
+                            worker_init_fn=leave_signals_to_the_main_process)
         self.images, self.masks, self.boxes, self.labels, self.ids = [], [], [], [], []
         for sample in decode:
             self.images.append(sample["image"].to(store))

@@ -12,7 +12,7 @@ from acol.datasets.cache import CachedTrainLoader
 from acol.datasets.images import ImageError, read_mask, read_rgb
 from acol.datasets.metadata import Metadata, MetadataError, per_class_subset, read_metadata
 from acol.datasets.transforms import WSOLTransform
-from acol.dist import InferenceSampler, get_rank, get_world_size
+from acol.dist import InferenceSampler, get_rank, get_world_size, leave_signals_to_the_main_process
 
 
 def load_rgb(path: Path) -> torch.Tensor:
@@ -161,7 +161,7 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
     world = get_world_size()
     workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else default_num_workers()
     common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=workers > 0)
+                  persistent_workers=workers > 0, worker_init_fn=leave_signals_to_the_main_process)
     if not train:
         return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                           sampler=InferenceSampler(len(dataset), get_rank(), world), **common)
