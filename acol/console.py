@@ -15,8 +15,8 @@ from typing import Callable
 def _command(module: str) -> Callable[[], int]:
     """The entry point of `module`: import it when the command runs, call its main, exit 0."""
     def run() -> int:
-        importlib.import_module(module).main()
-        return 0
+        from acol.cli import run_command
+        return run_command(importlib.import_module(module).main)
     return run
 
 

@@ -550,4 +550,4 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

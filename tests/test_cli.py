@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,14 @@ def test_long_default_run_names_are_cut_and_keep_a_hash_of_the_whole():
                       for end in "xy")
     assert len(long_a) == train.MAX_NAME + 3 and long_a.endswith("-s3") and long_a != long_b
     assert long_a.startswith("synthetic_acol+data.root=_aaa") and long_a[-12] == "~"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_a_command_finished_exits_0_with_a_line(signum):
+    """`run_command`: once main returned (results written), a signal during the teardown is no failure."""
+    code = ("import os, signal, sys, time\nfrom acol import cli\n"
+            "cli.run_command(lambda: print('table'))\n"
+            f"os.kill(os.getpid(), {int(signum)})\ntime.sleep(30)\nsys.exit(3)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "table\n")
+    assert done.stderr == f"signal {int(signum)} after the command had finished: its results are complete; exit 0\n"
