@@ -228,5 +228,5 @@ def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(
     assert len(stopped) == 1 and f"stopped by signal {int(signum)} during training epoch" in stopped[0]
     ckpt = load_checkpoint(runs / name / "checkpoints" / "last.pt")
     assert f"checkpoint of step {ckpt['step']} written" in stopped[0]  # the step it was in, not an earlier one
-    assert "resumed from" in finish(overrides, name, "--resume", "auto")
+    assert "resumed from" in finish(overrides, name, "--resume", "auto")  # exactness: with num_workers=0 (above)
     assert (runs / name / "results.json").is_file()
