@@ -115,6 +115,19 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def stop_quietly_during_start_up() -> None:
+    """Until a command installs its own handlers: SIGINT and SIGTERM end the process with one line and
+    128 + n, not a KeyboardInterrupt traceback from inside torch's import (seconds on a busy machine).
+    For command-line processes only (it would take over Ctrl-C of a Python session)."""
+    def stop(signum, frame) -> NoReturn:
+        print(f"stopped by signal {signum} during start-up: nothing was written; the same command starts again",
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def finish_on_signals() -> None:
     """Once a command's work is done (its results written and printed): SIGINT and SIGTERM from now on
     end the process at once with a line and exit status 0, not 130 / 143 and a traceback from the

@@ -15,7 +15,8 @@ from typing import Callable
 def _command(module: str) -> Callable[[], int]:
     """The entry point of `module`: import it when the command runs, call its main, exit 0."""
     def run() -> int:
-        from acol.cli import run_command
+        from acol.cli import run_command, stop_quietly_during_start_up
+        stop_quietly_during_start_up()
         return run_command(importlib.import_module(module).main)
     return run
 

@@ -9,6 +9,10 @@ metrics.jsonl, TensorBoard events, checkpoints/{last,best}.pt and results.json.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m acol.train: a signal while torch imports is one line too
+    from acol.cli import stop_quietly_during_start_up
+    stop_quietly_during_start_up()
+
 import argparse
 import contextlib
 import errno

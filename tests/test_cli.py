@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,29 @@ def test_a_signal_after_a_command_finished_exits_0_with_a_line(signum):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "table\n")
     assert done.stderr == f"signal {int(signum)} after the command had finished: its results are complete; exit 0\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_is_one_line(signum):
+    """`stop_quietly_during_start_up`: a signal before the command's own handlers (torch still importing)."""
+    code = ("import os, signal, time\nfrom acol import cli\ncli.stop_quietly_during_start_up()\n"
+            f"os.kill(os.getpid(), {int(signum)})\ntime.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signum
+    assert done.stderr == (f"stopped by signal {int(signum)} during start-up: nothing was written; the same command "
+                           "starts again\n")
+
+
+def test_python_m_acol_train_stops_quietly_while_it_imports(tmp_path):
+    """The real command, interrupted as early as a user can: one line whenever the signal lands
+    before the results (here, --print-config's)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "acol.train", "--print-config"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # python is up and importing torch (seconds); the handler is in place before that
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # a fast machine finished first: nothing to interrupt
+        return
+    assert (proc.returncode, err) == (130, "stopped by signal 2 during start-up: nothing was written; the same "
+                                           "command starts again\n")
