@@ -1,6 +1,6 @@
 """In-forward vs post-hoc maps: every applicable localizer of trained runs, under one protocol.
 
-    python -m acol.compare [RUN ...] [--methods inforward,cam,gradcam] [--target gt|pred]
+    python -m acol.compare [RUN ...] [--methods all | inforward,cam,gradcam] [--target gt|pred]
                            [--checkpoint last|best] [--out runs/compare] [--num-images 6]
                            [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
                            [--bootstrap-seed 0] [--baselines centre,brightness | --no-baselines]
@@ -8,7 +8,8 @@
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
-(`acol.cams.applicable_localizers`), the localizer's maps are evaluated on `val` (which chooses the
+(`acol.cams.applicable_localizers`; without `--methods`, all but the many-forward ones,
+`acol.cams.localizers.MANY_FORWARD`, which `--methods all` or their names add), the localizer's maps are evaluated on `val` (which chooses the
 box threshold) and on `test` (reported at the fixed threshold and at val's). Runs whose names
 differ only in `-s<seed>` form a group; the tables give mean ± std over a group's seeds.
 
@@ -60,7 +61,7 @@ import torch
 
 from acol import cli
 from acol.cams import LOCALIZERS, applicable_localizers, build_localizer, default_localizer_name
-from acol.cams.localizers import TARGETS
+from acol.cams.localizers import MANY_FORWARD, TARGETS
 from acol.config import ConfigError, to_dict
 from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.images import ImageError
@@ -119,15 +120,19 @@ class Timed:
 
 
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-                     checks=None, options: dict | None = None, done: Path | None = None) -> list[tuple[dict, dict]]:
+                     checks=None, options: dict | None = None, done: Path | None = None,
+                     named: tuple[str, ...] = ()) -> list[tuple[dict, dict]]:
     """(record, test per-image records) per localizer applicable to the run's model (and in `methods` when
-    given); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
+    given; a localizer in `named`, the user's list, that the model does not declare is said on stderr); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
     too; `options`: {localizer name: its keyword options}. With `done` (a folder), each run x localizer's
     result is kept there as it finishes and reused by a later call with the same settings
     (`finished_result`), so an interrupted comparison goes on where it stopped."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
+    for name in [n for n in named if n not in applicable_localizers(model)]:
+        print(f"{run.name}: {name} does not apply to its {cfg.model.name} model (model.localizers); left out",
+              file=sys.stderr, flush=True)
     records = []
     warm_up = next(iter(loaders["val"]))
     warm_up = normalize_on_device(warm_up["image"], device), warm_up["label"].to(device)
@@ -356,7 +361,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_overrides(p, "eval.batch_size=64", metavar="RUN | key=value",
                       help=f"run folders (default: {' '.join(DEFAULT_RUNS)}) and config overrides applied to "
                            "every run")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(LOCALIZERS.names_in_order())}")
+    p.add_argument("--methods", help=f"'all' or a comma-separated subset of {','.join(LOCALIZERS.names_in_order())} "
+                                     f"(default: every one a model declares but the many-forward "
+                                     f"{', '.join(MANY_FORWARD)})")
     p.add_argument("--target", default="gt", choices=TARGETS, help="the class mapped: GT label or prediction")
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
@@ -393,7 +400,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if name not in BASELINE_MAPS:
             p.error(f"argument --baselines: unknown baseline map {name!r} (choose from "
                     f"{', '.join(BASELINE_MAPS.names_in_order())})")
-    for name in args.methods.split(",") if args.methods else []:
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"argument --out: {args.out} is a file; name a folder (it is created if missing)")
+    for name in args.methods.split(",") if args.methods not in (None, "all") else []:
         if name not in LOCALIZERS:
             cli.fail(f"error: --methods: unknown localizer {name!r}; valid: {', '.join(LOCALIZERS.names_in_order())}")
     runs, args.override = cli.overrides_of(args, others=True)
@@ -461,7 +470,8 @@ def main(argv=None) -> list[dict]:
     runs = args.runs or [p for pattern in DEFAULT_RUNS for p in sorted(Path().glob(pattern))]
     if not runs:
         cli.fail("error: no runs given and none found under runs/: train them first, e.g. bash scripts/compare_cams.sh")
-    methods = args.methods.split(",") if args.methods else None
+    methods = None if args.methods == "all" else args.methods.split(",") if args.methods else [
+        name for name in LOCALIZERS.names_in_order() if name not in MANY_FORWARD]
     for run in runs:
         check_run(run, args.checkpoint)
     if args.reference is not None:
@@ -474,9 +484,10 @@ def main(argv=None) -> list[dict]:
                      f"{', '.join(methods or LOCALIZERS.names_in_order())}")
     try:
         done = None if args.fresh else args.out / "done"
+        named = tuple(methods) if args.methods not in (None, "all") else ()
         evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
                                                                        args.override, args, args.localizer_options,
-                                                                       done)]
+                                                                       done, named)]
         if evaluated and args.baselines:  # on the data set of the reference cell's first run
             group, method = choose_reference([r for r, _ in evaluated], args.reference)
             first = next(Path(r["run"]) for r, _ in evaluated if (r["group"], r["method"]) == (group, method))

@@ -10,7 +10,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from acol import compare, evaluate, train
+from acol.cams import applicable_localizers
+from acol.cams.localizers import MANY_FORWARD
+from acol.config import load_config
 from acol.evaluation.bootstrap import resampled_metrics
+from acol.methods import build_model
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -31,6 +35,11 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     out = tmp_path / "compare"
     records = compare.main([*map(str, tiny_runs), "--methods", "inforward,cam,gradcam,guided_gradcam",
                             "--out", str(out), "--num-images", "2"])
+    first = capsys.readouterr()
+    err = first.err  # a named localizer a model does not declare is said, not dropped silently
+    assert "synthetic_acol-s0: cam does not apply to its acol model (model.localizers); left out" in err
+    assert "synthetic_cam-s0: inforward does not apply to its cam model (model.localizers); left out" in err
+    assert "gradcam does not apply" not in err
     baselines = [r for r in records if r["group"] == "baseline"]
     records = [r for r in records if r["group"] != "baseline"]
     methods = {(Path(r["run"]).name, r["method"]) for r in records}
@@ -107,9 +116,8 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     again = resampled_metrics(saved, np.ones((1, len(saved["top1"]))))
     run = next(r for r in acol if r["run"].endswith("s1"))
     assert {k: v[0] for k, v in again.items()} == {k: run["test"][k] for k in again}
-    captured = capsys.readouterr()
-    assert table in captured.out
-    assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in captured.err  # a notice per localizer
+    assert table in first.out
+    assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in first.err  # a notice per localizer
 
     grid = cv2.imread(str(out / "grid.png"))
     columns = 1 + 3 + 3  # the image, then 3 methods per group
@@ -144,6 +152,16 @@ def test_compare_rejects_unknown_methods_and_unfinished_runs(tmp_path):
         compare.main([str(tmp_path), "--methods", "gradcam,nope"])
     with pytest.raises(SystemExit, match="is not a run folder of python -m acol.train \\(no config.toml in it\\)"):
         compare.main([str(tmp_path)])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match=f"argument --out: {tmp_path / 'a_file'} is a file; name a folder"):
+        compare.main([str(tmp_path), "--out", str(tmp_path / "a_file")])  # before any evaluation work
+
+
+def test_without_methods_every_declared_localizer_but_the_many_forward_ones(tiny_runs, tmp_path):
+    records = compare.main([str(tiny_runs[0]), "--out", str(tmp_path / "c"), "--no-baselines", "--num-images", "1"])
+    model = build_model(load_config(tiny_runs[0] / "config.toml"), 3)
+    expected = [name for name in applicable_localizers(model) if name not in MANY_FORWARD]
+    assert [r["method"] for r in records] == expected and "gradcam" in expected and "rise" not in expected
 
 
 def test_a_second_call_reuses_finished_results_and_recomputes_what_changed(tiny_runs, tmp_path, capsys):

@@ -236,6 +236,12 @@ def default_localizer(model: nn.Module) -> Localizer:
     return build_localizer(default_localizer_name(model))
 
 
+# Localizers that run the model many times per image (by default: Smooth Grad-CAM++ 20 noisy copies
+# forward and backward, Integrated Gradients 32 path points + 1, Score-CAM one forward per channel of
+# its layer, Ablation-CAM one per channel + 1, RISE 1,000 masks): comparisons run them when named.
+MANY_FORWARD = ("smoothgradcampp", "integrated_gradients", "scorecam", "ablationcam", "rise")
+
+
 def applicable_localizers(model: nn.Module) -> list[str]:
     """The localizers `model` declares (`model.localizers`), in registration order."""
     return [name for name in LOCALIZERS.names_in_order() if name in model.localizers]
