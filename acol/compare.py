@@ -120,19 +120,15 @@ class Timed:
 
 
 def evaluate_methods(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
-                     checks=None, options: dict | None = None, done: Path | None = None,
-                     named: tuple[str, ...] = ()) -> list[tuple[dict, dict]]:
+                     checks=None, options: dict | None = None, done: Path | None = None) -> list[tuple[dict, dict]]:
     """(record, test per-image records) per localizer applicable to the run's model (and in `methods` when
-    given; a localizer in `named`, the user's list, that the model does not declare is said on stderr); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
+    given); with `checks` (the parsed options) asking for them, the faithfulness / sanity metrics on test
     too; `options`: {localizer name: its keyword options}. With `done` (a folder), each run x localizer's
     result is kept there as it finishes and reused by a later call with the same settings
     (`finished_result`), so an interrupted comparison goes on where it stopped."""
     cfg, model, device, dtype = load_run(run, checkpoint, overrides)
     loaders = {split: build_loader(cfg, build_dataset(cfg, split, train=False), train=False) for split in ("val", "test")}
     names = [n for n in applicable_localizers(model) if methods is None or n in methods]
-    for name in [n for n in named if n not in applicable_localizers(model)]:
-        print(f"{run.name}: {name} does not apply to its {cfg.model.name} model (model.localizers); left out",
-              file=sys.stderr, flush=True)
     records = []
     warm_up = next(iter(loaders["val"]))
     warm_up = normalize_on_device(warm_up["image"], device), warm_up["label"].to(device)
@@ -484,10 +480,9 @@ def main(argv=None) -> list[dict]:
                      f"{', '.join(methods or LOCALIZERS.names_in_order())}")
     try:
         done = None if args.fresh else args.out / "done"
-        named = tuple(methods) if args.methods not in (None, "all") else ()
         evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
                                                                        args.override, args, args.localizer_options,
-                                                                       done, named)]
+                                                                       done)]
         if evaluated and args.baselines:  # on the data set of the reference cell's first run
             group, method = choose_reference([r for r, _ in evaluated], args.reference)
             first = next(Path(r["run"]) for r, _ in evaluated if (r["group"], r["method"]) == (group, method))
@@ -500,6 +495,12 @@ def main(argv=None) -> list[dict]:
         cli.fail(f"data error: {worker_error_line(e)}")
     if not evaluated:
         cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
+    if args.methods not in (None, "all"):  # a localizer the user named that a run's model does not declare
+        pairs = {(r["run"], r["method"]) for r, _ in evaluated}
+        for run in runs:
+            for name in [n for n in methods if (str(run), n) not in pairs]:
+                print(f"{run.name}: {name} does not apply to its model (model.localizers); left out", file=sys.stderr,
+                      flush=True)
     records, per_image = map(list, zip(*evaluated))
     args.out.mkdir(parents=True, exist_ok=True)
     write_per_image(args.out, records, per_image)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -257,7 +256,7 @@ def run_config(run: Path, overrides=()):
 
 def load_run(run: Path, checkpoint: str = "last", overrides=(), describe: bool = False) -> tuple:
     """(cfg, model with the checkpoint's weights, device, autocast dtype) of a training run.
-    checkpoint: "last", "best" or a path. `describe`: say on stderr which epoch and step the weights are
+    checkpoint: "last", "best" or a path. `describe`: say (stdout) which epoch and step the weights are
     of, and whether the run has finished."""
     cfg = run_config(run, overrides)
     cli.check_device(cfg.train.device)
@@ -278,8 +277,7 @@ def load_run(run: Path, checkpoint: str = "last", overrides=(), describe: bool =
     if describe and dist.is_main_process() and "step" in state:
         batches = f" and {state['batch']} batches of the next" if state.get("batch") else ""
         unfinished = "" if (run / "results.json").is_file() else " (the run has not finished: no results.json)"
-        print(f"weights: {path}, after epoch {state['epoch']}{batches}, step {state['step']}{unfinished}",
-              file=sys.stderr, flush=True)
+        print(f"weights: {path}, after epoch {state['epoch']}{batches}, step {state['step']}{unfinished}", flush=True)
     return cfg, model, device, amp_dtype(cfg.train.amp, device)
 
 

@@ -37,8 +37,8 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
                             "--out", str(out), "--num-images", "2"])
     first = capsys.readouterr()
     err = first.err  # a named localizer a model does not declare is said, not dropped silently
-    assert "synthetic_acol-s0: cam does not apply to its acol model (model.localizers); left out" in err
-    assert "synthetic_cam-s0: inforward does not apply to its cam model (model.localizers); left out" in err
+    assert "synthetic_acol-s0: cam does not apply to its model (model.localizers); left out" in err
+    assert "synthetic_cam-s0: inforward does not apply to its model (model.localizers); left out" in err
     assert "gradcam does not apply" not in err
     baselines = [r for r in records if r["group"] == "baseline"]
     records = [r for r in records if r["group"] != "baseline"]

@@ -90,11 +90,11 @@ def test_run_and_scoremap_modes_agree_with_training_and_wsolevaluation(trained_r
 def test_the_weights_evaluated_are_named_with_their_epoch_and_an_unfinished_run_is_said(trained_run, tmp_path,
                                                                                          capsys):
     evaluate.main(["--run", str(trained_run), "--checkpoint", "best", "--out", str(tmp_path / "e1")])
-    assert capsys.readouterr().err == f"weights: {trained_run / 'checkpoints' / 'best.pt'}, after epoch 1, step 2\n"
+    assert f"weights: {trained_run / 'checkpoints' / 'best.pt'}, after epoch 1, step 2\n" in capsys.readouterr().out
     (trained_run / "results.json").unlink()
     evaluate.main(["--run", str(trained_run), "--out", str(tmp_path / "e2")])
-    assert capsys.readouterr().err == (f"weights: {trained_run / 'checkpoints' / 'last.pt'}, after epoch 1, step 2 "
-                                       "(the run has not finished: no results.json)\n")
+    assert (f"weights: {trained_run / 'checkpoints' / 'last.pt'}, after epoch 1, step 2 (the run has not finished: "
+            "no results.json)\n") in capsys.readouterr().out
     (trained_run / "meta.json").unlink()
     with pytest.raises(SystemExit, match=f"^error: {trained_run} has no meta.json \\(it records the number of "
                                          r"classes\); set model.num_classes=N$"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -53,6 +54,16 @@ def test_each_console_command_runs_its_module(command, option, monkeypatch, caps
     with pytest.raises(SystemExit) as done:
         getattr(console, name)()
     assert done.value.code == 0 and option in capsys.readouterr().out
+
+
+@pytest.fixture(autouse=True)
+def own_signal_handlers():
+    """A console command keeps its own SIGINT / SIGTERM handlers for the rest of its process: give
+    pytest's back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def test_console_commands_exit_with_0_on_success_and_prepare_with_its_status(monkeypatch, tmp_path, capsys):

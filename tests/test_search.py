@@ -127,11 +127,13 @@ def test_search_files_check_groups_bounds_and_overrides(tmp_path, capsys):
 
 def test_shipped_searches_give_every_method_the_same_budget():
     methods = ablate.load_ablation("methods_search")
-    assert [g.name for g in methods.groups] == ["CAM", "HaS", "ACoL", "SPG", "ADL", "CutMix", "FSL"]
+    assert [g.name for g in methods.groups] == ["CAM", "HaS", "ACoL", "SPG", "ADL", "CutMix", "FSL", "BAS", "DA-WSOL"]
+    assert methods.baselines == ["centre", "brightness"]
     assert methods.trials == 8 and methods.search_seeds == [0] and methods.seeds == [0, 1, 2]
     for group in methods.groups:
         assert len(group.cells) == 8 and "optim.lr" in group.space and (group.name in ("CAM", "FSL") or len(group.space) > 1)
-        assert {ablate.load_config(group.base, c.overrides).model.name for c in group.cells} == {group.name.lower()}
+        assert {ablate.load_config(group.base, c.overrides).model.name for c in group.cells} == {
+            group.name.lower().replace("-", "")}
     grid_sizes = [c.settings["has.grid_size"] for c in methods.groups[1].cells]
     assert all(type(x) is int for x in grid_sizes)
 
