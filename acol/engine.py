@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import shutil
 import sys
 import time
@@ -284,8 +285,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and "PytorchStreamWriter" not in str(e):
-            raise  # not the file system's doing (an object that cannot be pickled)
+        if isinstance(e, RuntimeError) and "inline_container" not in str(e):
+            raise  # not the file system's doing (torch's zip writer failed: its messages name inline_container)
         raise CheckpointWriteError(write_failure(path, e)) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -298,8 +299,13 @@ def write_failure(path: Path, error: Exception) -> str:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
+    size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_DISK):
         why = f"no space left on device (free space in {path.parent}, then continue with --resume auto)"
+    elif getattr(error, "errno", None) == errno.EFBIG or (size_limit != resource.RLIM_INFINITY
+                                                           and isinstance(error, RuntimeError)):
+        why = (f"the file size limit of this process ({size_limit} bytes, ulimit -f) is below the checkpoint's size; "
+               "raise it, then continue with --resume auto")
     else:
         why = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
     kept = f"the previous {path.name} is kept" if path.is_file() else f"no earlier {path.name} was there"

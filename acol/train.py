@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -54,6 +55,14 @@ from acol.visualize import heatmap_strips
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
 FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
+
+
+WRITE_ERRNOS = {  # OSErrors of writing the run folder -> what to do (the message names the path and the cause)
+    errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
+    errno.EFBIG: "raise the file size limit (ulimit -f)", errno.EROFS: "set log.runs_dir to a writable folder",
+    errno.EACCES: "make the folder writable or set log.runs_dir to one that is",
+    errno.EPERM: "make the folder writable (an immutable attribute?) or set log.runs_dir to one that is",
+    errno.EIO: "check the disk (an I/O error)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -228,11 +237,28 @@ def say(message: str, logger: logging.Logger | None = None) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def quiet_thread_write_errors():
+    """A write failure (WRITE_ERRNOS) in a background thread (TensorBoard's event writer) prints no
+    traceback: the main thread meets it at its next write or flush and says it in one line."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRNOS):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def main(argv=None) -> dict:
     """Train (see the module docstring). A SIGTERM or SIGINT in any phase ends the command with a line
     saying what was kept and exit status 128 + the signal (0 when the results were already written)."""
     signals = Signals()
-    with signals.installed():
+    with signals.installed(), quiet_thread_write_errors():
         try:
             return run(parse_args(argv), signals)
         except Interrupted as e:
@@ -244,10 +270,12 @@ def main(argv=None) -> dict:
             cli.fail(f"data error: {worker_error_line(e)}; the run's checkpoints are kept: fix the file (list every "
                      "problem with --check-data), then run the same command with --resume auto")
         except OSError as e:
-            if e.errno != errno.ENOSPC:
+            if e.errno not in WRITE_ERRNOS:
                 raise
-            say(f"error: no space left on device writing {e.filename or 'the run folder'} (during {signals.phase}); "
-                "free space, then run the same command with --resume auto", signals.logger)
+            what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror.lower()
+            say(f"error: {what} writing {e.filename or 'the run folder'} (during {signals.phase}); "
+                f"{WRITE_ERRNOS[e.errno]}, then run the same command (with --resume auto once a checkpoint exists)",
+                signals.logger)
             sys.exit(1)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -218,6 +219,36 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(fill, monkeypatch
                                 f"{path.parent}, then continue with --resume auto); the previous last.pt is kept")
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]   # no temporary file left
+
+
+def test_a_file_size_limit_stops_training_with_one_line(tiny_overrides, tmp_path):
+    """`ulimit -f` (EFBIG; torch's zip writer reports it as "unexpected pos"): the limit is named."""
+    command = shlex.join([sys.executable, "-m", "acol.train", "--config", CONFIG, *tiny_overrides, "--name", "r"])
+    done = subprocess.run(["bash", "-c", f"ulimit -f 40; exec {command}"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(Path(CONFIG).parents[1])))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+    # the first file past the limit: the TensorBoard events (heatmaps) or a checkpoint
+    assert ("error: file too large writing " in done.stderr and "raise the file size limit (ulimit -f)" in done.stderr
+            or "the file size limit of this process (40960 bytes, ulimit -f) is below the checkpoint's size"
+            in done.stderr), done.stderr[-2000:]
+
+
+def test_an_unwritable_runs_folder_is_one_line(tiny_overrides, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if subprocess.run(["chattr", "+i", str(runs)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train.main(["--config", CONFIG, *tiny_overrides, "--name", "r"])
+    finally:
+        subprocess.run(["chattr", "-i", str(runs)], check=True)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (f"error: operation not permitted writing {runs / 'r'} (during start-up); make the folder writable "
+                   "(an immutable attribute?) or set log.runs_dir to one that is, then run the same command (with "
+                   "--resume auto once a checkpoint exists)\n")
+    assert not any(runs.iterdir())
 
 
 def test_a_first_checkpoint_on_a_full_disk_says_there_was_none(monkeypatch, tmp_path):
