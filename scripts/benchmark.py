@@ -7,11 +7,13 @@
 Measures, on random input of the given size (the model alone: no data loading, no box evaluation):
 - training images/s: forward, loss, backward and SGD step (the train loop's work per batch);
 - evaluation images/s: a no-grad forward;
-- maps/s of each localizer (`acol.cams`; every one the model declares, or `--localizers a,b`), with
+- maps/s of each localizer (`acol.cams`; every one the model declares but the many-forward ones,
+  `MANY_FORWARD`, or `--localizers a,b`), with
   its time in forward-pass equivalents (evaluation images/s over its maps/s): about 1 for the
   in-forward maps and CAM, 2-3 for the Grad-CAM family, hundreds for the perturbation methods;
 - FLOPs per image of a training step and of an evaluation forward (torch's FlopCounterMode: matrix
-  products and convolutions), so that a GPU user can read off utilisation = FLOP/s / peak FLOP/s;
+  products and convolutions), and on a GPU the model FLOPs utilisation of training (FLOP/s over the
+  GPU's dense bf16 peak: `DENSE_BF16_TFLOPS`, or `--peak-tflops`);
 - peak memory of each phase on its own: allocated CUDA memory on a GPU; on the CPU the process's peak
   RSS during the phase (Linux: freed heap memory is returned and the RSS high-water mark reset
   before each phase; elsewhere only the process's lifetime peak is known, and every row repeats it).
@@ -31,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
 from acol import cli  # noqa: E402
-from acol.cams import LOCALIZERS, applicable_localizers, build_localizer  # noqa: E402
-from acol.cams.perturbation import Perturbation  # noqa: E402
+from acol.cams import applicable_localizers, build_localizer  # noqa: E402
+from acol.cams.localizers import MANY_FORWARD  # noqa: E402
 from acol.config import ConfigError, load_config  # noqa: E402
 from acol.dist import device_type  # noqa: E402
 from acol.engine import amp_dtype, autocast, build_optimizer  # noqa: E402
@@ -99,8 +101,10 @@ def main(argv=None) -> dict:
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (training and evaluation)")
     p.add_argument("--localizers", help="comma-separated localizers to time (default: every one the model "
-                                        "declares; on the CPU without the perturbation ones, which cost "
-                                        "hundreds of forwards per map)")
+                                        "declares but the many-forward ones, acol.cams.localizers.MANY_FORWARD)")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak in TFLOP/s for the model FLOPs "
+                                                     "utilisation (default on CUDA: bf16 tensor-core peaks of known "
+                                                     "GPUs, DENSE_BF16_TFLOPS)")
     cli.add_overrides(p, "model.large_feature_map=false")
     args = p.parse_args(argv)
     _, overrides = cli.overrides_of(args)
@@ -121,10 +125,10 @@ def main(argv=None) -> dict:
     method = build_method(cfg, args.classes)
     model = method.model().to(device)
     names = args.localizers.split(",") if args.localizers else applicable_localizers(model)
-    if not args.localizers and device.type == "cpu":
-        skipped = [n for n in names if issubclass(LOCALIZERS.get(n), Perturbation)]
+    if not args.localizers:
+        skipped = [n for n in names if n in MANY_FORWARD]
         names = [n for n in names if n not in skipped]
-        print(f"not timed on the CPU: {', '.join(skipped)} (hundreds of forwards per map; name them with "
+        print(f"not timed by default: {', '.join(skipped)} (tens to a thousand forwards per map; name them with "
               "--localizers)")
     unknown = [n for n in names if n not in model.localizers]
     if unknown:
@@ -181,7 +185,27 @@ def main(argv=None) -> dict:
         ratio = f"{forward / rate:.1f}" if name.startswith("maps") else ""
         gflop = f"{flop / 1e9:.1f}" if flop is not None else ""
         print(f"| {name} | {rate:.2f} | {gflop} | {ratio} | {memory} |")
+    if device.type == "cuda" or args.peak_tflops:
+        _, rate, flop, _ = rows[0]
+        print(utilisation(rate, flop, torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                          args.peak_tflops))
     return {name: rate for name, rate, _, _ in rows}
+
+
+# dense bf16 tensor-core peaks in TFLOP/s (no sparsity), from the vendors' data sheets; the first name
+# contained in torch.cuda.get_device_name() counts, so the specific ones come first
+DENSE_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+                     "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+
+
+def utilisation(images_per_s: float, flop_per_image: float, device_name: str, peak_tflops: float | None = None) -> str:
+    """The line 'model FLOPs utilisation (training): X % of P TFLOP/s' (training FLOP/s over the peak:
+    `peak_tflops`, else the device's from DENSE_BF16_TFLOPS), or one saying the peak is unknown."""
+    peak = peak_tflops or next((v for k, v in DENSE_BF16_TFLOPS.items() if k in device_name), None)
+    if peak is None:
+        return f"model FLOPs utilisation (training): unknown peak for {device_name!r}; pass --peak-tflops"
+    return (f"model FLOPs utilisation (training): {100 * images_per_s * flop_per_image / (peak * 1e12):.1f} % of "
+            f"{peak:g} TFLOP/s")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from outside the repository."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from acol import console
 from acol.config import recipe_dir
@@ -110,3 +112,29 @@ def test_the_compare_script_checks_its_arguments_before_training(args, env_seeds
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
     assert not any(tmp_path.iterdir())  # nothing trained
+
+
+def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the whole check")
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "gpu_check: no CUDA device here (torch.cuda.is_available() is false): nothing to check\n", "")
+    without_torch = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], cwd=tmp_path,
+                                   env=dict(os.environ, PYTHON="/bin/false"), capture_output=True, text=True)
+    assert without_torch.returncode == 2 and "cannot import torch" in without_torch.stderr
+
+
+@pytest.mark.parametrize("name, peak, line", [
+    ("NVIDIA H200", None, "model FLOPs utilisation (training): 50.0 % of 989 TFLOP/s"),
+    ("NVIDIA H100 PCIe", None, "model FLOPs utilisation (training): 65.4 % of 756 TFLOP/s"),
+    ("Some GPU", None, "model FLOPs utilisation (training): unknown peak for 'Some GPU'; pass --peak-tflops"),
+    ("Some GPU", 100.0, "model FLOPs utilisation (training): 494.5 % of 100 TFLOP/s"),
+])
+def test_model_flops_utilisation(name, peak, line):
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.utilisation(1000.0, 494.5e9, name, peak) == line  # 494.5 TFLOP/s of training
