@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -15,12 +16,28 @@ from torch.utils.data import Sampler
 
 
 def leave_signals_to_the_main_process(worker_id: int) -> None:
-    """A DataLoader `worker_init_fn`: the worker ignores SIGINT and SIGTERM. Ctrl-C in a terminal,
-    `timeout` and schedulers signal the whole process group; the main process acts on the signal (it
-    finishes its step, writes a checkpoint, says so) and shuts its workers down, which a worker killed
-    by the signal would turn into a "DataLoader worker exited unexpectedly" traceback."""
+    """A DataLoader `worker_init_fn`. Ctrl-C in a terminal, `timeout` and schedulers signal the whole
+    process group; the main process acts on the signal (it finishes its step, writes a checkpoint, says
+    so) and shuts its workers down, which a worker killed by the signal would turn into a "DataLoader
+    worker exited unexpectedly" traceback. So the worker ignores SIGINT, and SIGTERM from anyone but its
+    parent. The parent's own SIGTERM (`Process.terminate`, as DataLoader's shutdown and multiprocessing's
+    exit handler send it) still ends the worker at once, as torch's worker handler does, so an interpreter
+    that exits with persistent workers alive does not wait for them forever. Where the system cannot say
+    who sent a signal (no `sigwaitinfo`: macOS, Windows), SIGTERM keeps its default."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here inherit the mask
+    threading.Thread(target=_exit_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+
+
+def _exit_on_the_parents_sigterm(parent: int) -> None:
+    """Take every SIGTERM the worker is sent (blocked in all its threads); exit on the parent's."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 def is_distributed() -> bool:
