@@ -186,9 +186,9 @@ def final_report(cfg: Config, run_dir: Path, results: dict) -> str:
             f"{threshold_line(results['test'], cfg.eval.fixed_threshold)}\n{table}\n")
 
 
-def config_changes(saved_toml: str, cfg: Config) -> list[str]:
-    """`key: saved -> now` for each config value that differs between a run's config.toml and `cfg` (a key
-    the saved file lacks, added to acol since, counts with its default value)."""
+def config_changes(saved_toml: str, cfg: Config) -> dict[str, tuple]:
+    """{key: (saved, now)} for each config value that differs between a run's config.toml and `cfg` (a
+    key the saved file lacks, added to acol since, counts with its default value)."""
     def leaves(node: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in node.items():
@@ -199,17 +199,32 @@ def config_changes(saved_toml: str, cfg: Config) -> list[str]:
     if now.keys() - saved.keys():  # keys added to acol after the run: it ran with their defaults
         defaults = leaves(tomllib.loads(to_toml(load_config(overrides=[f"model.name={cfg.model.name}"]))))
         saved = {k: defaults[k] for k in now.keys() - saved.keys() if k in defaults} | saved
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in {**saved, **now} if saved.get(k) != now.get(k)]
+    return {k: (saved.get(k), now.get(k)) for k in {**saved, **now} if saved.get(k) != now.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple], most: int = 3) -> str:
+    """`key: saved -> now; ...` for the first `most` changes."""
+    lines = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()]
+    return "; ".join(lines[:most]) + ("; ..." if len(lines) > most else "")
+
+
+# Keys (or prefixes) that say where the data lie and how a run runs and logs, not what it trains; a
+# resume may change them, and how long the run trains (RESUME_EXTENDS).
+RUN_SETTINGS = ("train.threads", "train.device", "train.compile", "train.checkpoint_every_steps", "data.root",
+                "data.metadata_root", "data.num_workers", "data.cache", "eval.batch_size", "eval.every", "log.")
+RESUME_EXTENDS = ("train.epochs", "train.max_steps")
+RESUME_MAY_CHANGE = (*RESUME_EXTENDS, *RUN_SETTINGS)
 
 
 def show_finished(cfg: Config, run_dir: Path) -> dict:
     """The same command once its run has finished: the run's results table again, and how to start
     another run. A finished run of another config under this name is refused."""
     saved = run_dir / "config.toml"
-    changes = config_changes(saved.read_text(), cfg) if saved.is_file() else []
+    changes = config_changes(saved.read_text(), cfg) if saved.is_file() else {}
+    changes = {k: change for k, change in changes.items() if not k.startswith(RUN_SETTINGS)}
     if changes:
-        cli.fail(f"error: {run_dir} holds a finished run of another config ({'; '.join(changes[:3])}"
-                 f"{'; ...' if len(changes) > 3 else ''}): pass --name NEW to train this one")
+        cli.fail(f"error: {run_dir} holds a finished run of another config ({describe_changes(changes)}): pass "
+                 "--name NEW to train this one")
     results = json.loads((run_dir / "results.json").read_text())
     if dist.is_main_process():
         print(final_report(cfg, run_dir, results), flush=True)
@@ -369,9 +384,14 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         cli.fail(f"error: --resume {args.resume!r} is neither 'auto' nor a checkpoint file")
     saved = run_dir / "config.toml"
-    # a finished run is reported again, also under --resume auto unless the config extends it (more epochs)
-    report_finished = args.resume is None or args.resume == "auto" and saved.is_file() and not config_changes(
-        saved.read_text(), cfg)
+    changes = config_changes(saved.read_text(), cfg) if args.resume is not None and saved.is_file() else {}
+    refused = {k: change for k, change in changes.items() if not k.startswith(RESUME_MAY_CHANGE)}
+    if refused:
+        cli.fail(f"error: --resume: {run_dir} was trained with another config ({describe_changes(refused)}); "
+                 "resume it with its own config.toml, or pass --name NEW to train this one. A resume may change "
+                 f"only {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in RESUME_MAY_CHANGE)}")
+    # a finished run is reported again, also under --resume unless the config extends it (more epochs or steps)
+    report_finished = not any(k in RESUME_EXTENDS for k in changes)
     if report_finished and (run_dir / "results.json").is_file():
         results = show_finished(cfg, run_dir)
         dist.cleanup()

@@ -48,6 +48,13 @@ def test_resume_auto_continues_to_the_same_weights(tiny_overrides, tmp_path, cap
     overrides = tiny_overrides + ["train.global_batch_size=6"]
     run(overrides + ["train.epochs=2"], "--name", "straight")
     run(overrides + ["train.epochs=1"], "--name", "resumed")
+    # a resume that would train something else is refused with the differing keys, and nothing is touched
+    run_dir = tmp_path / "runs" / "resumed"
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    with pytest.raises(SystemExit, match=r"error: --resume: .*resumed was trained with another config \(optim.lr: "
+                                         r"0.01 -> 0.5\); resume it with its own config.toml, or pass --name NEW"):
+        run(overrides + ["train.epochs=2", "optim.lr=0.5"], "--name", "resumed", "--resume", "auto")
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
     results = run(overrides + ["train.epochs=2"], "--name", "resumed", "--resume", "auto")
     assert results["step"] == 4
     assert "resumed from" in (tmp_path / "runs" / "resumed" / "log.txt").read_text()
@@ -58,12 +65,15 @@ def test_resume_auto_continues_to_the_same_weights(tiny_overrides, tmp_path, cap
         assert torch.equal(value, resumed["model"][key]), key
     with pytest.raises(SystemExit, match=r"holds a finished run of another config \(train.epochs: 2 -> 1\)"):
         run(overrides, "--name", "resumed")
-    # --resume auto on the finished run with its own config: its report again, nothing re-tested or written
-    run_dir = tmp_path / "runs" / "resumed"
+    with pytest.raises(SystemExit, match=r"another config \(acol.threshold: 0.6 -> 0.7\)"):
+        run(overrides + ["train.epochs=2", "acol.threshold=0.7"], "--name", "resumed", "--resume", "auto")
+    # --resume auto on the finished run with its own config, or only run settings changed: its report
+    # again, nothing re-tested or written
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
-    capsys.readouterr()
-    assert run(overrides + ["train.epochs=2"], "--name", "resumed", "--resume", "auto") == results
-    assert "this run has finished" in capsys.readouterr().out
+    for settings in ([], ["train.threads=1", "log.log_every=5"]):
+        capsys.readouterr()
+        assert run(overrides + ["train.epochs=2", *settings], "--name", "resumed", "--resume", "auto") == results
+        assert "this run has finished" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
