@@ -55,6 +55,7 @@ class DataCfg:
                                         # trains on val's boxes / masks)
     val_per_class: int = 0              # val keeps k images per class wherever it is used (0: all): the ones
                                         # wsolevaluation's --num_val_sample_per_class k --seed <train.seed> draws
+    allow_split_overlap: bool = False   # train although an image is in two splits (refused by default)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # used when dataset = "SYNTHETIC"
 
 

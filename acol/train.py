@@ -39,7 +39,7 @@ from acol.config import Config, ConfigError, flatten, load_config, locate, to_di
 from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.check import check_data
 from acol.datasets.images import ImageError
-from acol.datasets.metadata import MetadataError, check_labels
+from acol.datasets.metadata import MetadataError, check_disjoint, check_labels
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, amp_dtype, build_optimizer,
                          check_resumable, evaluate, grad_scaler, load_checkpoint, load_weights, rng_state,
@@ -408,6 +408,8 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         val_set, test_set = (build_dataset(cfg, split, train=False) for split in ("val", "test"))
         num_classes = cfg.model.num_classes or train_set.meta.num_classes
         check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
+        if not cfg.data.allow_split_overlap:
+            check_disjoint((train_set.meta, val_set.meta, test_set.meta))
     except MetadataError as e:
         cli.fail(f"data error: {e} (data.metadata_root={cfg.data.metadata_root}, data.dataset={cfg.data.dataset})")
     check_files((train_set, val_set, test_set))

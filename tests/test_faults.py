@@ -552,3 +552,25 @@ def test_evaluating_a_run_needs_no_pretrained_file(fake_run, tmp_path):
     assert str(tmp_path / "gone.pt") in config.read_text()
     metrics = evaluate.main(["--run", str(fake_run), "--out", str(tmp_path / "ev")])
     assert 0 <= metrics["maxboxacc_v2"] <= 100
+
+
+def test_an_image_in_two_splits_is_refused_unless_allowed(tiny_copy, tiny_overrides, tmp_path, capsys):
+    """A train image listed in test too: one line naming both image_ids.txt lines, before the run folder
+    exists; `data.allow_split_overlap=true` trains anyway."""
+    data_root, metadata_root, overrides = tiny_copy
+    train_dir, test_dir = metadata_root / "TINY" / "train", metadata_root / "TINY" / "test"
+    image_id = (train_dir / "image_ids.txt").read_text().split()[0]
+    for path in train_dir.glob("*.txt"):
+        lines = [line for line in path.read_text().splitlines() if line.split(",")[0] == image_id]
+        with (test_dir / path.name).open("a") as out:
+            out.write("".join(f"{line}\n" for line in lines))
+    n = len((test_dir / "image_ids.txt").read_text().split())
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, *tiny_overrides, *overrides, "--name", "r"])
+    assert err == (f"data error: {test_dir / 'image_ids.txt'}:{n}: {image_id!r} is also in "
+                   f"{train_dir / 'image_ids.txt'}:1; a run must not evaluate on an image it trained on or chose its "
+                   f"thresholds on (data.allow_split_overlap=true runs anyway) (data.metadata_root={metadata_root}, "
+                   "data.dataset=TINY)\n")
+    assert not (tmp_path / "runs").exists()
+    results = train.main(["--config", CONFIG, *tiny_overrides, *overrides, "data.allow_split_overlap=true",
+                          "--name", "r"])
+    assert results["step"] > 0

@@ -213,9 +213,23 @@ def check_labels(train: Metadata, evaluated: Iterable[Metadata], num_classes: in
                 problem = f"label {label}, which no train image has ({train.split_dir / 'class_labels.txt'})"
             if problem:
                 path = meta.split_dir / "class_labels.txt"
-                raise MetadataError(f"{path}:{_label_line(path, image_id)}: {problem}")
+                raise MetadataError(f"{path}:{_line_of(path, image_id)}: {problem}")
 
 
-def _label_line(path: Path, image_id: str) -> int:
-    """The line of class_labels.txt that labels `image_id` (looked up for an error message only)."""
+def check_disjoint(splits: Iterable[Metadata]) -> None:
+    """No image in two of `splits` (a split given twice, as the few-shot baseline's val is also its train
+    split, counts once); else MetadataError naming both image_ids.txt lines."""
+    first: dict[str, Metadata] = {}
+    for meta in {m.split_dir: m for m in splits}.values():
+        for image_id in meta.image_ids:
+            other = first.setdefault(image_id, meta)
+            if other is not meta:
+                here, there = meta.split_dir / "image_ids.txt", other.split_dir / "image_ids.txt"
+                raise MetadataError(f"{here}:{_line_of(here, image_id)}: {image_id!r} is also in "
+                                    f"{there}:{_line_of(there, image_id)}; a run must not evaluate on an image it "
+                                    "trained on or chose its thresholds on (data.allow_split_overlap=true runs anyway)")
+
+
+def _line_of(path: Path, image_id: str) -> int:
+    """The line of a metadata file that starts with `image_id` (looked up for an error message only)."""
     return next(lineno for lineno, line in _lines(path) if line.split(",")[0] == image_id)
