@@ -514,8 +514,9 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML; `load_config` of this text gives back an equal Config."""
+def to_toml(cfg: Config, full: bool = False) -> str:
+    """The resolved config as TOML; `load_config` of this text gives back an equal Config. The
+    [data.synthetic] table is left out for another data set (it is unused there) unless `full`."""
     lines: list[str] = []
 
     def write_table(name: str, table: dict) -> None:
@@ -527,7 +528,10 @@ def to_toml(cfg: Config) -> str:
             if isinstance(v, dict):
                 write_table(f"{name}.{k}", v)
 
-    for name, table in to_dict(cfg).items():
+    tables = to_dict(cfg)
+    if not full and cfg.data.dataset != "SYNTHETIC":
+        del tables["data"]["synthetic"]
+    for name, table in tables.items():
         write_table(name, table)
     return "\n".join(lines)
 

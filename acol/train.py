@@ -195,9 +195,9 @@ def config_changes(saved_toml: str, cfg: Config) -> dict[str, tuple]:
             out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
         return out
 
-    saved, now = leaves(tomllib.loads(saved_toml)), leaves(tomllib.loads(to_toml(cfg)))
-    if now.keys() - saved.keys():  # keys added to acol after the run: it ran with their defaults
-        defaults = leaves(tomllib.loads(to_toml(load_config(overrides=[f"model.name={cfg.model.name}"]))))
+    saved, now = leaves(tomllib.loads(saved_toml)), leaves(tomllib.loads(to_toml(cfg, full=True)))
+    if now.keys() - saved.keys():  # keys added to acol after the run, or left out: it ran with their defaults
+        defaults = leaves(tomllib.loads(to_toml(load_config(overrides=[f"model.name={cfg.model.name}"]), full=True)))
         saved = {k: defaults[k] for k in now.keys() - saved.keys() if k in defaults} | saved
     return {k: (saved.get(k), now.get(k)) for k in {**saved, **now} if saved.get(k) != now.get(k)}
 

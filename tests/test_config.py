@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from acol.config import Config, ConfigError, DataCfg, LogCfg, flatten, load_config, parse_override, to_toml
+from acol.train import config_changes
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -103,6 +104,9 @@ def test_every_experiment_file_loads_and_round_trips(path, tmp_path):
     again = load_config(write(tmp_path / "resolved.toml", text))
     assert again == cfg
     assert flatten(again)["optim.lr"] == 0.123
+    assert ("[data.synthetic]" in text) == (cfg.data.dataset == "SYNTHETIC")  # only where it is used
+    # a run's saved config, written with or without the table (runs before it was left out), is this config
+    assert config_changes(text, cfg) == config_changes(to_toml(cfg, full=True), cfg) == {}
 
 
 def test_synthetic_spec_errors_name_the_config_key():
