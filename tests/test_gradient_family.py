@@ -121,6 +121,23 @@ def test_smoothgradcampp_without_noise_is_gradcam_pp(batch):
     assert not torch.allclose(noisy, plain, atol=1e-4)
 
 
+def test_smoothgradcampp_says_once_where_the_noise_changes_nothing(batch, capsys):
+    """At the features a GAP-linear head pools, the gradient is the same for every input: the map is
+    Grad-CAM++'s at (samples + 1)x the cost, said once per localizer; inside the head it is not said."""
+    model, (x, y) = tiny("cam"), batch
+    localizer = build_localizer("smoothgradcampp", samples=3)
+    smooth = localizer.raw(model, x, y)[1]
+    torch.testing.assert_close(smooth, build_localizer("gradcam_pp").raw(model, x, y)[1], atol=1e-6, rtol=1e-5)
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: smoothgradcampp at {model.default_cam_layer}: the gradient there is the same for "
+                          "every input") and "gradcam_pp's at 4x its cost" in err
+    localizer.raw(model, x, y)
+    assert capsys.readouterr().err == ""
+    build_localizer("smoothgradcampp", layer="head_a.1", samples=3).raw(tiny("acol"), x, y)
+    build_localizer("smoothgradcampp", samples=3, sigma=0.0).raw(model, x, y)  # no noise: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_smoothgradcampp_noise_is_reproducible_and_seeded(batch):
     model = tiny("acol")
     x, y = batch

@@ -16,6 +16,8 @@ localizers run `chunk` images per forward pass; progress is left to the caller's
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,6 +124,7 @@ class SmoothGradCAMPlusPlus(_Gradients):
         super().__init__(target, layer)
         self.samples, self.sigma = _positive("samples", samples), _positive("sigma", sigma, 0)
         self.chunk, self.seed = _positive("chunk", chunk), seed
+        self.noted = False  # said that the noise changes nothing at this layer
 
     def noise(self, images: torch.Tensor) -> torch.Tensor:
         """(samples, C, H, W) standard normal draws, the same at every call, on the images' device."""
@@ -135,10 +138,19 @@ class SmoothGradCAMPlusPlus(_Gradients):
         spread = self.sigma * (images.flatten(1).amax(1) - images.flatten(1).amin(1)).float()
         eps = self.noise(images)
         moments = torch.zeros(3, *grad.shape, device=grad.device)  # sums of g, g^2, g^3
+        constant = self.sigma > 0  # so far every noisy copy has its clean image's gradient
         for sample, image in _copies(self.samples, b, self.chunk, images.device):
             noisy = images[image] + spread[image].view(-1, 1, 1, 1) * eps[sample]
             _, _, g = _AtClasses(self, classes[image]).gradients(model, noisy, labels[image])
             moments.index_add_(1, image, torch.stack([g, g.pow(2), g.pow(3)]))
+            constant = constant and torch.allclose(g, grad[image], rtol=1e-4, atol=1e-7)
+        if constant and not self.noted:
+            self.noted = True
+            layer = self.layer or getattr(model, "default_cam_layer", "its layer")
+            print(f"note: smoothgradcampp at {layer}: the gradient there is the same for every input (the layer "
+                  f"is followed only by global pooling and a linear classifier), so the map equals gradcam_pp's at "
+                  f"{self.samples + 1}x its cost; use gradcam_pp there, or a layer inside the network",
+                  file=sys.stderr, flush=True)
         g1, g2, g3 = moments / self.samples
         denominator = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g3
         alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1), 0)
