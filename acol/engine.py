@@ -18,6 +18,7 @@ from tqdm import tqdm
 from acol import safeload
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
+from acol.datasets.worker_streams import epoch_batches
 from acol.dist import is_main_process, sync_buffers
 from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, resize_and_normalize, scoremap_file
 from acol.evaluation.baselines import baseline_maps
@@ -59,9 +60,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def progress(iterable, desc: str):
+def progress(iterable, desc: str, total: int | None = None):
     """A tqdm bar on the main process when stderr is a terminal; plain iteration otherwise."""
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
                 disable=not (is_main_process() and sys.stderr.isatty()))
 
 
@@ -104,13 +105,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     the loss comes from the bare model, told the epoch first (`WSOLModel.set_epoch`). A non-finite loss
     raises NonFiniteError before the step."""
     model.train()
-    loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
+    batches = epoch_batches(loader, epoch, skip)
     core = unwrap(model)
     core.set_epoch(epoch)
-    total = cfg.train.epochs * len(loader)
-    total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    per_epoch = loader.sampler.num_samples // loader.batch_size
+    total = min(cfg.train.epochs * per_epoch, cfg.train.max_steps or cfg.train.epochs * per_epoch)
     seen, window, tick = 0, 0, time.perf_counter()
-    for batch_index, batch in enumerate(progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}"), start=skip):
+    for batch_index, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{cfg.train.epochs}",
+                                                 total=per_epoch - skip), start=skip):
         images = normalize_on_device(batch["image"], device)
         labels = targets = batch["label"].to(device, non_blocking=True)
         if batch["mask"] is not None:

@@ -40,6 +40,7 @@ from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.check import check_data
 from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, check_disjoint, check_labels
+from acol.datasets.worker_streams import WorkerStreams
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, amp_dtype, build_optimizer,
                          check_resumable, evaluate, grad_scaler, load_checkpoint, load_weights, rng_state,
@@ -313,6 +314,19 @@ def finite_weights(model: nn.Module, step: int) -> None:
             raise NonFiniteError(f"non-finite weights after step {step} ({name})")
 
 
+def resume_streams(loader, ckpt: dict, logger: logging.Logger) -> None:
+    """Give the training loader's workers the random streams of the checkpoint's run (rank 0's: other
+    ranks, and another worker count, start fresh streams, which the log says)."""
+    streams, saved = getattr(loader, "worker_init_fn", None), ckpt.get("worker_streams")
+    if not isinstance(streams, WorkerStreams):
+        return
+    if saved is None or saved["workers"] != streams.workers or dist.get_rank() != 0:
+        logger.info(f"the {streams.workers} data workers start fresh random streams (the checkpoint has none for "
+                    "them): the crops and flips after the resume differ from an uninterrupted run's")
+        return
+    streams.load_state_dict(saved, ckpt.get("batch", 0))
+
+
 def covered_by(ckpt: dict):
     """Whether a metrics.jsonl record was written before checkpoint `ckpt`: the records of earlier
     steps, and at its own step the val record of an epoch-end checkpoint (written just before it)."""
@@ -471,6 +485,7 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
         scaler.load_state_dict(ckpt.get("scaler", {}))
         start_epoch, skip, step, best = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["best"]
         set_rng_state(ckpt["rng"])
+        resume_streams(train_loader, ckpt, logger)
         dropped = tracker.keep_jsonl(covered_by(ckpt))
         logger.info(f"resumed from {resume_path} at epoch {start_epoch + (skip > 0)}, step {step}"
                     + (f" (batch {skip} of the epoch)" if skip else "")
@@ -504,6 +519,9 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
         state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "epoch": epochs_done,
                  "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng or rng_state()}
+        streams = getattr(train_loader, "worker_init_fn", None)
+        if isinstance(streams, WorkerStreams):
+            state["worker_streams"] = streams.state_dict(batches)
         with signals.deferred():
             if also_best:
                 save_checkpoint(run_dir / "checkpoints" / "best.pt", state)

@@ -208,6 +208,13 @@ def test_kills_at_random_steps_then_resume_reach_the_same_weights_and_metrics_li
                         reference)
 
 
+def straight_with_workers(overrides: list[str], runs: Path, name: str = "straight_workers") -> str:
+    """`name`: the uninterrupted run with these overrides (trained once)."""
+    if not (runs / name / "results.json").is_file():
+        finish(overrides, name)
+    return name
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(signum, long_run):
     """Ctrl-C in a terminal, `timeout` and schedulers signal the whole group, DataLoader workers included:
@@ -219,7 +226,7 @@ def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(
     proc = subprocess.Popen([sys.executable, "-m", "acol.train", "--config", CONFIG, "--name", name, *overrides],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    wait_for_mid_epoch_checkpoint(runs / name, proc, min_step=2)
+    wait_for_mid_epoch_checkpoint(runs / name, proc, min_step=8)  # the second epoch: the workers' streams ran on
     os.killpg(proc.pid, signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, out[-2000:]
@@ -228,5 +235,43 @@ def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(
     assert len(stopped) == 1 and f"stopped by signal {int(signum)} during training epoch" in stopped[0]
     ckpt = load_checkpoint(runs / name / "checkpoints" / "last.pt")
     assert f"checkpoint of step {ckpt['step']} written" in stopped[0]  # the step it was in, not an earlier one
-    assert "resumed from" in finish(overrides, name, "--resume", "auto")  # exactness: with num_workers=0 (above)
-    assert (runs / name / "results.json").is_file()
+    assert "resumed from" in finish(overrides, name, "--resume", "auto")
+    assert_same_weights(*(torch.load(runs / run / "checkpoints" / "last.pt", weights_only=True)["model"]
+                          for run in (name, straight_with_workers(overrides, runs))))
+
+
+# Where a signal to the whole group (2 workers) lands in a 2-epoch run, and what the command then says
+PHASES = {
+    "epoch 2/2:1": (None, "during training epoch 2: checkpoint of step"),
+    "eval:1": (None, "during validation after epoch 1: the epoch's training is saved in"),
+    "eval:3": (None, "during the final test: training is complete"),
+    "results": (0, "arrived while the results were written; they are complete"),
+    "after": (0, "after the command had finished: its results are complete; exit 0"),
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("when", PHASES)
+def test_a_group_signal_in_every_phase_with_workers_is_one_line_then_resumes_exactly(when, signum, long_run):
+    """The line, the status (128 + n, or 0 once the results are complete), and `--resume auto` ending with
+    the uninterrupted run's weights, metrics.jsonl and results.json."""
+    overrides, runs = long_run
+    overrides = [*overrides, "data.num_workers=2", "train.epochs=2", "train.checkpoint_every_steps=0"]
+    name = f"phase_{when.replace(' ', '_').replace('/', '_').replace(':', '_')}_{int(signum)}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tests.group_signal_probe", when, str(int(signum)), "--config",
+                           CONFIG, "--name", name, *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    status, line = PHASES[when]
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == (128 + signum if status is None else status), out[-2000:]
+    assert "Traceback" not in out and "DataLoader worker" not in out, out[-2000:]
+    said = [text for text in out.splitlines() if f"signal {int(signum)}" in text]
+    assert len(said) == 1 and line in said[0], said
+    if status is None:
+        assert "resumed from" in finish(overrides, name, "--resume", "auto")
+    reference = straight_with_workers(overrides, runs, "straight_2_epochs")
+    assert_same_weights(*(torch.load(runs / run / "checkpoints" / "last.pt", weights_only=True)["model"]
+                          for run in (name, reference)))
+    for record in ("metrics.jsonl", "results.json"):
+        assert (runs / name / record).read_text() == (runs / reference / record).read_text(), record

@@ -1,6 +1,7 @@
 """A Dataset for any data set in wsolevaluation metadata format, its collate, and its loaders."""
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from acol.datasets.cache import CachedTrainLoader
 from acol.datasets.images import ImageError, read_mask, read_rgb
 from acol.datasets.metadata import Metadata, MetadataError, per_class_subset, read_metadata
 from acol.datasets.transforms import WSOLTransform
+from acol.datasets.worker_streams import WorkerStreams, collate_with_stream
 from acol.dist import InferenceSampler, get_rank, get_world_size, leave_signals_to_the_main_process
 
 
@@ -175,5 +177,8 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
         on_gpu = cfg.data.cache == "device" and torch.cuda.is_available()
         store = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         return CachedTrainLoader(dataset, sampler, cfg.train.global_batch_size // world, seed, store, workers)
+    if workers:  # the workers' random streams go into checkpoints (acol.datasets.worker_streams)
+        common |= dict(worker_init_fn=WorkerStreams(workers), collate_fn=functools.partial(collate_with_stream,
+                                                                                         collate=collate))
     return DataLoader(dataset, batch_size=cfg.train.global_batch_size // world, sampler=sampler,
                       drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
