@@ -6,22 +6,21 @@ import errno
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from acol import safeload
 from acol.cams import Localizer, default_localizer
 from acol.datasets.transforms import normalize_on_device
 from acol.datasets.worker_streams import epoch_batches
-from acol.dist import is_main_process, sync_buffers
+from acol.dist import sync_buffers
 from acol.evaluation import BoxEvaluator, MaskEvaluator, localization_only, resize_and_normalize, scoremap_file
 from acol.evaluation.baselines import baseline_maps
+from acol.progress import progress
 
 
 class NonFiniteError(RuntimeError):
@@ -58,12 +57,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def progress(iterable, desc: str, total: int | None = None):
-    """A tqdm bar on the main process when stderr is a terminal; plain iteration otherwise."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=not (is_main_process() and sys.stderr.isatty()))
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:

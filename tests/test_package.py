@@ -138,3 +138,13 @@ def test_model_flops_utilisation(name, peak, line):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     assert benchmark.utilisation(1000.0, 494.5e9, name, peak) == line  # 494.5 TFLOP/s of training
+
+
+def test_the_layers_import_without_a_circle():
+    """The localizers stand below the training engine: acol.cams, a many-forward localizer's progress bar
+    included, never imports acol.engine (which imports acol.cams)."""
+    code = ("import sys\nfrom acol.cams import build_localizer\nfrom acol.cams.perturbation import PROGRESS_MIN_CHUNKS\n"
+            "list(build_localizer('scorecam', chunk=1).chunks(PROGRESS_MIN_CHUNKS))\n"
+            "print('acol.engine' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr

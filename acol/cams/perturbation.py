@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from acol.cams.hooks import ablate_channels, capture, eval_mode
 from acol.cams.localizers import LOCALIZERS, Localizer
+from acol.progress import progress
 from acol.cams.ops import minmax_normalize
 
 PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
@@ -42,7 +43,6 @@ class Perturbation(Localizer):
         """Index tensors of `chunk` consecutive copies out of `total`."""
         starts = range(0, total, self.chunk)
         if len(starts) >= PROGRESS_MIN_CHUNKS:
-            from acol.engine import progress  # acol.engine imports acol.cams
             starts = progress(starts, f"{type(self).__name__} chunks")
         for start in starts:
             yield torch.arange(start, min(start + self.chunk, total))
