@@ -18,15 +18,10 @@ import contextlib
 import errno
 import hashlib
 import json
-import logging
-import platform
 import random
 import re
-import signal
-import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -35,28 +30,20 @@ import torch
 from torch import nn
 
 from acol import cli, dist
-from acol.config import Config, ConfigError, flatten, load_config, locate, to_dict, to_toml
+from acol.config import Config, ConfigError, load_config, locate, to_toml
 from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.check import check_data
 from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError, check_disjoint, check_labels
-from acol.datasets.worker_streams import WorkerStreams
 from acol.datasets.synthetic import ensure_synthetic
-from acol.engine import (CheckpointError, CheckpointWriteError, NonFiniteError, amp_dtype, build_optimizer,
-                         check_resumable, evaluate, grad_scaler, load_checkpoint, load_weights, rng_state,
-                         save_checkpoint, set_rng_state, train_one_epoch, unwrap)
-from acol.evaluation.report import SUMMARY, format_table, threshold_line
+from acol.engine import (CheckpointError, amp_dtype, build_optimizer, check_resumable, evaluate, grad_scaler,
+                         load_checkpoint, load_weights, rng_state, train_one_epoch, unwrap)
+from acol.evaluation.report import format_table, threshold_line
 from acol.methods import METHODS, build_method
 from acol.models.backbones import WeightsError
+from acol.run import Interrupted, Run, Signals, finite_weights, open_run, say
 from acol.schedule import build_schedule
-from acol.runlock import RunLock, RunLocked, describe
-from acol.textfile import write_atomic
-from acol.tracking import Tracker, setup_logging
 from acol.visualize import heatmap_strips
-
-HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
-FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
-
 
 WRITE_ERRNOS = {  # OSErrors of writing the run folder -> what to do (the message names the path and the cause)
     errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
@@ -97,65 +84,6 @@ def default_run_name(config_path: str | None, overrides: list[str], seed: int) -
     if len(name) > MAX_NAME:
         name = name[:MAX_NAME - 9] + "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{name}-s{seed}"
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived (outside a deferred section, or acted on at the end of one)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-class Signals:
-    """SIGTERM and SIGINT for a whole run. Outside `deferred()` a signal raises Interrupted at once;
-    inside, it is only recorded (`signum`) and the code acts on it at a safe point: the training loop
-    after its step (it writes a checkpoint), a write once it is complete. `phase` and `note` say what
-    the run was doing and what to do now; the message on exit is built from them."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.depth = 0
-        self.phase, self.note = "start-up", "nothing was written; the same command starts again"
-        self.logger: logging.Logger | None = None  # the run's, once it is set up: messages go to log.txt too
-
-    def __call__(self, signum, frame) -> None:
-        self.signum = signum
-        if self.depth == 0:
-            raise Interrupted(signum)
-
-    def check(self) -> None:
-        """Raise Interrupted for a signal recorded in a deferred section."""
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -245,14 +173,6 @@ def check_files(datasets) -> None:
                      "list every problem with --check-data")
 
 
-def say(message: str, logger: logging.Logger | None = None) -> None:
-    """A line for the user: through the run's logger (console and log.txt) once it is set up, else stderr."""
-    if logger is not None:
-        logger.info(message)
-    elif dist.is_main_process():
-        print(message, file=sys.stderr, flush=True)
-
-
 @contextlib.contextmanager
 def quiet_thread_write_errors():
     """A write failure (WRITE_ERRNOS) in a background thread (TensorBoard's event writer) prints no
@@ -305,73 +225,6 @@ def load_resume(path: Path, model: nn.Module, cfg: Config) -> dict:
     except (FileNotFoundError, CheckpointError) as e:
         cli.fail(f"cannot resume: {e}")
     return ckpt
-
-
-def finite_weights(model: nn.Module, step: int) -> None:
-    """Raise NonFiniteError if a weight or buffer is NaN or infinite (never saved as last or best)."""
-    for name, value in unwrap(model).state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise NonFiniteError(f"non-finite weights after step {step} ({name})")
-
-
-def resume_streams(loader, ckpt: dict, logger: logging.Logger) -> None:
-    """Give the training loader's workers the random streams of the checkpoint's run (rank 0's: other
-    ranks, and another worker count, start fresh streams, which the log says)."""
-    streams, saved = getattr(loader, "worker_init_fn", None), ckpt.get("worker_streams")
-    if not isinstance(streams, WorkerStreams):
-        return
-    if saved is None or saved["workers"] != streams.workers or dist.get_rank() != 0:
-        logger.info(f"the {streams.workers} data workers start fresh random streams (the checkpoint has none for "
-                    "them): the crops and flips after the resume differ from an uninterrupted run's")
-        return
-    streams.load_state_dict(saved, ckpt.get("batch", 0))
-
-
-def covered_by(ckpt: dict):
-    """Whether a metrics.jsonl record was written before checkpoint `ckpt`: the records of earlier
-    steps, and at its own step the val record of an epoch-end checkpoint (written just before it)."""
-    def keep(record: dict) -> bool:
-        step = record.get("step", -1)
-        return step < ckpt["step"] or (step == ckpt["step"] and ckpt.get("batch", 0) == 0
-                                       and record.get("split") == "val")
-    return keep
-
-
-def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack, report_finished: bool = True) -> str:
-    """Lock the run folder (rank 0) and decide, under the lock, what this start does: "finished"
-    (results.json exists and `report_finished`), "resume" (auto and checkpoints/last.pt exists, or an
-    explicit checkpoint),
-    or "fresh" (no checkpoint: files of an earlier start that failed before its first checkpoint are
-    cleared, log.txt kept). Refusals (locked, an unfinished run without --resume) exit with one line.
-    The lock is released when `held` closes."""
-    verdict = None
-    if dist.is_main_process():
-        lock = RunLock(run_dir)
-        try:
-            previous = lock.acquire()
-        except RunLocked as e:
-            verdict = f"refuse:{e}"
-        else:
-            held.callback(lock.release)
-            has_last = (run_dir / "checkpoints" / "last.pt").is_file()
-            if (run_dir / "results.json").is_file() and report_finished:
-                verdict = "finished"
-            elif resume == "auto" and has_last or resume not in (None, "auto"):
-                verdict = "resume"
-            elif has_last:
-                verdict = (f"refuse:error: run folder {run_dir} holds an unfinished run (checkpoints/last.pt): "
-                           "continue it with --resume auto, or pass --name NEW to start another")
-            else:
-                verdict = "fresh"
-                for leftover in [run_dir / "metrics.jsonl", run_dir / "meta.json", *run_dir.glob("events.out.tfevents.*")]:
-                    leftover.unlink(missing_ok=True)
-            if previous and not verdict.startswith("refuse:"):
-                say(f"run folder {run_dir}: took over the lock of a process that ended without releasing it "
-                    f"({describe(previous)})")
-    verdict = dist.broadcast_object(verdict)
-    if verdict.startswith("refuse:"):
-        cli.fail(verdict.removeprefix("refuse:"))
-    return verdict
 
 
 def run(args: argparse.Namespace, signals: Signals) -> dict:
@@ -461,164 +314,103 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
 
 def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype, method, model, ckpt,
               resume_path, datasets, train_loader, schedule, num_classes: int) -> dict:
-    """The locked run: training epochs with validation and checkpoints, then the final test."""
-    world, main_process = dist.get_world_size(), dist.is_main_process()
+    """The locked run: training epochs, each validated and checkpointed, then the final test."""
     train_set, val_set, test_set = datasets
-    logger = setup_logging(run_dir if main_process else None, main_process)
-    signals.logger = logger
-    val_loader = build_loader(cfg, val_set, train=False)
-    test_loader = build_loader(cfg, test_set, train=False)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        if cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, cfg)
-    scaler = grad_scaler(device, dtype)
+    run = Run(cfg, run_dir, signals, resume_step=ckpt["step"] if ckpt is not None else None)
+    val_loader, test_loader = (build_loader(cfg, split, train=False) for split in (val_set, test_set))
+    model = distribute(model, cfg, device)
+    optimizer, scaler = build_optimizer(model, cfg), grad_scaler(device, dtype)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales these (acol/schedule.py)
-
-    start_epoch, skip, step, best = 0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}
-    tracker = Tracker(run_dir, main_process, purge_step=ckpt["step"] if ckpt is not None else None)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt.get("scaler", {}))
-        start_epoch, skip, step, best = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["best"]
-        set_rng_state(ckpt["rng"])
-        resume_streams(train_loader, ckpt, logger)
-        dropped = tracker.keep_jsonl(covered_by(ckpt))
-        logger.info(f"resumed from {resume_path} at epoch {start_epoch + (skip > 0)}, step {step}"
-                    + (f" (batch {skip} of the epoch)" if skip else "")
-                    + (f"; dropped {dropped} metrics.jsonl record(s) written after that checkpoint" if dropped else ""))
-    if main_process:
-        (run_dir / "config.toml").write_text(to_toml(cfg))
-        meta = {"argv": sys.argv, "git": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
-                "host": platform.node(), "device": str(device), "threads": torch.get_num_threads(), "world_size": world,
-                "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
-                "amp": str(dtype), "num_classes": num_classes, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "resumed_from": str(resume_path) if resume_path else None}
-        if resume_path and (run_dir / "meta.json").is_file():  # keep the first start's record
-            meta = json.loads((run_dir / "meta.json").read_text()) | {"last_resume": meta}
-        (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-        tracker.text("config", "```toml\n" + to_toml(cfg) + "\n```\n\ngit: " + git_sha())
-    logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
-                f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
-                f"device {device} x{world} ({torch.get_num_threads()} CPU threads), amp {dtype}")
-
+    run.track(model, optimizer, scaler, train_loader)
+    start_epoch, skip, step, best = (run.resume(ckpt, resume_path) if ckpt is not None else
+                                     (0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}))
+    world = dist.get_world_size()
+    run.record_start({"device": str(device), "threads": torch.get_num_threads(), "world_size": world,
+                      "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
+                      "amp": str(dtype), "num_classes": num_classes,
+                      "resumed_from": str(resume_path) if resume_path else None}, resumed=resume_path is not None)
+    run.logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
+                    f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
+                    f"device {device} x{world} ({torch.get_num_threads()} CPU threads), amp {dtype}")
     runner = torch.compile(model) if cfg.train.compile else model  # the training forward; evaluation uses `model`
-    vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
-    last_path = run_dir / "checkpoints" / "last.pt"
-
-    def checkpoint(epochs_done: int, batches: int, step: int, best: dict, also_best: bool = False,
-                   rng: dict | None = None) -> None:
-        """checkpoints/last.pt (and best.pt): everything a resume needs; `batches` > 0 mid-epoch; `rng`:
-        the RNG states to resume with (default: the current ones). Weights that are not finite are never saved."""
-        finite_weights(model, step)
-        if not main_process:
-            return
-        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": epochs_done,
-                 "batch": batches, "step": step, "best": best, "config": to_dict(cfg), "rng": rng or rng_state()}
-        streams = getattr(train_loader, "worker_init_fn", None)
-        if isinstance(streams, WorkerStreams):
-            state["worker_streams"] = streams.state_dict(batches)
-        with signals.deferred():
-            if also_best:
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-            save_checkpoint(last_path, state)
-
-    if main_process:  # a process killed while writing (SIGKILL, power loss) leaves its temporary file
-        for stale in (run_dir / "checkpoints").glob(".*.pt.tmp*"):
-            stale.unlink()
-    val_metrics: dict = {}
-    epochs_done, batches_done = start_epoch, skip
-    try:
+    val_metrics, epochs_done = {}, start_epoch
+    with run.stops_cleanly():
         for epoch in range(start_epoch, cfg.train.epochs):
-            def after_step(step: int, batches: int, epoch: int = epoch) -> None:
-                nonlocal batches_done
-                batches_done = batches
-                every = cfg.train.checkpoint_every_steps
-                if dist.any_rank(signals.signum is not None):
-                    checkpoint(epoch, batches, step, best)
-                    signals.note = f"checkpoint of step {step} written to {last_path}; continue with --resume auto"
-                    raise Interrupted(signals.signum or signal.SIGTERM)
-                if every and step % every == 0:
-                    checkpoint(epoch, batches, step, best)
-
-            signals.phase = f"training epoch {epoch + 1}"
-            with signals.deferred():  # the loop acts on a signal after its step (after_step)
-                step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step, tracker,
-                                       cfg, logger, skip=skip if epoch == start_epoch else 0, after_step=after_step,
-                                       transform=method.transform_batch, schedule=schedule, base_lrs=base_lrs)
+            run.phase(f"training epoch {epoch + 1}")
+            with signals.deferred():  # the loop acts on a signal after its step (Run.after_step)
+                step = train_one_epoch(runner, train_loader, optimizer, scaler, device, dtype, epoch, step,
+                                       run.tracker, cfg, run.logger, skip=skip if epoch == start_epoch else 0,
+                                       after_step=run.after_step(epoch, best), transform=method.transform_batch,
+                                       schedule=schedule, base_lrs=base_lrs)
             epochs_done = epoch + 1
             trained_rng = rng_state()  # validation's loader draws from the global RNG; a resume draws again
             done = cfg.train.max_steps and step >= cfg.train.max_steps
-            last_epoch = epoch + 1 == cfg.train.epochs or done
-            if (epoch + 1) % cfg.eval.every == 0 or last_epoch:
-                signals.phase = f"validation after epoch {epoch + 1}"
-                finite_weights(model, step)  # the last step's update: before maps of a broken model
-                try:
-                    signals.check()
-                    val_metrics = evaluate(model, val_loader, device, dtype, cfg)
-                    tracker.scalars({f"val/{k}": v for k, v in val_metrics.items()}, step)
-                    tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **val_metrics})
-                    evals = (epoch + 1) // cfg.eval.every
-                    if main_process and (evals % cfg.log.vis_every == 0 or last_epoch):
-                        strips = heatmap_strips(model, val_set, vis_indices, device, dtype, cfg.eval.fixed_threshold)
-                        for k, strip in enumerate(strips):
-                            tracker.image(f"vis/heatmaps/{k}", strip, step)
-                except Interrupted:  # keep the epoch's training: a checkpoint after its last batch
-                    checkpoint(epoch, batches_done, step, best, rng=trained_rng)
-                    signals.note = (f"the epoch's training is saved in {last_path}; --resume auto validates it "
-                                    "and goes on")
-                    raise
-                logger.info(f"epoch {epoch + 1} val: " + " ".join(
-                    f"{k}={val_metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap")
-                    if k in val_metrics))
-            if val_metrics and cfg.eval.best_metric not in val_metrics:
-                cli.fail(f"config error: eval.best_metric={cfg.eval.best_metric!r} is not among the val metrics "
-                         f"({', '.join(sorted(val_metrics))}); for a masks-only data set use pxap")
+            last_epoch = epochs_done == cfg.train.epochs or done
+            if epochs_done % cfg.eval.every == 0 or last_epoch:
+                val_metrics = validate(run, model, val_loader, val_set, epoch, step, best, trained_rng, last_epoch,
+                                       device, dtype)
             improved = bool(val_metrics) and val_metrics[cfg.eval.best_metric] > best["value"]
             if improved:
-                best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric], "epoch": epoch + 1}
-            checkpoint(epochs_done, 0, step, best, also_best=improved)
-            tracker.flush()
-            signals.phase = f"the end of epoch {epoch + 1}"
-            signals.note = f"its checkpoint is written ({last_path}); continue with --resume auto"
+                best = {"metric": cfg.eval.best_metric, "value": val_metrics[cfg.eval.best_metric],
+                        "epoch": epochs_done}
+            run.checkpoint(epochs_done, 0, step, best, also_best=improved)
+            run.tracker.flush()
+            run.phase(f"the end of epoch {epochs_done}",
+                      f"its checkpoint is written ({run.last}); continue with --resume auto")
             signals.check()
-            batches_done = 0
+            run.batches_done = 0
             if done:
                 break
-    except NonFiniteError as e:
-        kept = f"the last good checkpoint, {last_path}, is kept" if last_path.is_file() else \
-            "no checkpoint had been written yet"
-        logger.error(f"stopped: {e}; {kept}")
-        sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
-    except CheckpointWriteError as e:
-        logger.error(f"stopped: {e}")
-        sys.exit(f"training stopped: {e}")
 
-    # Final report: the last model on val (choosing the box threshold) and on test at that threshold.
-    signals.phase = "the final test"
-    signals.note = f"training is complete ({last_path}); --resume auto finishes the report"
+    # The final report: the last model on val (choosing the box threshold) and on test at that threshold.
+    run.phase("the final test", f"training is complete ({run.last}); --resume auto finishes the report")
     if not val_metrics:  # resumed after the last epoch
         val_metrics = evaluate(model, val_loader, device, dtype, cfg)
     test_metrics = evaluate(model, test_loader, device, dtype, cfg, threshold=val_metrics.get("best_cam_threshold"))
     results = {"val": val_metrics, "test": test_metrics, "epoch": epochs_done, "step": step}
-    with signals.deferred():  # a signal now waits until the results are complete
-        tracker.jsonl({"epoch": epochs_done, "step": step, "split": "test", **test_metrics})
-        tracker.scalars({f"z_test/{k}": v for k, v in test_metrics.items()}, step, description=FINAL_TEST)
-        tracker.hparams(flatten(cfg), {f"z_test/{k}": f"test {dict(SUMMARY).get(k, k)}" for k in HPARAM_METRICS
-                                       if k in test_metrics})
-        tracker.close()
-        if main_process:
-            write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
-            print(final_report(cfg, run_dir, results), flush=True)
-        if signals.signum is not None:
-            say(f"signal {signals.signum} arrived while the results were written; they are complete "
-                f"({run_dir / 'results.json'})", logger)
-        dist.cleanup()
+    run.write_results(results, lambda: final_report(cfg, run_dir, results))
     return results
+
+
+def distribute(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """The model in train.channels_last memory format, DDP-wrapped (SyncBatchNorm with train.sync_bn) under
+    torchrun."""
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.get_world_size() > 1:
+        if cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def validate(run: Run, model: nn.Module, val_loader, val_set, epoch: int, step: int, best: dict, trained_rng: dict,
+             last_epoch: bool, device, dtype) -> dict:
+    """Val metrics after `epoch` (0-based), tracked and logged, and the heatmap strips every
+    log.vis_every-th validation. A signal here keeps the epoch's training: a checkpoint after its last batch."""
+    cfg = run.cfg
+    run.phase(f"validation after epoch {epoch + 1}")
+    finite_weights(model, step)  # the last step's update: before maps of a broken model
+    try:
+        run.signals.check()
+        metrics = evaluate(model, val_loader, device, dtype, cfg)
+        run.tracker.scalars({f"val/{k}": v for k, v in metrics.items()}, step)
+        run.tracker.jsonl({"epoch": epoch + 1, "step": step, "split": "val", **metrics})
+        if run.main and (((epoch + 1) // cfg.eval.every) % cfg.log.vis_every == 0 or last_epoch):
+            vis_indices = np.linspace(0, len(val_set) - 1, min(cfg.log.vis_num, len(val_set))).astype(int).tolist()
+            for k, strip in enumerate(heatmap_strips(model, val_set, vis_indices, device, dtype,
+                                                     cfg.eval.fixed_threshold)):
+                run.tracker.image(f"vis/heatmaps/{k}", strip, step)
+    except Interrupted:
+        run.checkpoint(epoch, run.batches_done, step, best, rng=trained_rng)
+        run.signals.note = f"the epoch's training is saved in {run.last}; --resume auto validates it and goes on"
+        raise
+    run.logger.info(f"epoch {epoch + 1} val: " + " ".join(
+        f"{k}={metrics[k]:.2f}" for k in ("top1_cls", "gt_known_loc@fixed", "maxboxacc_v2", "pxap") if k in metrics))
+    if cfg.eval.best_metric not in metrics:
+        cli.fail(f"config error: eval.best_metric={cfg.eval.best_metric!r} is not among the val metrics "
+                 f"({', '.join(sorted(metrics))}); for a masks-only data set use pxap")
+    return metrics
 
 
 if __name__ == "__main__":

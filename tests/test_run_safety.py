@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from acol import train
-from acol.engine import load_checkpoint
+from acol.engine import NonFiniteError, load_checkpoint
+from acol.run import covered_by, finite_weights
 from acol.runlock import LOCK_FILE, RunLock, RunLocked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +141,11 @@ def test_a_signal_while_writing_results_waits_for_them_and_exits_0(tiny_override
 def test_a_resume_drops_the_metrics_lines_its_checkpoint_does_not_cover():
     lines = [{"split": "val", "epoch": 1, "step": 3}, {"split": "val", "epoch": 2, "step": 6},
              {"split": "test", "epoch": 2, "step": 6}]
-    end_of_epoch_2 = train.covered_by({"step": 6, "batch": 0})  # written after epoch 2's val
+    end_of_epoch_2 = covered_by({"step": 6, "batch": 0})  # written after epoch 2's val
     assert [r for r in lines if end_of_epoch_2(r)] == lines[:2]
-    last_batch_of_epoch_2 = train.covered_by({"step": 6, "batch": 3})  # written before epoch 2's val
+    last_batch_of_epoch_2 = covered_by({"step": 6, "batch": 3})  # written before epoch 2's val
     assert [r for r in lines if last_batch_of_epoch_2(r)] == lines[:1]
-    mid_epoch_2 = train.covered_by({"step": 4, "batch": 1})
+    mid_epoch_2 = covered_by({"step": 4, "batch": 1})
     assert [r for r in lines if mid_epoch_2(r)] == lines[:1]
 
 
@@ -167,11 +168,11 @@ def test_non_finite_weights_are_named_and_stop_the_run_before_any_save(tiny_over
     from acol.config import load_config
     from acol.methods import build_method
     model = build_method(load_config(CONFIG, tiny_overrides), 3).model()
-    train.finite_weights(model, 7)  # a fresh model passes
+    finite_weights(model, 7)  # a fresh model passes
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if n.startswith("head_b")).view(-1)[0] = float("inf")
-    with pytest.raises(train.NonFiniteError, match=r"non-finite weights after step 7 \(head_b\..*\)"):
-        train.finite_weights(model, 7)
+    with pytest.raises(NonFiniteError, match=r"non-finite weights after step 7 \(head_b\..*\)"):
+        finite_weights(model, 7)
 
 
 def test_a_start_that_failed_before_its_first_checkpoint_is_started_again(tiny_overrides, tmp_path):

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from acol import evaluate, train
+from acol.run import FINAL_TEST
 from acol.tracking import THRESHOLD_AXIS
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic_acol.toml")
@@ -41,7 +42,7 @@ def test_training_events_open_on_the_curves(trained):
     for tag in test_tags:  # the final report, once, at the last step
         (event,) = tb.Scalars(tag)
         assert event.step == results["step"] and event.value == pytest.approx(results["test"][tag[len("z_test/"):]])
-    assert tb.SummaryMetadata("z_test/maxboxacc_v2").summary_description == train.FINAL_TEST
+    assert tb.SummaryMetadata("z_test/maxboxacc_v2").summary_description == FINAL_TEST
 
     assert images == {"vis/heatmaps/0", "vis/heatmaps/1"}  # a strip per fixed val image
     strip = tb.Images("vis/heatmaps/1")[-1]
