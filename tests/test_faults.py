@@ -251,6 +251,29 @@ def test_an_unwritable_runs_folder_is_one_line(tiny_overrides, tmp_path, capsys)
     assert not any(runs.iterdir())
 
 
+@pytest.mark.parametrize("code", sorted(train.WRITE_ERRNOS), ids=lambda code: errno.errorcode[code])
+def test_every_write_failure_is_one_line_naming_the_path_and_the_cause(code, monkeypatch, tiny_overrides, tmp_path,
+                                                                        capsys):
+    """A write of the run folder failing with any of these errors (here results.json, after the run's last
+    checkpoint): one line naming the file, the cause and what to do; the checkpoint is kept."""
+    import acol.run
+
+    path = tmp_path / "runs" / "r" / "results.json"
+
+    def fail(target, text):
+        raise OSError(code, os.strerror(code), str(target))
+    monkeypatch.setattr(acol.run, "write_atomic", fail)
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--config", CONFIG, *tiny_overrides, "--name", "r"])
+    assert stopped.value.code == 1
+    what = "no space left on device" if code in (errno.ENOSPC, errno.EDQUOT) else os.strerror(code).lower()
+    captured = capsys.readouterr()
+    assert [line.split(" ", 1)[1] for line in captured.out.splitlines() if " error:" in line] == [(  # the log
+        f"error: {what} writing {path} (during the final test); {train.WRITE_ERRNOS[code]}, then run the same "
+        "command (with --resume auto once a checkpoint exists)")]
+    assert not path.exists() and load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "last.pt")["step"] > 0
+
+
 def test_a_first_checkpoint_on_a_full_disk_says_there_was_none(monkeypatch, tmp_path):
     path = tmp_path / "best.pt"
     monkeypatch.setattr(os, "fsync", no_space)
