@@ -75,7 +75,16 @@ def test_recipes_keep_their_per_epoch_learning_rates(recipe):
 
 def test_some_recipes_decay():  # so that the test above covers milestones
     assert load_config(EXPERIMENTS / "synthetic_acol.toml").optim.lr_decay_epochs == [12]
-    assert load_config(EXPERIMENTS / "wsolevaluation" / "cub_cam_vgg16.toml").optim.lr_decay_epochs == [30]
+
+
+def test_the_wsolevaluation_recipes_decay_where_its_code_does():
+    """wsolevaluation's main loop calls adjust_learning_rate(epoch + 1) before training 0-based epoch
+    `epoch`, which decays when that number is a multiple of --lr_decay_frequency (default 30, 40 epochs)."""
+    def its_decays(frequency: int, epochs: int) -> list[int]:
+        return [epoch for epoch in range(epochs) if (epoch + 1) % frequency == 0]
+
+    cfg = load_config(EXPERIMENTS / "wsolevaluation" / "cub_cam_vgg16.toml")
+    assert cfg.optim.lr_decay_epochs == its_decays(30, cfg.train.epochs) == [29]
 
 
 @pytest.mark.parametrize("overrides, message", [
