@@ -78,12 +78,16 @@ def reset_peak_memory(device: torch.device) -> bool:
         return False
 
 
+def rss_mib(field: str = "VmHWM") -> float:
+    """Linux: the process's peak RSS since the last `reset_peak_memory` (VmHWM), or its RSS now (VmRSS), in MiB."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 2**10
+
+
 def peak_memory(device: torch.device, since_reset: bool) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
     if since_reset:
-        kib = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-        return f"{kib / 2**10:.0f} MiB peak RSS"
+        return f"{rss_mib():.0f} MiB peak RSS"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS"
 
 
