@@ -12,7 +12,9 @@
 | integrated_gradients | |sum_RGB (x - x') * mean_k dy^c/dx(x' + k/m (x - x'))|, input resolution (Sundararajan et al., 2017) |
 
 Options are constructor keywords (`build_localizer(name, target, layer, **options)`). The sampling
-localizers run `chunk` images per forward pass; progress is left to the caller's loop over batches.
+localizers run `chunk` images per forward pass (defaults: the largest whose peak memory stays within
+2x one forward and backward of a batch of 2, VGG16 CAM at 224 px: `scripts/bench_chunks.py`,
+docs/performance.md); progress is left to the caller's loop over batches.
 """
 from __future__ import annotations
 
@@ -147,7 +149,7 @@ class SmoothGradCAMPlusPlus(_Gradients):
     absolute) averages g^2 and g^3 but takes relu(g) of the last sample only; the defaults here
     follow SmoothGrad's advice (a 10-20 % spread)."""
 
-    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 64,
+    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 8,
                  seed: int = 0):
         super().__init__(target, layer)
         self.samples, self.sigma = _positive("samples", samples), _positive("sigma", sigma, 0)
@@ -185,7 +187,7 @@ class IntegratedGradients(Localizer):
     y(x) - y(x'), whose absolute value ranks pixels by influence). `chunk` images per forward;
     `layer` is not used."""
 
-    def __init__(self, target="gt", layer=None, steps: int = 32, chunk: int = 64, baseline: tuple[float, ...] = BLACK):
+    def __init__(self, target="gt", layer=None, steps: int = 32, chunk: int = 4, baseline: tuple[float, ...] = BLACK):
         super().__init__(target, layer)
         self.steps, self.chunk, self.baseline = _positive("steps", steps), _positive("chunk", chunk), tuple(baseline)
 

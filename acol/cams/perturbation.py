@@ -4,7 +4,7 @@ forward passes only (no gradients). The interface and rules are those of acol.ca
 | name | map | forwards per image |
 |---|---|---|
 | scorecam | ReLU(sum_k a_k A^k), a_k = P(c | x * H^k), H^k = min-max of A^k upsampled to the input | 1 + K |
-| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K |
+| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K (the K from the layer on) |
 | rise | sum_i P(c | x * M_i) M_i / (N p) over N random smooth masks M_i, input resolution | 1 + N |
 
 K is the hooked layer's channel count (`layer`, default the model's `default_cam_layer`). The copies
@@ -12,7 +12,9 @@ K is the hooked layer's channel count (`layer`, default the model's `default_cam
 `torch.no_grad()`, each with its image's forward labels, so a map does not depend on the batch or
 the chunk size; a call of many chunks shows a progress bar on a terminal. Masks multiply the
 normalised image (a masked pixel is the dataset mean colour). `forwards_per_image` gives a call's
-cost in forward passes (set by the last call for the K-methods).
+cost in forward passes (set by the last call for the K-methods). The `chunk` defaults (Score-CAM
+8, Ablation-CAM 64, RISE 8) are the largest whose peak memory stays within 2x one forward and
+backward of a batch of 2 (VGG16 CAM at 224 px; `scripts/bench_chunks.py`, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
 class Perturbation(Localizer):
     """Chunked forward passes of image copies; the class scores they give."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
+    def __init__(self, target: str, layer: str | None, chunk: int):
         super().__init__(target, layer)
         if chunk < 1:
             raise ValueError(f"chunk (masked images per forward) must be >= 1; got {chunk}")
@@ -81,7 +83,7 @@ class ScoreCAM(Perturbation):
     The cost is K forwards of the whole network for both weightings: the masked images differ from
     the input on."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, weights: str = "prob"):
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, weights: str = "prob"):
         super().__init__(target, layer, chunk)
         if weights not in SCORECAM_WEIGHTS:
             raise ValueError(f"scorecam weights must be one of {', '.join(SCORECAM_WEIGHTS)}; got {weights!r}")
@@ -120,6 +122,9 @@ class AblationCAM(Perturbation):
     copies of its recorded activation, one channel zeroed in each; what the model takes from before
     the layer broadcasts over the copies (ACoL's branch B, a residual sum). A model where it does
     not (a concatenation across the layer) runs every copy through the whole network instead."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
+        super().__init__(target, layer, chunk)
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad():
@@ -160,7 +165,7 @@ class RISE(Perturbation):
     same masks for every image, call and device. Paper defaults N = 4000-8000, s = 7, p = 0.5;
     here N = 1000 so that CPUs manage (1000 forwards per image)."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, n_masks: int = 1000,
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, n_masks: int = 1000,
                  grid: int = 7, p: float = 0.5, seed: int = 0):
         super().__init__(target, layer, chunk)
         if n_masks < 1 or grid < 1:
