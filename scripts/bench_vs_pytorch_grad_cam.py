@@ -1,19 +1,39 @@
-"""Our gradient-family maps against pytorch-grad-cam's on the same model, layer, batch and targets.
+"""Our post-hoc maps against pytorch-grad-cam's: speed, peak memory and map difference, every method both have.
 
     pip install grad-cam==1.5.7            # the reference library (not a dependency of acol)
-    python scripts/bench_vs_pytorch_grad_cam.py                        # VGG16-ACoL at 224 px, batch 4
-    python scripts/bench_vs_pytorch_grad_cam.py --model cam --backbone resnet50
+    python scripts/bench_vs_pytorch_grad_cam.py                        # VGG16-ACoL, batch 2
+    python scripts/bench_vs_pytorch_grad_cam.py --model cam --methods scorecam,ablationcam
 
-For each method both implementations run in the same process on the same random-init model and
-random images (seed 0), after one untimed warm-up call each, alternating, `--steps` timed calls
-each. Printed: maps/s of each, our speed-up (the library's time over ours), and the largest
-absolute difference between the two maps after the library's own post-processing (min-max scaling
-with its 1e-7 epsilon, cv2 bilinear resizing to the input, min-max scaling again), applied to our
-maps as well.
+Methods: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM and Eigen-CAM on the model as
+configured at `--size` px; Score-CAM and Ablation-CAM (one forward per channel of the layer) on
+the same model with `--perturbation-channels` hidden channels in its head (the layer's K) at
+`--perturbation-size` px, so that a CPU manages them. Both implementations get the same random-init
+model (seed 0), layer (the model's `default_cam_layer`), images and target classes, and run with
+their own defaults (pytorch-grad-cam: Score-CAM 16 and Ablation-CAM 32 copies per forward; ours:
+the `chunk` of each localizer); our Score-CAM uses the library's weights (weights="softmax_logit").
+
+- speed: both in this process, after one untimed warm-up call each, `--steps` timed calls each,
+  ours then theirs; the ratio is their time over ours.
+- peak memory: each implementation of each method in a fresh subprocess (the same model, images
+  and arguments), which makes one warm-up call, returns freed heap memory to the system
+  (malloc_trim), resets the RSS high-water mark (/proc/self/clear_refs) and reads its RSS, then
+  makes the measured call: the peak is the high-water mark's rise over that RSS. It sees every
+  allocation, torch's and numpy's alike (tracemalloc sees neither torch's allocator nor a
+  library's C buffers), and counts the model, the images and the warm-up's caches for neither.
+  Linux only; the ratio is ours over theirs.
+- difference: the largest absolute difference between the two maps after the library's own
+  post-processing (ReLU, min-max with its 1e-7 epsilon, cv2 bilinear resizing to the input,
+  min-max again), applied to ours as well. Where we follow the paper and the library does not,
+  the maps differ by design (acol/cams docstrings): Grad-CAM++ (the library's epsilon), HiResCAM
+  (its clipping), Eigen-CAM (its centring) and Score-CAM (its align_corners=True upsampling).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,19 +48,25 @@ from acol.cams import build_localizer  # noqa: E402
 from acol.config import load_config  # noqa: E402
 from acol.methods import build_model  # noqa: E402
 
-METHODS = {"gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "hirescam": "HiResCAM",
-           "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+GRADIENT = {"gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+            "layercam": "LayerCAM", "eigencam": "EigenCAM"}
+PERTURBATION = {"scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+METHODS = {**GRADIENT, **PERTURBATION}
+os.environ.setdefault("TQDM_DISABLE", "1")  # the library's progress bars
+OPTIONS = {"scorecam": {"weights": "softmax_logit"}}  # ours as the library weighs
 
 
 class Logits(nn.Module):
-    """The model as pytorch-grad-cam expects it: images in, logits out (the forward sees the labels)."""
+    """The model as pytorch-grad-cam expects it: images in, logits out. The forward gets no labels
+    (ACoL erases with its prediction): the logits are branch A's, which erasing does not touch, and
+    the library forwards copies in batches the labels would not match."""
 
-    def __init__(self, model: nn.Module, labels: torch.Tensor):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.labels = model, labels
+        self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.labels)["logits"]
+        return self.model(images)["logits"]
 
 
 def scale(m: np.ndarray) -> np.ndarray:
@@ -50,9 +76,55 @@ def scale(m: np.ndarray) -> np.ndarray:
 
 
 def library_post_processing(maps: np.ndarray, size: int) -> np.ndarray:
-    """What pytorch-grad-cam does to a layer's map: scale, cv2 bilinear resize to the input, and
-    (aggregating its target layers) scale again."""
-    return np.stack([scale(cv2.resize(scale(m).astype(np.float32), (size, size))) for m in maps])
+    """What pytorch-grad-cam does to a layer's map: ReLU, scale, cv2 bilinear resize to the input,
+    and (aggregating its target layers) scale again."""
+    return np.stack([scale(cv2.resize(scale(np.maximum(m, 0)).astype(np.float32), (size, size))) for m in maps])
+
+
+def setting(method: str, args):
+    """(model, images, labels, size) for `method`: the perturbation methods on the narrow head."""
+    perturbation = method in PERTURBATION
+    size = args.perturbation_size if perturbation else args.size
+    overrides = [f"model.name={args.model}", f"model.backbone={args.backbone}"]
+    if perturbation:
+        overrides.append(f"model.head_channels={args.perturbation_channels}")
+    torch.manual_seed(0)
+    model = build_model(load_config(overrides=overrides), 200).eval()
+    images = torch.randn(args.batch, 3, size, size)
+    labels = torch.randint(0, 200, (args.batch,))
+    return model, images, labels, size
+
+
+def implementations(method: str, model, images, labels) -> dict:
+    """{"ours": call, "theirs": call}, each giving (B, h, w) maps (ours at the layer's resolution)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    layer = model.default_cam_layer
+    ours = build_localizer(method, layer=layer, **OPTIONS.get(method, {}))
+    theirs = getattr(pytorch_grad_cam, METHODS[method])(model=Logits(model), target_layers=[model.get_submodule(layer)])
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    return {"ours": lambda: ours(model, images, labels)[1].numpy(),
+            "theirs": lambda: theirs(input_tensor=images, targets=targets)}
+
+
+def peak_mib(method: str, which: str, args) -> float:
+    """Run in a fresh process: the RSS rise (MiB) of one call after a warm-up call (see the docstring)."""
+    command = [sys.executable, __file__, "--memory-of", f"{method}:{which}", *args.forwarded]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def measure_memory(method: str, which: str, args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmark import reset_peak_memory, rss_mib
+    call = implementations(method, *setting(method, args)[:3])[which]
+    call()
+    if not reset_peak_memory(torch.device("cpu")):
+        raise SystemExit("peak memory needs Linux (/proc/self/clear_refs)")
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    start = rss_mib("VmRSS")
+    call()
+    print(json.dumps({"peak_mib": rss_mib() - start}))
 
 
 def timed(fn, steps: int) -> float:
@@ -68,47 +140,42 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="acol", choices=("acol", "cam"))
     p.add_argument("--backbone", default="vgg16", choices=("vgg16", "resnet50", "inception_v3", "smallcnn"))
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--size", type=int, default=224, help="input side of the gradient methods and Eigen-CAM")
+    p.add_argument("--perturbation-size", type=int, default=112, help="input side of Score-CAM and Ablation-CAM")
+    p.add_argument("--perturbation-channels", type=int, default=32,
+                   help="model.head_channels for Score-CAM and Ablation-CAM: the K forwards per image")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2, help="timed calls of each implementation")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)  # METHOD:ours|theirs, the subprocess of peak_mib
     args = p.parse_args(argv)
+    args.forwarded = list(sys.argv[1:] if argv is None else argv)
     try:
         import pytorch_grad_cam
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError:
         p.error("needs the reference library: pip install grad-cam==1.5.7")
-    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if args.memory_of:
+        measure_memory(*args.memory_of.split(":"), args)
+        return
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"argument --methods: unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
 
-    torch.manual_seed(0)
-    cfg = load_config(overrides=[f"model.name={args.model}", f"model.backbone={args.backbone}"])
-    model = build_model(cfg, 200).eval()
-    images = torch.randn(args.batch, 3, args.size, args.size)
-    labels = torch.randint(0, 200, (args.batch,))
-    layer_name = model.default_cam_layer
-    wrapped = Logits(model, labels)
-    targets = [ClassifierOutputTarget(int(c)) for c in labels]
-    print(f"{args.model} on {args.backbone}, {args.size} px, batch {args.batch}, layer {layer_name}, CPU "
+    print(f"{args.model} on {args.backbone}, batch {args.batch}; gradient methods and Eigen-CAM at {args.size} px, "
+          f"Score-CAM and Ablation-CAM at {args.perturbation_size} px with K = {args.perturbation_channels}; CPU "
           f"({torch.get_num_threads()} threads), {args.steps} timed calls each, pytorch-grad-cam "
           f"{getattr(pytorch_grad_cam, '__version__', '1.5.7')}")
-    print("| method | ours maps/s | pytorch-grad-cam maps/s | our speed-up | max abs difference |\n"
-          "|---|---:|---:|---:|---:|")
-    for name in args.methods.split(","):
-        ours = build_localizer(name, layer=layer_name)
-        theirs = getattr(pytorch_grad_cam, METHODS[name])(model=wrapped, target_layers=[model.get_submodule(layer_name)])
-
-        def run_ours():
-            return ours(model, images, labels)[1]
-
-        def run_theirs():
-            return theirs(input_tensor=images, targets=targets)
-
-        ours_s, theirs_s = timed(run_ours, args.steps), timed(run_theirs, args.steps)
-        difference = np.abs(library_post_processing(run_ours().numpy(), args.size) - run_theirs()).max()
-        print(f"| {name} | {args.batch / ours_s:.2f} | {args.batch / theirs_s:.2f} | {theirs_s / ours_s:.2f}x | "
-              f"{difference:.1e} |", flush=True)
+    print("| method | ours s/call | theirs s/call | speed-up | ours peak MiB | theirs peak MiB | memory ratio | "
+          "max abs difference |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for method in methods:
+        model, images, labels, size = setting(method, args)
+        run = implementations(method, model, images, labels)
+        ours_s, theirs_s = timed(run["ours"], args.steps), timed(run["theirs"], args.steps)
+        difference = np.abs(library_post_processing(run["ours"](), size) - run["theirs"]()).max()
+        ours_mib, theirs_mib = peak_mib(method, "ours", args), peak_mib(method, "theirs", args)
+        print(f"| {method} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}x | {ours_mib:.0f} | "
+              f"{theirs_mib:.0f} | {ours_mib / theirs_mib:.2f} | {difference:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

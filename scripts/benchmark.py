@@ -1,14 +1,16 @@
 """Throughput of one model in one run: training, evaluation and map extraction, with FLOPs and memory.
 
-    python scripts/benchmark.py                                   # ACoL on VGG16 at 224 px, batch 2
+    python scripts/benchmark.py                                   # ACoL on VGG16 at 224 px, batch 2, 1 step
+    python scripts/benchmark.py --localizers all --steps 3        # every localizer but the many-forward ones
     python scripts/benchmark.py --backbone resnet50 --batch 8 --device cuda --amp bf16
     python scripts/benchmark.py --model cam --size 448 --steps 10
 
 Measures, on random input of the given size (the model alone: no data loading, no box evaluation):
 - training images/s: forward, loss, backward and SGD step (the train loop's work per batch);
 - evaluation images/s: a no-grad forward;
-- maps/s of each localizer (`acol.cams`; every one the model declares but the many-forward ones,
-  `MANY_FORWARD`, or `--localizers a,b`), with
+- maps/s of each localizer (`acol.cams`; by default the model's own map and Grad-CAM, so that the
+  default run stays under a minute on 2 CPU cores; `--localizers all`: every one the model
+  declares but the many-forward ones, `MANY_FORWARD`; or `--localizers a,b`), with
   its time in forward-pass equivalents (evaluation images/s over its maps/s): about 1 for the
   in-forward maps and CAM, 2-3 for the Grad-CAM family, hundreds for the perturbation methods;
 - FLOPs per image of a training step and of an evaluation forward (torch's FlopCounterMode: matrix
@@ -33,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository is importable
 from acol import cli  # noqa: E402
-from acol.cams import applicable_localizers, build_localizer  # noqa: E402
+from acol.cams import applicable_localizers, build_localizer, default_localizer_name  # noqa: E402
 from acol.cams.localizers import MANY_FORWARD  # noqa: E402
 from acol.config import ConfigError, load_config  # noqa: E402
 from acol.dist import device_type  # noqa: E402
@@ -78,12 +80,16 @@ def reset_peak_memory(device: torch.device) -> bool:
         return False
 
 
+def rss_mib(field: str = "VmHWM") -> float:
+    """Linux: the process's peak RSS since the last `reset_peak_memory` (VmHWM), or its RSS now (VmRSS), in MiB."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 2**10
+
+
 def peak_memory(device: torch.device, since_reset: bool) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
     if since_reset:
-        kib = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-        return f"{kib / 2**10:.0f} MiB peak RSS"
+        return f"{rss_mib():.0f} MiB peak RSS"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB process peak RSS"
 
 
@@ -94,14 +100,15 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=224, help="input side in pixels")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--classes", type=int, default=200)
-    p.add_argument("--steps", type=int, default=3, help="timed calls per phase")
+    p.add_argument("--steps", type=int, default=1, help="timed calls per phase (after one untimed call)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="auto (bf16 on CUDA when supported)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (training and evaluation)")
-    p.add_argument("--localizers", help="comma-separated localizers to time (default: every one the model "
-                                        "declares but the many-forward ones, acol.cams.localizers.MANY_FORWARD)")
+    p.add_argument("--localizers", help="comma-separated localizers to time, or all: every one the model declares "
+                                        "but the many-forward ones (acol.cams.localizers.MANY_FORWARD); default: "
+                                        "the model's own map and gradcam")
     p.add_argument("--peak-tflops", type=float, help="the device's dense peak in TFLOP/s for the model FLOPs "
                                                      "utilisation (default on CUDA: bf16 tensor-core peaks of known "
                                                      "GPUs, DENSE_BF16_TFLOPS)")
@@ -124,12 +131,13 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     method = build_method(cfg, args.classes)
     model = method.model().to(device)
-    names = args.localizers.split(",") if args.localizers else applicable_localizers(model)
-    if not args.localizers:
-        skipped = [n for n in names if n in MANY_FORWARD]
-        names = [n for n in names if n not in skipped]
-        print(f"not timed by default: {', '.join(skipped)} (tens to a thousand forwards per map; name them with "
-              "--localizers)")
+    if args.localizers == "all":
+        names = [n for n in applicable_localizers(model) if n not in MANY_FORWARD]
+    else:
+        names = args.localizers.split(",") if args.localizers else [default_localizer_name(model), "gradcam"]
+    left_out = [n for n in applicable_localizers(model) if n not in names]
+    if left_out:
+        print(f"not timed: {', '.join(left_out)} (--localizers all: every one but the many-forward ones; or name them)")
     unknown = [n for n in names if n not in model.localizers]
     if unknown:
         p.error(f"argument --localizers: {unknown[0]!r} does not apply to the {args.model} model; "

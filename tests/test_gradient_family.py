@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from acol.cams import build_localizer
+from acol.cams.gradient_family import principal_projection
+from acol.cams.ops import minmax_normalize
 from acol.methods import METHODS
 from tests.test_cams import Quadratic, hook_count, quadratic_input, tiny
 
@@ -87,6 +89,48 @@ def test_eigencam_is_not_centred():
     v = torch.linalg.eigh(m.T @ m).eigenvectors[:, -1]
     torch.testing.assert_close(raw[0].flatten(), (m @ v).abs())
     assert raw[0].min() > 0  # the constant channel dominates: no negative pixels
+
+
+def svd_projection(m: torch.Tensor) -> torch.Tensor:
+    """(B, n, K) float64 -> M v_1 from torch's SVD, summing to >= 0 (Eigen-CAM's earlier computation)."""
+    projection = (m @ torch.linalg.svd(m, full_matrices=False).Vh[:, 0, :, None])[..., 0]
+    return projection * torch.where(projection.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 8), (3, 8, 50), (2, 16, 16), (1, 1, 5)])
+def test_principal_projection_is_the_svds(shape):
+    g = torch.Generator().manual_seed(0)
+    m = torch.relu(torch.randn(*shape, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(principal_projection(m), svd_projection(m), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(principal_projection(-m), svd_projection(m), atol=1e-10, rtol=1e-10)  # sign fixed
+    float32 = svd_projection(m.float().double())  # the maps as the float32 SVD gave them, normalised
+    torch.testing.assert_close(minmax_normalize(principal_projection(m.float())), minmax_normalize(float32),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_principal_projection_near_degenerate(transpose):
+    # s_1 / s_2 = 1 + 1e-6: v_1 is still determined, and found to float64 precision over the gap
+    g = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(40, 6, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    s = torch.tensor([3.0, 3.0 * (1 - 1e-6), 1.0, 0.5, 0.1, 0.0], dtype=torch.float64)
+    m = (u * s) @ v.T
+    m = (m.T if transpose else m)[None]
+    expected = 3.0 * (v[:, 0] if transpose else u[:, 0])  # s_1 u_1, or for M^T: s_1 v_1
+    expected = expected * (1.0 if expected.sum() >= 0 else -1.0)
+    torch.testing.assert_close(principal_projection(m)[0], expected, atol=1e-7, rtol=0)
+
+
+def test_principal_projection_of_zeros_is_zero():
+    for shape in ((2, 9, 4), (2, 4, 9)):
+        assert torch.equal(principal_projection(torch.zeros(shape)), torch.zeros(shape[:2], dtype=torch.float64))
+
+
+def test_principal_projection_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    principal_projection(torch.rand(1, 6, 3))
+    assert torch.get_num_threads() == threads
 
 
 def grad_cam_pp_weights(g1, g2, g3, act):

@@ -143,8 +143,8 @@ def test_model_flops_utilisation(name, peak, line):
 def test_the_layers_import_without_a_circle():
     """The localizers stand below the training engine: acol.cams, a many-forward localizer's progress bar
     included, never imports acol.engine (which imports acol.cams)."""
-    code = ("import sys\nfrom acol.cams import build_localizer\nfrom acol.cams.perturbation import PROGRESS_MIN_CHUNKS\n"
-            "list(build_localizer('scorecam', chunk=1).chunks(PROGRESS_MIN_CHUNKS))\n"
+    code = ("import sys, torch\nfrom acol.cams import build_localizer\nfrom acol.cams.perturbation import "
+            "PROGRESS_MIN_CHUNKS\nlist(build_localizer('scorecam', chunk=1).chunks(torch.arange(PROGRESS_MIN_CHUNKS)))\n"
             "print('acol.engine' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr

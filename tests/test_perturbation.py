@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from acol.cams import build_localizer
+from acol.methods import METHODS
 from tests.test_cams import FAST, hook_count, tiny
 
 NAMES = ("scorecam", "ablationcam", "rise")
@@ -81,6 +82,91 @@ def test_scorecam_gives_a_flat_channel_weight_zero():
     _, raw = build_localizer("scorecam").raw(model, x, torch.tensor([0]))
     probs = masked_logits(model, x).softmax(dim=1)[:2, 0]
     torch.testing.assert_close(raw[0], torch.relu(probs[0] * x[0, 0] + probs[1] * x[0, 1]))
+
+
+def ablation_by_hand(model, x, y, layer):
+    """Ablation-CAM's raw maps the slow way: every (image, channel) through the whole network, the
+    channel zeroed by a hook on the layer's output."""
+    model.eval()
+    with torch.no_grad():
+        act = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: act.__setitem__("a", o.clone()))
+        logits = model(x, y)["logits"]
+        handle.remove()
+        a = act["a"]
+        maps = []
+        for i in range(len(x)):
+            y_c = logits[i, y[i]]
+            divisor = y_c if y_c != 0 else 1.0  # the localizer's rule for a logit of exactly 0
+            weights = []
+            for k in range(a.shape[1]):
+                def zero(m, inputs, output, k=k):
+                    output = output.clone()
+                    output[:, k] = 0
+                    return output
+                handle = model.get_submodule(layer).register_forward_hook(zero)
+                weights.append((y_c - model(x[i:i + 1], y[i:i + 1])["logits"][0, y[i]]) / divisor)
+                handle.remove()
+            maps.append(torch.relu(torch.einsum("k,khw->hw", torch.stack(weights), a[i])))
+    return torch.stack(maps)
+
+
+def scorecam_by_hand(model, x, y, layer):
+    """Score-CAM's raw maps (weights="prob") the slow way: one masked image per forward."""
+    model.eval()
+    with torch.no_grad():
+        act = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: act.__setitem__("a", o.clone()))
+        model(x, y)
+        handle.remove()
+        maps = []
+        for i, a in enumerate(act["a"]):
+            weights = []
+            for channel in a:
+                up = nn.functional.interpolate(channel[None, None], size=x.shape[-2:], mode="bilinear")[0, 0]
+                if channel.max() == channel.min():
+                    weights.append(torch.tensor(0.0))
+                    continue
+                mask = (up - up.min()) / (up.max() - up.min())
+                weights.append(model(x[i:i + 1] * mask, y[i:i + 1])["logits"].softmax(1)[0, y[i]])
+            maps.append(torch.relu(torch.einsum("k,khw->hw", torch.stack(weights), a)))
+    return torch.stack(maps)
+
+
+@pytest.mark.parametrize("model_name", [name for name in METHODS.names() if name != "fsl"])
+def test_ablation_and_score_cam_equal_the_whole_network_computation_on_every_model(model_name):
+    # Ablation-CAM runs its copies from the layer on (ACoL's branch B and BAS's foreground head take
+    # the features from before it); both must equal one image, one channel per whole forward.
+    model = tiny(model_name)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 3])
+    layer = model.default_cam_layer
+    _, ablation = build_localizer("ablationcam", chunk=5).raw(model, x, y)
+    torch.testing.assert_close(ablation, ablation_by_hand(model, x, y, layer), atol=1e-5, rtol=1e-4)
+    _, score = build_localizer("scorecam", chunk=5).raw(model, x, y)
+    torch.testing.assert_close(score, scorecam_by_hand(model, x, y, layer), atol=1e-5, rtol=1e-4)
+
+
+class Concatenating(nn.Module):
+    """logits = fc(GAP(cat(x, relu(conv(x))))): the input reaches the logits past the hooked conv by
+    a concatenation, which a batch-1 input cannot broadcast over the copies."""
+
+    default_cam_layer = "conv"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(7, 2)
+
+    def forward(self, x, labels=None):
+        return {"logits": self.fc(torch.cat([x, torch.relu(self.conv(x))], dim=1).mean(dim=(2, 3)))}
+
+
+def test_ablationcam_runs_the_whole_network_where_the_model_does_not_broadcast():
+    model = Concatenating()
+    x, y = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    _, raw = build_localizer("ablationcam", chunk=3).raw(model, x, y)
+    torch.testing.assert_close(raw, ablation_by_hand(model, x, y, "conv"))
 
 
 class RegionProbability(nn.Module):

@@ -7,15 +7,18 @@
 | hirescam | sum_k dy^c/dA^k * A^k, element-wise, no ReLU (Draelos & Carin, 2020) |
 | xgradcam | ReLU(sum_k w_k A^k), w_k = sum_ij A^k_ij / sum_ab A^k_ab * dy^c/dA^k_ij (Fu et al., 2020) |
 | layercam | ReLU(sum_k ReLU(dy^c/dA^k) * A^k) (Jiang et al., 2021) |
-| eigencam | the activations (hw, K) projected on their first right singular vector, uncentred, class-agnostic (Muhammad & Yeasin, 2020) |
+| eigencam | the activations (hw, K) projected on their first right singular vector (from the smaller Gram matrix), uncentred, class-agnostic (Muhammad & Yeasin, 2020) |
 | smoothgradcampp | Grad-CAM++ with the gradient powers averaged over noisy copies of the image (Omeiza et al., 2019) |
 | integrated_gradients | |sum_RGB (x - x') * mean_k dy^c/dx(x' + k/m (x - x'))|, input resolution (Sundararajan et al., 2017) |
 
 Options are constructor keywords (`build_localizer(name, target, layer, **options)`). The sampling
-localizers run `chunk` images per forward pass; progress is left to the caller's loop over batches.
+localizers run `chunk` images per forward pass (defaults: the largest whose peak memory stays within
+2x one forward and backward of a batch of 2, VGG16 CAM at 224 px: `scripts/bench_chunks.py`,
+docs/performance.md); progress is left to the caller's loop over batches.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -67,25 +70,53 @@ class LayerCAM(_Gradients):
         return logits, F.relu((F.relu(grad) * act).sum(dim=1))
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """torch's CPU ops on one thread inside, the caller's thread count restored on exit: LAPACK's
+    eigensolvers on several threads of a loaded machine can stall for seconds (one thread: ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def principal_projection(matrix: torch.Tensor) -> torch.Tensor:
+    """(B, n, K) -> (B, n) float64: each matrix M projected on its first right singular vector,
+    M v_1 (= s_1 u_1), signed so that it sums to >= 0.
+
+    From the eigendecomposition (float64, one thread) of the smaller Gram matrix: M^T M (K x K),
+    whose top eigenvector is v_1, or M M^T (n x n), whose top eigenvector u_1 gives s_1 u_1 with
+    s_1 = sqrt(lambda_1). Equal to the SVD's projection to float64 rounding over the top eigenvalue's
+    gap; an all-zero M gives zeros.
+    """
+    m = matrix.double()
+    n, k = m.shape[-2:]
+    with _one_thread():
+        values, vectors = torch.linalg.eigh(m.mT @ m if k <= n else m @ m.mT)
+    top = vectors[..., -1]  # eigh sorts the eigenvalues in ascending order
+    projection = (m @ top[..., None])[..., 0] if k <= n else top * values[..., -1:].clamp_min(0).sqrt()
+    return projection * torch.where(projection.sum(dim=-1, keepdim=True) < 0, -1.0, 1.0)
+
+
 @LOCALIZERS.register("eigencam")
 class EigenCAM(_Gradients):
     """Eigen-CAM (Muhammad & Yeasin, 2020): the (hw, K) activation matrix M of each image projected
-    on its first right singular vector v_1, M v_1 (= s_1 u_1). Uncentred as in the paper
-    (pytorch-grad-cam subtracts the per-channel mean first, then clips at 0). Class-agnostic, no
-    backward pass. The singular vector's sign is fixed so that the map sums to >= 0."""
+    on its first right singular vector v_1, M v_1 (= s_1 u_1; `principal_projection`). Uncentred as
+    in the paper (pytorch-grad-cam subtracts the per-channel mean first, then clips at 0). Class-
+    agnostic, no backward pass. The singular vector's sign is fixed so that the map sums to >= 0
+    (pytorch-grad-cam keeps the sign numpy's SVD happens to give)."""
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad(), capture(self.target_layer(model)) as activation:
             logits = model(images, self.forward_labels(labels))["logits"]
-        act = activation.value.detach().float()  # capture made it a leaf requiring grad: no graph for the SVD
+        act = activation.value.detach()  # capture made it a leaf requiring grad: no graph for the projection
         if act.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(act.shape)}")
         b, k, h, w = act.shape
-        matrix = act.flatten(2).transpose(1, 2)  # (B, hw, K)
-        v1 = torch.linalg.svd(matrix, full_matrices=False).Vh[:, 0]  # (B, K)
-        projection = (matrix @ v1[:, :, None])[..., 0]
-        projection = projection * torch.where(projection.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
-        return logits, projection.view(b, h, w)
+        projection = principal_projection(act.flatten(2).transpose(1, 2))  # (B, hw, K) -> (B, hw)
+        return logits, projection.float().view(b, h, w)
 
 
 class _AtClasses(_Gradients):
@@ -119,7 +150,7 @@ class SmoothGradCAMPlusPlus(_Gradients):
     absolute) averages g^2 and g^3 but takes relu(g) of the last sample only; the defaults here
     follow SmoothGrad's advice (a 10-20 % spread)."""
 
-    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 64,
+    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 8,
                  seed: int = 0):
         super().__init__(target, layer)
         self.samples, self.sigma = _positive("samples", samples), _positive("sigma", sigma, 0)
@@ -167,7 +198,7 @@ class IntegratedGradients(Localizer):
     y(x) - y(x'), whose absolute value ranks pixels by influence). `chunk` images per forward;
     `layer` is not used."""
 
-    def __init__(self, target="gt", layer=None, steps: int = 32, chunk: int = 64, baseline: tuple[float, ...] = BLACK):
+    def __init__(self, target="gt", layer=None, steps: int = 32, chunk: int = 4, baseline: tuple[float, ...] = BLACK):
         super().__init__(target, layer)
         self.steps, self.chunk, self.baseline = _positive("steps", steps), _positive("chunk", chunk), tuple(baseline)
 

@@ -99,24 +99,18 @@ def guided_relus(model: nn.Module):
             handle.remove()
 
 
-class Ablation:
-    """What `ablate_channels` zeroes: `channels` (n,), the channel each of the batch's n elements loses."""
+class Substitute:
+    """What `substitute` hands downstream of its layer: `value`, set before each forward inside."""
 
-    channels: torch.Tensor | None = None
+    value: torch.Tensor | None = None
 
 
 @contextlib.contextmanager
-def ablate_channels(layer: nn.Module):
-    """Zero one channel of `layer`'s output (B, K, h, w) per batch element, element i losing channel
-    `record.channels[i]` (set before each forward inside). The output itself is left untouched."""
-    record = Ablation()
-
-    def hook(module, inputs, output):
-        output = output.clone()
-        output[torch.arange(len(output), device=output.device), record.channels.to(output.device)] = 0
-        return output
-
-    handle = layer.register_forward_hook(hook)
+def substitute(layer: nn.Module):
+    """Replace `layer`'s output by `record.value` (set before each forward inside) in the forward
+    passes inside, whatever the layer computed; its batch may differ from the layer's input's."""
+    record = Substitute()
+    handle = layer.register_forward_hook(lambda module, inputs, output: record.value)
     try:
         yield record
     finally:

@@ -4,7 +4,7 @@ forward passes only (no gradients). The interface and rules are those of acol.ca
 | name | map | forwards per image |
 |---|---|---|
 | scorecam | ReLU(sum_k a_k A^k), a_k = P(c | x * H^k), H^k = min-max of A^k upsampled to the input | 1 + K |
-| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K |
+| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K (the K from the layer on) |
 | rise | sum_i P(c | x * M_i) M_i / (N p) over N random smooth masks M_i, input resolution | 1 + N |
 
 K is the hooked layer's channel count (`layer`, default the model's `default_cam_layer`). The copies
@@ -12,7 +12,9 @@ K is the hooked layer's channel count (`layer`, default the model's `default_cam
 `torch.no_grad()`, each with its image's forward labels, so a map does not depend on the batch or
 the chunk size; a call of many chunks shows a progress bar on a terminal. Masks multiply the
 normalised image (a masked pixel is the dataset mean colour). `forwards_per_image` gives a call's
-cost in forward passes (set by the last call for the K-methods).
+cost in forward passes (set by the last call for the K-methods). The `chunk` defaults (Score-CAM
+8, Ablation-CAM 64, RISE 8) are the largest whose peak memory stays within 2x one forward and
+backward of a batch of 2 (VGG16 CAM at 224 px; `scripts/bench_chunks.py`, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from acol.cams.hooks import ablate_channels, capture, eval_mode
+from acol.cams.hooks import capture, eval_mode, substitute
 from acol.cams.localizers import LOCALIZERS, Localizer
-from acol.progress import progress
 from acol.cams.ops import minmax_normalize
+from acol.progress import progress
 
 PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
 
@@ -32,20 +34,22 @@ PROGRESS_MIN_CHUNKS = 10  # fewer chunks than this: no progress bar
 class Perturbation(Localizer):
     """Chunked forward passes of image copies; the class scores they give."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
+    def __init__(self, target: str, layer: str | None, chunk: int):
         super().__init__(target, layer)
         if chunk < 1:
             raise ValueError(f"chunk (masked images per forward) must be >= 1; got {chunk}")
         self.chunk = chunk
         self.forwards_per_image: int | None = None
 
-    def chunks(self, total: int):
-        """Index tensors of `chunk` consecutive copies out of `total`."""
-        starts = range(0, total, self.chunk)
-        if len(starts) >= PROGRESS_MIN_CHUNKS:
-            starts = progress(starts, f"{type(self).__name__} chunks")
-        for start in starts:
-            yield torch.arange(start, min(start + self.chunk, total))
+    def chunks(self, copies: torch.Tensor, group: int | None = None):
+        """`copies` (n,) CPU indices in pieces of at most `chunk`; with `group`, a piece holds only
+        copies of one value of copies // group (one image's, for image-major copies of `group`)."""
+        groups = [copies] if group is None else copies.split(torch.unique_consecutive(
+            copies.div(group, rounding_mode="floor"), return_counts=True)[1].tolist())
+        pieces = [piece for g in groups for piece in g.split(self.chunk)]
+        if len(pieces) >= PROGRESS_MIN_CHUNKS:
+            pieces = progress(pieces, f"{type(self).__name__} chunks")
+        yield from pieces
 
     def class_scores(self, model, copies, labels, classes, prob: bool) -> torch.Tensor:
         """(n,) float32: each copy's logit of its class, or its softmax probability."""
@@ -55,12 +59,12 @@ class Perturbation(Localizer):
         return logits.gather(1, classes[:, None])[:, 0]
 
     def activation(self, model, images, labels):
-        """The plain forward: (logits, classes, the hooked layer's output (B, K, h, w) float32)."""
+        """The plain forward: (logits, classes, the hooked layer's output (B, K, h, w) as computed)."""
         with capture(self.target_layer(model)) as activation:
             logits = model(images, self.forward_labels(labels))["logits"]
         if activation.value.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
-        return logits, self.classes(logits, labels), activation.value.detach().float()
+        return logits, self.classes(logits, labels), activation.value.detach()
 
 
 SCORECAM_WEIGHTS = ("prob", "softmax_logit")
@@ -75,9 +79,11 @@ class ScoreCAM(Perturbation):
     increase of confidence, without the baseline term and giving flat channels weight 0.
     weights="softmax_logit": a = softmax over k of the raw logits of class c (what pytorch-grad-cam
     and torchcam compute; their baseline term cancels in the softmax). map = ReLU(sum_k a_k A^k)
-    at the layer's resolution."""
+    at the layer's resolution. With weights="prob" a flat channel gets no forward (its weight is 0).
+    The cost is K forwards of the whole network for both weightings: the masked images differ from
+    the input on."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, weights: str = "prob"):
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, weights: str = "prob"):
         super().__init__(target, layer, chunk)
         if weights not in SCORECAM_WEIGHTS:
             raise ValueError(f"scorecam weights must be one of {', '.join(SCORECAM_WEIGHTS)}; got {weights!r}")
@@ -86,19 +92,20 @@ class ScoreCAM(Perturbation):
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad():
             logits, classes, act = self.activation(model, images, labels)
-            (b, k), flat = act.shape[:2], act.flatten(0, 1)  # (B K, h, w), image-major
-            scores = torch.empty(b * k, device=act.device)
-            for idx in self.chunks(b * k):
+            act = act.float()
+            b, k = act.shape[:2]
+            varies = (act.amax(dim=(2, 3)) > act.amin(dim=(2, 3))).flatten().cpu()  # (B K,), image-major
+            copies = torch.arange(b * k)
+            scores = torch.zeros(b * k, device=act.device)
+            for idx in self.chunks(copies[varies] if self.weights == "prob" else copies):
                 image = idx // k
-                up = F.interpolate(flat[idx, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+                up = F.interpolate(act.flatten(0, 1)[idx, None], size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
                 masks = minmax_normalize(up).to(images.dtype)
                 scores[idx] = self.class_scores(model, images[image] * masks, labels[image], classes[image],
                                                 prob=self.weights == "prob")
         scores = scores.view(b, k)
-        if self.weights == "prob":
-            weights = torch.where(act.amax(dim=(2, 3)) > act.amin(dim=(2, 3)), scores, 0)
-        else:
-            weights = scores.softmax(dim=1)
+        weights = scores if self.weights == "prob" else scores.softmax(dim=1)  # prob: 0 where flat
         self.forwards_per_image = 1 + k
         return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act))
 
@@ -108,21 +115,45 @@ class AblationCAM(Perturbation):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (y^c - y^c_k) / y^c with y^c the raw logit
     of class c and y^c_k the logit with channel k of the layer set to zero (a forward hook, one
     channel per copy), map = ReLU(sum_k w_k A^k) at the layer's resolution. A logit of exactly 0
-    divides by 1 instead (the same map after min-max)."""
+    divides by 1 instead (the same map after min-max).
+
+    The K forwards run from the layer on: each forward holds one image's copies, the layers before
+    the hooked one run on the image alone (batch 1), and the layer's output is replaced by the
+    copies of its recorded activation, one channel zeroed in each; what the model takes from before
+    the layer broadcasts over the copies (ACoL's branch B, a residual sum). A model where it does
+    not (a concatenation across the layer) runs every copy through the whole network instead."""
+
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64):
+        super().__init__(target, layer, chunk)
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad():
             logits, classes, act = self.activation(model, images, labels)
             b, k = act.shape[:2]
             ablated = torch.empty(b * k, device=act.device)
-            with ablate_channels(self.target_layer(model)) as ablation:
-                for idx in self.chunks(b * k):
-                    image, ablation.channels = idx // k, idx % k
-                    ablated[idx] = self.class_scores(model, images[image], labels[image], classes[image], prob=False)
+            from_layer = True
+            with substitute(self.target_layer(model)) as layer:
+                for idx in self.chunks(torch.arange(b * k), group=k):
+                    if from_layer:
+                        try:
+                            ablated[idx] = self.ablated_scores(model, layer, images, labels, classes, act, idx, k, True)
+                            continue
+                        except RuntimeError:  # the model does not broadcast a batch-1 input over the copies
+                            from_layer = False
+                    ablated[idx] = self.ablated_scores(model, layer, images, labels, classes, act, idx, k, False)
         y = logits.float().gather(1, classes[:, None])  # (B, 1)
         weights = (y - ablated.view(b, k)) / torch.where(y == 0, 1, y)
         self.forwards_per_image = 1 + k
-        return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act))
+        return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act.float()))
+
+    def ablated_scores(self, model, layer, images, labels, classes, act, idx, k, from_layer: bool):
+        """(n,) the class logits of one image's n copies `idx` (image-major over K channels), copy j
+        with channel idx[j] % k of the layer zeroed; the input is the image once (`from_layer`) or n times."""
+        image = idx // k
+        layer.value = act[image]  # a fresh (n, K, h, w) tensor: in-place ops downstream change only it
+        layer.value[torch.arange(len(idx)), idx % k] = 0
+        return self.class_scores(model, images[image[:1] if from_layer else image], labels[image], classes[image],
+                                 prob=False)
 
 
 @LOCALIZERS.register("rise")
@@ -134,7 +165,7 @@ class RISE(Perturbation):
     same masks for every image, call and device. Paper defaults N = 4000-8000, s = 7, p = 0.5;
     here N = 1000 so that CPUs manage (1000 forwards per image)."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 64, n_masks: int = 1000,
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, n_masks: int = 1000,
                  grid: int = 7, p: float = 0.5, seed: int = 0):
         super().__init__(target, layer, chunk)
         if n_masks < 1 or grid < 1:
@@ -170,7 +201,7 @@ class RISE(Perturbation):
         with eval_mode(model), torch.no_grad():
             logits = model(images, self.forward_labels(labels))["logits"]
             classes = self.classes(logits, labels)
-            for idx in self.chunks(self.n_masks * b):
+            for idx in self.chunks(torch.arange(self.n_masks * b)):
                 mask, image = idx // b, idx % b  # mask-major
                 unique, which = torch.unique(mask, return_inverse=True)
                 masks = self.masks(grids[unique], offsets[unique], size).to(images.device)[which]
