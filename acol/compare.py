@@ -34,7 +34,7 @@ seeds): `tensorboard --logdir runs/compare`.
 With `--faithfulness` and / or `--sanity` (the options of `python -m acol.evaluate`), each localizer's
 pointing game, deletion / insertion AUCs and randomization-test similarities on `test` join the
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
-layer groups randomized, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
+cascade steps done, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
 
 Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as
 soon as it is finished: the same command again (after an interruption, or with more runs or
@@ -318,7 +318,7 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
 
 
 def randomization_figure(records: list[dict]) -> np.ndarray | None:
-    """Spearman and SSIM vs the fraction of layer groups randomized, one line per group x method (mean over
+    """Spearman and SSIM vs the fraction of the cascade steps done, one line per group x method (mean over
     its seeds); None without randomization results."""
     cells: dict[str, list[dict]] = {}
     for r in records:

@@ -508,7 +508,7 @@ def write_png(path: Path, image_rgb: np.ndarray) -> None:
 
 PERTURBATION_AXIS = ("x axis: the fraction of pixels deleted / inserted x 1000 (highest-ranked first); y axis: "
                      "the softmax probability of the target class in %")
-RANDOMIZATION_AXIS = ("x axis: the layer groups randomized, top (logits side) first, 0 = the trained model; y axis: "
+RANDOMIZATION_AXIS = ("x axis: the cascade steps, top (logits side) first, 0 = the trained model; y axis: "
                       "similarity with the trained model's maps (mean over images)")
 
 

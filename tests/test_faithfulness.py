@@ -16,7 +16,8 @@ from torch import nn
 from acol import compare, evaluate, train
 
 from acol.evaluation.faithfulness import (DeletionInsertion, PointingGame, baseline_images, gaussian_blur,
-                                          perturbation_curves, pixel_ranks, pointing_hit, trapezoid_auc)
+                                          perturbation_curves, pixel_ranks, pointing_hit, rise_kernel,
+                                          trapezoid_auc)
 
 
 def test_a_map_equal_to_the_gt_mask_always_points_inside():
@@ -153,13 +154,46 @@ def test_the_evaluator_sums_merge_to_one_pass_and_the_batch_is_exact():
     assert whole.mean_curves()["deletion"] == pytest.approx(100 * both["deletion"].mean(0).numpy())
 
 
+def test_rise_kernel_is_a_reflected_gaussian_of_a_delta():
+    """scipy's gaussian_filter of an 11x11 delta, sigma 5: Gaussian weights at -20..20 (truncate 4),
+    the delta at 5 reflected (d c b a | a b c d | d c b a) to copies at 5 + 22 k and -6 + 22 k."""
+    z = sum(math.exp(-d * d / 50) for d in range(-20, 21))
+    w = lambda d: math.exp(-d * d / 50) / z if abs(d) <= 20 else 0.0  # noqa: E731
+    profile = [sum(w(d) for d in (i - 5, i + 6, 16 - i, i + 17, 27 - i)) for i in range(11)]
+    assert profile[5] == pytest.approx(w(0) + 2 * w(11), abs=1e-15)  # the copies at -6 and 16
+    assert profile[0] == pytest.approx(w(5) + w(6) + w(16) + w(17), abs=1e-15)
+    kernel = rise_kernel()
+    assert kernel.shape == (11, 11) and kernel.dtype == torch.float64
+    expected = torch.tensor(profile, dtype=torch.float64)
+    torch.testing.assert_close(kernel, torch.outer(expected, expected), rtol=0, atol=1e-15)
+    assert kernel[5, 5].item() == pytest.approx(0.0088326282, abs=1e-10)  # a sampled 11x11 Gaussian: 0.01196
+    assert kernel[0, 0].item() == pytest.approx(0.0077366354, abs=1e-10)
+    assert kernel.sum().item() == pytest.approx(1.0, abs=1e-14)  # reflection keeps the mass
+    assert torch.equal(kernel, kernel.T)
+    torch.testing.assert_close(kernel, kernel.flip(0), rtol=0, atol=1e-17)  # up to the order of the sums
+    small = rise_kernel(3, 1.0)  # r = 4: the delta at 1 and its copies at -2 and 4 reach 0..2
+    g = [math.exp(-d * d / 2) for d in range(5)]
+    g = [x / (g[0] + 2 * sum(g[1:])) for x in g]
+    edge, centre = g[1] + g[2] + g[4], g[0] + 2 * g[3]
+    torch.testing.assert_close(small[0], torch.tensor([edge * edge, edge * centre, edge * edge], dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+
+
+def test_rise_kernel_equals_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    for size, sigma in ((11, 5.0), (5, 1.5), (7, 0.8)):
+        delta = np.zeros((size, size))
+        delta[size // 2, size // 2] = 1
+        np.testing.assert_allclose(rise_kernel(size, sigma).numpy(), ndimage.gaussian_filter(delta, sigma),
+                                   rtol=0, atol=1e-15)
+
+
 def test_gaussian_blur_baseline():
     delta = torch.zeros(1, 3, 21, 21)
     delta[0, :, 10, 10] = 1
     kernel = gaussian_blur(delta)[0, 0]
-    assert kernel.sum() == pytest.approx(1.0) and kernel[10, 10] == kernel.max()
-    assert kernel[5:16, 5:16].sum() == pytest.approx(1.0) and kernel[4].abs().sum() == 0  # 11 x 11 support
-    assert kernel[10, 15] / kernel[10, 10] == pytest.approx(math.exp(-25 / 50))  # sigma 5
+    assert kernel[4].abs().sum() == 0 and kernel[:, 4].abs().sum() == 0  # 11 x 11 support
+    assert torch.equal(kernel[5:16, 5:16], rise_kernel().float())
     flat = torch.full((1, 3, 30, 30), 2.0)
     torch.testing.assert_close(gaussian_blur(flat)[..., 5:25, 5:25], flat[..., 5:25, 5:25])  # away from the zero padding
     with pytest.raises(ValueError, match="baseline must be one of blur, mean; got 'black'"):
@@ -179,7 +213,8 @@ def test_evaluate_and_compare_with_the_checks_on(tiny_overrides, tmp_path, capsy
     assert 0 <= metrics["pointing_game"] <= 100 and 0 <= metrics["deletion_auc"] <= 100
     assert 0 <= metrics["insertion_auc"] <= 100
     groups = metrics["randomization"]["groups"]
-    assert groups[0] == "head_b.4" and len(metrics["randomization"]["spearman"]) == len(groups)
+    assert groups[0] == "head_b.4+head_b.2+head_b.0+head_a.4"  # branch B does not feed the logits Grad-CAM explains
+    assert len(metrics["randomization"]["spearman"]) == len(groups)
     assert metrics["randomization_spearman"] == pytest.approx(np.mean(metrics["randomization"]["spearman"]))
     assert json.loads((tmp_path / "ev" / "eval_test.json").read_text()) == metrics
     out = capsys.readouterr().out

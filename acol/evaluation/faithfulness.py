@@ -15,9 +15,11 @@ input size and min-max normalised (`resize_and_normalize`, cubic), float32 in [0
   the localizer's target class (the GT label, or the prediction on the clean image for target="pred").
   AUC: the trapezoid rule over x = k / steps in [0, 1]. Deletion AUC: lower is better; insertion
   AUC: higher is better. Everything is done on the normalised tensor the model sees: the baseline
-  "blur" is that tensor convolved per channel with an 11x11 Gaussian of sigma 5 (sampled, summing to
-  1), zero padding (zero = the data set mean colour), as RISE's code blurs its normalised input;
-  "mean" is each image's per-channel mean. Cost: (steps + 1) forwards per image, batched in chunks.
+  "blur" is that tensor convolved per channel with `rise_kernel`, zero padding (zero = the data set
+  mean colour): the kernel of RISE's code (`gkern(11, 5)`, which blurs its insertion substrate), an
+  11x11 delta smoothed as scipy's `gaussian_filter` does (sigma 5, mode 'reflect'), nearly flat over
+  its support (0.0077 at the corners, 0.0088 at the centre); "mean" is each image's per-channel mean.
+  Cost: (steps + 1) forwards per image, batched in chunks.
 
 The evaluators keep summable state (`merge`, `all_reduce`) like the box evaluators: counts for the
 pointing game, float64 sums of the curves for deletion / insertion (the mean AUC is the AUC of the
@@ -35,7 +37,7 @@ from acol.engine import autocast, unwrap
 from acol.evaluation.evaluators import _as_numpy, _check_scoremaps, _CountState
 
 BASELINES = ("blur", "mean")
-BLUR_KERNEL, BLUR_SIGMA = 11, 5.0
+BLUR_KERNEL, BLUR_SIGMA, BLUR_TRUNCATE = 11, 5.0, 4.0
 
 
 def gt_region(shape: tuple[int, int], boxes=None, mask=None) -> np.ndarray:
@@ -88,11 +90,26 @@ def trapezoid_auc(curve) -> float:
     return float((y.sum() - (y[0] + y[-1]) / 2) / (len(y) - 1))
 
 
+def rise_kernel(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA, truncate: float = BLUR_TRUNCATE) -> torch.Tensor:
+    """(size, size) float64, sum 1: a size x size delta (1 at index size // 2) filtered along each axis
+    by the Gaussian sampled at -r..r, r = int(truncate * sigma + 0.5), normalised to sum 1, the delta
+    extended by half-sample symmetric reflection (d c b a | a b c d | d c b a): scipy's
+    `gaussian_filter(delta, sigma)` (mode 'reflect', truncate 4), which RISE's `gkern` returns. With
+    r >= size the reflected copies of the delta add up: 1-D weight i = sum of the Gaussian at every
+    distance from i to a copy."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1)
+    weights = torch.exp(-offsets.double() ** 2 / (2 * sigma ** 2))
+    weights = weights / weights.sum()
+    folded = (torch.arange(size)[:, None] + offsets) % (2 * size)  # (size, 2r + 1) positions read by each output
+    source = torch.where(folded < size, folded, 2 * size - 1 - folded)  # ... as reflected into the input
+    profile = (weights * (source == size // 2)).sum(dim=1)
+    return torch.outer(profile, profile)
+
+
 def gaussian_blur(images: torch.Tensor, size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    """(B, C, H, W) -> the same convolved per channel with a size x size sampled Gaussian (sum 1), zero padding."""
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    kernel = torch.outer(g, g) / torch.outer(g, g).sum()
+    """(B, C, H, W) -> the same convolved per channel with `rise_kernel(size, sigma)` (float32), zero padding."""
+    kernel = rise_kernel(size, sigma)
     channels = images.shape[1]
     weight = kernel.to(images.device, torch.float32).expand(channels, 1, size, size)
     return F.conv2d(images.float(), weight, padding=size // 2, groups=channels)

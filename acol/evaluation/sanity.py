@@ -3,14 +3,19 @@
 
 Layer groups: the modules holding parameters of their own (each conv, linear, batch norm), in the order
 a forward pass first calls them, or with `depth` d those sharing the first d parts of their name
-(`depth=2`: e.g. `backbone.features`, `head_a.0`), a group placed at its last-called member. Cascade
-step j (1..G) re-initialises the top j groups, in reverse forward order, of a deep copy of the model
+(`depth=2`: e.g. `backbone.features`, `head_a.0`), a group placed at its last-called member. The
+groups are re-initialised one after another, in reverse forward order, in a deep copy of the model
 (the caller's is never touched): each module's own `reset_parameters()` (BatchNorm: weight 1, bias 0,
 running statistics reset; a module without one gets N(0, 0.01) parameters), drawn under
 `torch.manual_seed(seed)` inside a forked RNG, so the cascade is reproducible and the caller's RNG
-unchanged. At every step the localizer maps the same images; each map is compared with the trained
-model's map of that image, both as the box evaluator sees them (upsampled to the input, min-max
-normalised, [0, 1]):
+unchanged. A cascade step is a group that changes what is explained: the logits or the localizer's
+maps of the images, compared bitwise with those before it. A group that changes neither (ACoL's
+branch B, BAS's foreground head, SPG's auxiliary branches under a post-hoc localizer: they do not
+feed the logits) is randomized with the next step and named in it (`head_b.4+...+head_a.4`), or,
+at the bottom, joins the last step; a step where nothing changed would score 1 however faithful the
+map. A localizer or device that is not deterministic counts every group. At every step the maps
+of the same images are compared with the trained model's map of that image, both as the box
+evaluator sees them (upsampled to the input, min-max normalised, [0, 1]):
 
 - Spearman rank correlation of the flattened maps (average ranks for ties; 0 when either map is
   flat). The maps are non-negative, so the paper's absolute-value variant is the same number.
@@ -128,19 +133,35 @@ def cascade(model: nn.Module, localizer, images: torch.Tensor, labels: torch.Ten
             depth: int | None = None) -> dict:
     """The cascading randomization test on one batch of images (B, 3, H, W) normalised, labels (B,).
 
-    Returns {"groups": [group names, top first], "spearman", "ssim": [G] per-step means over images,
-    "maps": (G + 1, B, H, W) float32, step 0 the trained model's maps}."""
+    Returns {"groups": [S] per step the groups it randomizes joined by "+", top first, "spearman",
+    "ssim": [S] per-step means over images, "maps": (S + 1, B, H, W) float32, step 0 the trained
+    model's maps}; S <= the G groups of `layer_groups` (see the module doc)."""
     forward = localizer.forward_labels(labels) if hasattr(localizer, "forward_labels") else labels
     groups = layer_groups(model, images[:1], None if forward is None else forward[:1], depth)
     size = tuple(images.shape[-2:])
 
-    def maps_of(net):
+    def explained(net):
         with autocast(images.device, dtype):
-            return resize_and_normalize(localizer(net, images, labels)[1].cpu(), size)
+            logits, maps = localizer(net, images, labels)
+        return logits.cpu(), resize_and_normalize(maps.cpu(), size)
 
-    trained = maps_of(model)
-    steps = [trained] + [maps_of(randomized) for randomized in randomized_copies(model, groups, seed)]
-    return {"groups": [name for name, _ in groups],
+    last = explained(model)
+    trained = last[1]
+    steps, names, pending = [trained], [], []
+    for (name, _), randomized in zip(groups, randomized_copies(model, groups, seed)):
+        pending.append(name)
+        now = explained(randomized)
+        if torch.equal(now[0], last[0]) and np.array_equal(now[1], last[1]):
+            continue
+        steps.append(now[1])
+        names.append("+".join(pending))
+        pending, last = [], now
+    if pending and names:
+        names[-1] = "+".join([names[-1], *pending])
+    elif pending:
+        steps.append(last[1])
+        names.append("+".join(pending))
+    return {"groups": names,
             "spearman": [float(np.mean([spearman(a, b) for a, b in zip(trained, s)])) for s in steps[1:]],
             "ssim": [float(np.mean([ssim(a, b) for a, b in zip(trained, s)])) for s in steps[1:]],
             "maps": np.stack(steps)}
@@ -153,11 +174,11 @@ def summary(result: dict) -> dict[str, float]:
             "randomization_ssim": float(np.mean(result["ssim"]))}
 
 
-CASCADE_AXIS = "fraction of layer groups randomized (top first)"
+CASCADE_AXIS = "fraction of the cascade steps done (top first)"
 
 
 def cascade_plot(results: dict[str, dict], title: str) -> np.ndarray:
-    """(H, W, 3) uint8: Spearman (left) and SSIM (right) vs the fraction of layer groups randomized, one
+    """(H, W, 3) uint8: Spearman (left) and SSIM (right) vs the fraction of the cascade steps done, one
     line per entry of `results` (a name: a dict with "spearman" and "ssim" lists), 1 at step 0."""
     panels = []
     for key, name in (("spearman", "Spearman rank correlation"), ("ssim", "SSIM")):
@@ -179,7 +200,7 @@ def cascade_grid(images: torch.Tensor, boxes: list, result: dict, num_images: in
     steps = sorted(set(np.linspace(1, total, min(max_steps, total)).round().astype(int).tolist()))
     maps = {"trained": torch.from_numpy(result["maps"][0, :num_images])}
     for j in steps:
-        short = ".".join(result["groups"][j - 1].split(".")[-2:])
+        short = ".".join(result["groups"][j - 1].split("+")[-1].split(".")[-2:])
         maps[f"{j}:{short}"] = torch.from_numpy(result["maps"][j, :num_images])
     rows = heatmap_rows(images[:num_images], maps, boxes[:num_images], {})
     return titled_grid(rows, ["image"] + [f"+{k}" if k != "trained" else k for k in maps])
