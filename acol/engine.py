@@ -102,7 +102,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     core = unwrap(model)
     core.set_epoch(epoch)
     per_epoch = loader.sampler.num_samples // loader.batch_size
-    total = min(cfg.train.epochs * per_epoch, cfg.train.max_steps or cfg.train.epochs * per_epoch)
+    total = cfg.train.epochs * per_epoch
+    total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     seen, window, tick = 0, 0, time.perf_counter()
     for batch_index, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{cfg.train.epochs}",
                                                  total=per_epoch - skip), start=skip):

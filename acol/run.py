@@ -20,7 +20,7 @@ from torch import nn
 
 from acol import cli, dist
 from acol.config import Config, flatten, to_dict, to_toml
-from acol.datasets.worker_streams import WorkerStreams
+from acol.datasets.worker_streams import streams_of
 from acol.engine import CheckpointWriteError, NonFiniteError, rng_state, save_checkpoint, set_rng_state, unwrap
 from acol.evaluation.report import SUMMARY
 from acol.runlock import RunLock, RunLocked, describe
@@ -108,8 +108,8 @@ def finite_weights(model: nn.Module, step: int) -> None:
 def resume_streams(loader, ckpt: dict, logger: logging.Logger) -> None:
     """Give the training loader's workers the random streams of the checkpoint's run (rank 0's: other
     ranks, and another worker count, start fresh streams, which the log says)."""
-    streams, saved = getattr(loader, "worker_init_fn", None), ckpt.get("worker_streams")
-    if not isinstance(streams, WorkerStreams):
+    streams, saved = streams_of(loader), ckpt.get("worker_streams")
+    if streams is None:
         return
     if saved is None or saved["workers"] != streams.workers or dist.get_rank() != 0:
         logger.info(f"the {streams.workers} data workers start fresh random streams (the checkpoint has none for "
@@ -231,8 +231,8 @@ class Run:
         state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "epoch": epochs_done, "batch": batches, "step": step,
                  "best": best, "config": to_dict(self.cfg), "rng": rng or rng_state()}
-        streams = getattr(self.train_loader, "worker_init_fn", None)
-        if isinstance(streams, WorkerStreams):
+        streams = streams_of(self.train_loader)
+        if streams is not None:
             state["worker_streams"] = streams.state_dict(batches)
         with self.signals.deferred():
             if also_best:

@@ -9,7 +9,7 @@ restarts at k0 = k - k % W, and the workers w < k % W, whose last batch (k0 + w)
 get the state before it and draw it again; those k - k0 batches are dropped, not trained.
 
 Every training batch carries its worker's id and RNG state after the batch (`collate_with_stream`,
-in the worker); the main process keeps the last two states of each worker (`WorkerStreams.seen`). A
+in the worker); the main process keeps the last two states of each worker (`WorkerStreams.batches`). A
 worker that has drawn nothing yet needs no state: the resumed loader's generator seeds it as before.
 """
 from __future__ import annotations
@@ -31,12 +31,18 @@ def collate_with_stream(samples: list[dict], collate: Callable[[list[dict]], dic
     return batch
 
 
+def streams_of(loader) -> WorkerStreams | None:
+    """The training loader's `WorkerStreams` (None: no workers, or the decoded-image cache's loader)."""
+    streams = getattr(loader, "worker_init_fn", None)
+    return streams if isinstance(streams, WorkerStreams) else None
+
+
 def epoch_batches(loader, epoch: int, skip: int = 0):
     """The training batches of `epoch` (0-based) from batch `skip` on. A loader whose workers got their
     streams back (`WorkerStreams.load_state_dict`) restarts the epoch at the round of `skip` and drops the
     batches redrawn before it."""
-    streams = getattr(loader, "worker_init_fn", None)
-    if not isinstance(streams, WorkerStreams):
+    streams = streams_of(loader)
+    if streams is None:
         loader.sampler.set_epoch(epoch, start=skip * loader.batch_size)
         return loader
     loader.sampler.set_epoch(epoch, start=(skip - streams.redraw) * loader.batch_size)
