@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -94,6 +95,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic results
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():

@@ -7,11 +7,12 @@
 # 2. one short training run each (the synthetic benchmark's ACoL, 2 optimizer steps, then its
 #    evaluation) with bf16 autocast, fp16 autocast (GradScaler), channels_last, torch.compile,
 #    data.cache=device, and under torchrun as a 1-process NCCL group;
-# 3. VGG16-ACoL training throughput at 224 px, batch 64, bf16 (scripts/benchmark.py), and the model
-#    FLOPs utilisation: training FLOP/s over the GPU's dense bf16 peak (scripts/benchmark.py's table of
-#    known GPUs; another GPU: set PEAK_TFLOPS).
+# 3. VGG16-ACoL training throughput at 224 px, batch 64, bf16, NCHW and channels_last
+#    (scripts/benchmark.py), and the model FLOPs utilisation: training FLOP/s over the GPU's dense bf16
+#    peak (scripts/benchmark.py's table of known GPUs; another GPU: set PEAK_TFLOPS).
 # Each step prints one line: ok / FAILED and its time; the exit status is the number of failures.
-# Without CUDA it prints one line saying so and exits 0. Runs go to a temporary folder (removed).
+# Without CUDA it prints one line saying so and exits 0. Runs go to a temporary folder (removed);
+# GPU_CHECK_LOGS=DIR keeps each step's whole output there as NAME.log.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -25,7 +26,8 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+keep_logs() { [ -z "${GPU_CHECK_LOGS:-}" ] || { mkdir -p "$GPU_CHECK_LOGS" && cp "$WORK"/*.log "$GPU_CHECK_LOGS"/; }; }
+trap 'keep_logs; rm -rf "$WORK"' EXIT
 FAILURES=0
 step() {  # step NAME COMMAND...: run it, one line with its status and time, its output in $WORK/NAME.log
   local name=$1; shift
@@ -39,7 +41,8 @@ step() {  # step NAME COMMAND...: run it, one line with its status and time, its
 }
 
 "$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")'
-step cuda_tests "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider "$REPO/tests"
+# deterministic cuBLAS for the bit-identical resume test (train.deterministic sets it too, for a fresh process)
+CUBLAS_WORKSPACE_CONFIG=:4096:8 step cuda_tests "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider "$REPO/tests"
 
 TRAIN=(-m acol.train --config "$REPO/experiments/synthetic_acol.toml" train.device=cuda train.max_steps=2
        "data.root=$WORK/data" "data.metadata_root=$WORK/data/metadata" "log.runs_dir=$WORK/runs")
@@ -51,8 +54,11 @@ step train_cache_device "$PYTHON" "${TRAIN[@]}" --name cache_device data.cache=d
 step train_nccl_1_process "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node=1 "${TRAIN[@]}" \
   --name nccl
 
-step throughput "$PYTHON" "$REPO/scripts/benchmark.py" --model acol --backbone vgg16 --size 224 --batch 64 \
-  --device cuda --amp bf16 --steps 10 --localizers inforward ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"}
-grep -E "^\| training \||utilisation" "$WORK/throughput.log" | sed 's/^/        /'
+BENCH=("$REPO/scripts/benchmark.py" --model acol --backbone vgg16 --size 224 --batch 64 --device cuda --amp bf16
+       --steps 10 --localizers inforward ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"})
+for layout in nchw channels_last; do
+  step "throughput_$layout" "$PYTHON" "${BENCH[@]}" $([ $layout = channels_last ] && echo --channels-last)
+  grep -E "^\| training \||utilisation" "$WORK/throughput_$layout.log" | sed 's/^/        /'
+done
 echo "gpu_check: $FAILURES failed"
 exit "$FAILURES"
