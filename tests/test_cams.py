@@ -164,11 +164,13 @@ def test_the_graph_starts_at_the_layer_with_the_full_graphs_gradients(model_name
     x, y = batch
     localizer = build_localizer("gradcam", layer=layer)
     seen = []
-    handle = model.register_forward_hook(lambda module, inputs, out: seen.append(out["logits"]))
-    try:
-        logits, act, grad = localizer.gradients(model, x, y)
-    finally:
-        handle.remove()
+
+    def recorded(*args, logits=model.logits):  # the localizer's forward: the model's class scores
+        seen.append(logits(*args))
+        return seen[-1]
+
+    model.logits = recorded
+    logits, act, grad = localizer.gradients(model, x, y)
     (leaf,) = graph_leaves(seen[0])
     assert leaf.shape == act.shape and leaf.is_leaf and all(leaf is not p for p in model.parameters())
     with eval_mode(model), capture(localizer.target_layer(model)) as full:  # the whole model's graph
@@ -180,6 +182,28 @@ def test_the_graph_starts_at_the_layer_with_the_full_graphs_gradients(model_name
 
 
 GRADIENT_LOCALIZERS = ["gradcam", "gradcam_pp", "guided_backprop", "guided_gradcam"]
+
+
+@pytest.mark.parametrize("model_name", METHODS.names())
+def test_model_logits_are_the_forwards_and_acol_skips_branch_b(model_name, batch):
+    """What the post-hoc localizers run (`model.logits`) gives the forward's "logits" bit for bit;
+    ACoL's leaves out the erasing and branch B, which do not feed them."""
+    model = tiny(model_name).eval()
+    x, y = batch
+    calls = []
+    handles = [m.register_forward_hook(lambda *_, name=name: calls.append(name)) for name, m in model.named_children()]
+    try:
+        for labels in (y, None):
+            with torch.no_grad():
+                scores, in_logits = model.logits(x, labels), list(calls)
+                calls.clear()
+                full, in_forward = model(x, labels)["logits"], list(calls)
+                calls.clear()
+            assert torch.equal(scores, full) and set(in_logits) <= set(in_forward)
+            assert ("head_b" in in_forward and "head_b" not in in_logits) == (model_name == "acol")
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @pytest.mark.parametrize("name", GRADIENT_LOCALIZERS)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acol.cams.hooks import capture, eval_mode
-from acol.cams.localizers import LOCALIZERS, Localizer, _Gradients
+from acol.cams.localizers import LOCALIZERS, Localizer, _Gradients, class_logits, cpu_channels_last
 from acol.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BLACK = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))  # a black image, ImageNet-normalised
@@ -110,7 +110,7 @@ class EigenCAM(_Gradients):
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad(), capture(self.target_layer(model)) as activation:
-            logits = model(images, self.forward_labels(labels))["logits"]
+            logits = class_logits(model, images, self.forward_labels(labels))
         act = activation.value.detach()  # capture made it a leaf requiring grad: no graph for the projection
         if act.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(act.shape)}")
@@ -171,7 +171,7 @@ class SmoothGradCAMPlusPlus(_Gradients):
         moments = torch.zeros(3, *grad.shape, device=grad.device)  # sums of g, g^2, g^3
         constant = self.sigma > 0  # so far every noisy copy has its clean image's gradient
         for sample, image in _copies(self.samples, b, self.chunk, images.device):
-            noisy = images[image] + spread[image].view(-1, 1, 1, 1) * eps[sample]
+            noisy = cpu_channels_last(images[image] + spread[image].view(-1, 1, 1, 1) * eps[sample])
             _, _, g = _AtClasses(self, classes[image]).gradients(model, noisy, labels[image])
             moments.index_add_(1, image, torch.stack([g, g.pow(2), g.pow(3)]))
             constant = constant and torch.allclose(g, grad[image], rtol=1e-4, atol=1e-7)
@@ -213,12 +213,12 @@ class IntegratedGradients(Localizer):
         total = torch.zeros(images.shape, device=images.device)
         with eval_mode(model), torch.enable_grad():
             with torch.no_grad():
-                logits = model(images, self.forward_labels(labels))["logits"]
+                logits = class_logits(model, images, self.forward_labels(labels))
             classes = self.classes(logits, labels)
             for step, image in _copies(self.steps, b, self.chunk, images.device):
                 fraction = ((step + 1).to(images.dtype) / self.steps).view(-1, 1, 1, 1)
-                x = (start + fraction * path[image]).requires_grad_(True)
-                scores = model(x, self.forward_labels(labels[image]))["logits"].float()
+                x = cpu_channels_last(start + fraction * path[image]).requires_grad_(True)
+                scores = class_logits(model, x, self.forward_labels(labels[image])).float()
                 (g,) = torch.autograd.grad(scores.gather(1, classes[image][:, None]).sum(), x)
                 total.index_add_(0, image, g.float())
         return logits.detach(), path.float() * total / self.steps

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from acol.cams.hooks import capture, eval_mode, substitute
-from acol.cams.localizers import LOCALIZERS, Localizer
+from acol.cams.localizers import LOCALIZERS, Localizer, class_logits, cpu_channels_last
 from acol.cams.ops import minmax_normalize
 from acol.progress import progress
 
@@ -53,7 +53,7 @@ class Perturbation(Localizer):
 
     def class_scores(self, model, copies, labels, classes, prob: bool) -> torch.Tensor:
         """(n,) float32: each copy's logit of its class, or its softmax probability."""
-        logits = model(copies, self.forward_labels(labels))["logits"].float()
+        logits = class_logits(model, cpu_channels_last(copies), self.forward_labels(labels)).float()
         if prob:
             logits = logits.softmax(dim=1)
         return logits.gather(1, classes[:, None])[:, 0]
@@ -61,7 +61,7 @@ class Perturbation(Localizer):
     def activation(self, model, images, labels):
         """The plain forward: (logits, classes, the hooked layer's output (B, K, h, w) as computed)."""
         with capture(self.target_layer(model)) as activation:
-            logits = model(images, self.forward_labels(labels))["logits"]
+            logits = class_logits(model, images, self.forward_labels(labels))
         if activation.value.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(activation.value.shape)}")
         return logits, self.classes(logits, labels), activation.value.detach()
@@ -199,7 +199,7 @@ class RISE(Perturbation):
         b = len(images)
         saliency = torch.zeros(b, *size, device=images.device)
         with eval_mode(model), torch.no_grad():
-            logits = model(images, self.forward_labels(labels))["logits"]
+            logits = class_logits(model, images, self.forward_labels(labels))
             classes = self.classes(logits, labels)
             for idx in self.chunks(torch.arange(self.n_masks * b)):
                 mask, image = idx // b, idx % b  # mask-major

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acol.cams.hooks import eval_mode
+from acol.cams.localizers import class_logits, cpu_channels_last
 from acol.engine import autocast, unwrap
 from acol.evaluation.evaluators import _as_numpy, _check_scoremaps, _CountState
 
@@ -162,7 +163,7 @@ def perturbation_curves(model: nn.Module, images: torch.Tensor, scoremaps: torch
                 batch.append(torch.where(top, first, second))
             index = torch.tensor([i for _, i, _ in part], device=images.device)
             labels = None if forward_labels is None else forward_labels[index]
-            logits = model(torch.stack(batch), labels)["logits"].float()
+            logits = class_logits(model, cpu_channels_last(torch.stack(batch)), labels).float()
             probs = logits.softmax(dim=1).gather(1, classes[index][:, None])[:, 0].double().cpu()
             for (mode, i, k), p in zip(part, probs):
                 out[mode][i, k] = p

@@ -71,6 +71,10 @@ class ACoL(WSOLModel):
         return {"logits": logits, "logits_b": cam_b.mean(dim=(2, 3)), "cam_a": cam_a, "cam_b": cam_b,
                 "erased": ~keep.squeeze(1)}
 
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Branch A's class scores (`forward`'s "logits"), without the erasing and branch B."""
+        return self.head_a(self.features(x)).mean(dim=(2, 3))
+
     def loss(self, out: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         loss_a = cross_entropy(out["logits"], targets)
         loss_b = cross_entropy(out["logits_b"], targets)

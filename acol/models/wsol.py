@@ -5,6 +5,8 @@ Every model's `forward(x, labels=None)` returns a dict with at least "logits" (B
 1x1-conv class-map head also return its maps "cam_a" (B, C, h, w), raw (unnormalised). The rest of
 the interface:
 
+- `logits(x, labels=None)` -> (B, C): `forward(x, labels)["logits"]` alone, skipping work that does not
+  feed the class scores (ACoL: branch B); what the post-hoc localizers run;
 - `loss(out, targets)` -> {"loss", ...}: targets are (B,) class indices or (B, C) class probabilities
   (a batch mixed by CutMix); computed in float32;
 - `class_maps(out, labels)` -> (B, h, w) float32: the raw CAM of each image's class;
@@ -88,6 +90,10 @@ class WSOLModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, out_channels, h, w): the (smoothed) backbone features the heads see."""
         return self.smoothing(self.backbone(x))
+
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C): the class scores of `forward(x, labels)`, bit for bit."""
+        return self(x, labels)["logits"]
 
     def param_groups(self, rule: str = "role") -> dict[str, list[tuple[str, nn.Parameter]]]:
         """{"backbone": [(name, p)], "head": [(name, p)]}: the parameters at the base and at the head
