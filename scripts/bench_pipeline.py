@@ -95,14 +95,14 @@ def decode_pil_draft(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 
 def difference(pairs) -> str:
-    """'max |d| M, P % pixels' over (a, b) pairs of (3, H, W) uint8 images, or how their sizes differ."""
+    """'max abs diff M, P % pixels' over (a, b) pairs of (3, H, W) uint8 images, or how their sizes differ."""
     worst, differing, total = 0, 0, 0
     for a, b in pairs:
         if a.shape != b.shape:
             return f"{b.shape[-1]}x{b.shape[-2]} instead of {a.shape[-1]}x{a.shape[-2]}"
         d = (a.int() - b.int()).abs()
         worst, differing, total = max(worst, int(d.max())), differing + int((d > 0).any(0).sum()), total + d[0].numel()
-    return f"max |d| {worst}, {100 * differing / total:.2f} % pixels"
+    return f"max abs diff {worst}, {100 * differing / total:.2f} % pixels"
 
 
 def acol_pass(dataset, decode=load_rgb, normalize: bool = False):
