@@ -55,7 +55,7 @@ def class_logits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | 
 
 def cpu_channels_last(images: torch.Tensor) -> torch.Tensor:
     """A batch of copies (N, C, H, W) for the many-forward localizers: channels_last on the CPU, where
-    oneDNN's convolutions run it about 1.4x faster than NCHW (docs/performance.md); the same values up
+    oneDNN's convolutions run it 1.1-1.25x faster than NCHW (VGG16, docs/performance.md); the same values up
     to float rounding. Elsewhere as it is."""
     if images.device.type == "cpu" and images.dim() == 4:
         return images.contiguous(memory_format=torch.channels_last)
