@@ -107,7 +107,7 @@ from acol.datasets.metadata import read_metadata
 from acol.evaluation.baselines import BASELINE_MAPS
 from acol.evaluation.bootstrap import Difference, aligned, paired_difference, run_records
 from acol.evaluation.report import mean_std
-from acol.valsize import study, table
+from acol.valsize import study, table as valsize_table
 from acol.visualize import heatmap_rows, labelled_rows
 
 ABLATIONS = recipe_dir() / "ablations"
@@ -608,7 +608,7 @@ def val_size_study(ablation: Ablation, search: list[Job], overrides: list[str], 
         studied[name] = study(records, tests[name], meta, ks, draws, ablation.select, sorted(meta.image_ids))
     if not tests:
         raise ConfigError("no group to study: every group trains on val or validates on part of it")
-    return table(studied, tests, ablation.select, draws)
+    return valsize_table(studied, tests, ablation.select, draws)
 
 
 def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
