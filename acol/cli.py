@@ -12,10 +12,13 @@ and exit status 2 (as argparse does for a bad flag).
 from __future__ import annotations
 
 import argparse
+import atexit
+import multiprocessing
 import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -120,6 +123,8 @@ def stop_quietly_during_start_up() -> None:
     128 + n, not a KeyboardInterrupt traceback from inside torch's import (seconds on a busy machine).
     For command-line processes only (it would take over Ctrl-C of a Python session)."""
     def stop(signum, frame) -> NoReturn:
+        if _results_complete:  # back in place after the command's own handlers, once its results are out
+            end_finished(signum)
         print(f"stopped by signal {signum} during start-up: nothing was written; the same command starts again",
               file=sys.stderr, flush=True)
         os._exit(128 + signum)
@@ -128,22 +133,57 @@ def stop_quietly_during_start_up() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+_results_complete = False  # the running command's results are written and printed (`results_complete`)
+
+
+def results_complete(complete: bool = True) -> None:
+    """Say that the command's results are (or, at a command's start, are not yet) written and printed; from
+    then on every acol handler of SIGINT and SIGTERM (the command's own, the start-up one) ends the
+    process with `end_finished`."""
+    global _results_complete
+    _results_complete = complete
+
+
+def results_are_complete() -> bool:
+    return _results_complete
+
+
+def end_finished(signum: int) -> NoReturn:
+    """A signal after the results: one line, exit status 0 (the command succeeded). DataLoader workers
+    end on their parent's SIGTERM (acol.dist), so they do not outlive it."""
+    print(f"signal {signum} after the command had finished: its results are complete; exit 0",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    for child in multiprocessing.active_children():
+        child.terminate()
+    os._exit(0)
+
+
 def finish_on_signals() -> None:
     """Once a command's work is done (its results written and printed): SIGINT and SIGTERM from now on
     end the process at once with a line and exit status 0, not 130 / 143 and a traceback from the
     interpreter's teardown (worker shutdown, flushes), which a user cannot tell from a failed run."""
-    def done(signum, frame) -> NoReturn:
-        print(f"signal {signum} after the command had finished: its results are complete; exit 0",
-              file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(0)
-
-    signal.signal(signal.SIGINT, done)
-    signal.signal(signal.SIGTERM, done)
+    results_complete()
+    signal.signal(signal.SIGINT, lambda signum, frame: end_finished(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: end_finished(signum))
 
 
-def run_command(main) -> int:
+def end_process() -> NoReturn:
+    """Exit 0 now, without the interpreter's teardown: its last garbage collection (torch's and numba's
+    objects, seconds) runs after the signal handlers are reset to the defaults, where a signal would end a
+    finished command with 130 / 143 and no word. Other threads are joined and the atexit callbacks
+    (DataLoader workers, log handlers) run first, under `finish_on_signals`."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_command(main) -> NoReturn:
     """`main()` as a command: exit status 0 once it returns, also for a signal after that."""
     main()
     finish_on_signals()
-    return 0
+    end_process()

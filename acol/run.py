@@ -63,6 +63,8 @@ class Signals:
         self.logger: logging.Logger | None = None  # the run's, once it is set up: messages go to log.txt too
 
     def __call__(self, signum, frame) -> None:
+        if cli.results_are_complete():  # the rest is clean-up: the command has succeeded
+            cli.end_finished(signum)
         self.signum = signum
         if self.depth == 0:
             raise Interrupted(signum)
@@ -82,6 +84,7 @@ class Signals:
 
     @contextlib.contextmanager
     def installed(self):
+        cli.results_complete(False)
         previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield self
@@ -285,3 +288,4 @@ class Run:
                 say(f"signal {self.signals.signum} arrived while the results were written; they are complete "
                     f"({self.dir / 'results.json'})", self.logger)
             dist.cleanup()
+        cli.results_complete()  # a signal from now on ends the process with exit 0 (the rest is clean-up)

@@ -11,6 +11,10 @@
 # data/ and runs/ are those of the current folder.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+# A signal to the group (Ctrl-C, `timeout`, a scheduler) reaches the trainer too: wait for it to write its
+# checkpoint and its line, then end with its status (without a trap, bash would end first).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 for seed in ${SEEDS:-0 1 2}; do
   [[ "$seed" =~ ^[0-9]+$ ]] || { echo "error: SEEDS must be whole numbers >= 0; got '$seed'" >&2; exit 2; }
 done

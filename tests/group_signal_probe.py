@@ -2,8 +2,9 @@
 ARGS...` runs `python -m acol.train ARGS...` and sends SIGNUM to its whole process group (DataLoader workers
 included), as Ctrl-C or a scheduler does, at WHEN: `LABEL:N` (after the first batch of the N-th progress loop
 labelled LABEL: "epoch 2/2:1", "eval:1" for the first validation, "eval:3" for the final test of a 2-epoch
-run), `results` (while the results are written) or `after` (once the command has returned, as the
-interpreter winds down)."""
+run), `results` (while the results are written) or `after` (once the command has returned, while the
+process ends: an atexit callback)."""
+import atexit
 import collections
 import os
 import subprocess
@@ -37,9 +38,13 @@ def final_report(*args):
     return text
 
 
-plain_progress, engine.progress = engine.progress, progress
-plain_final_report, train.final_report = train.final_report, final_report
-cli.run_command(lambda: train.main(argv))
-if when == "after":
+def signal_while_ending() -> None:
     signal_the_group()
     time.sleep(30)  # the handler ends the process
+
+
+plain_progress, engine.progress = engine.progress, progress
+plain_final_report, train.final_report = train.final_report, final_report
+if when == "after":  # run by `cli.end_process`, after the command returned
+    atexit.register(signal_while_ending)
+cli.run_command(lambda: train.main(argv))

@@ -314,13 +314,37 @@ def test_long_default_run_names_are_cut_and_keep_a_hash_of_the_whole():
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_after_a_command_finished_exits_0_with_a_line(signum):
-    """`run_command`: once main returned (results written), a signal during the teardown is no failure."""
-    code = ("import os, signal, sys, time\nfrom acol import cli\n"
-            "cli.run_command(lambda: print('table'))\n"
-            f"os.kill(os.getpid(), {int(signum)})\ntime.sleep(30)\nsys.exit(3)\n")
+    """`run_command`: once main returned (results written), a signal while the process ends (its atexit
+    callbacks) is no failure, and nothing after `run_command` runs: the process ends there."""
+    code = ("import atexit, os, signal, sys, time\nfrom acol import cli\n"
+            f"atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(30)))\n"
+            "cli.run_command(lambda: print('table'))\nsys.exit(3)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "table\n")
     assert done.stderr == f"signal {int(signum)} after the command had finished: its results are complete; exit 0\n"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.2])
+def test_a_group_signal_once_the_table_is_printed_ends_the_real_command_with_0(delay, tiny_overrides):
+    """`python -m acol.train` with 2 workers, its whole group signalled as its results table appears (or
+    shortly after): exit 0, no traceback, at most one line, and no process of the group left behind."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "acol.train", "--config", CONFIG, "--name", "table",
+                             *tiny_overrides, "data.num_workers=2", "train.global_batch_size=6"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("| test |"):
+            time.sleep(delay)
+            subprocess.run(["kill", "-TERM", "--", f"-{proc.pid}"], check=False)
+            break
+    rest = proc.stdout.read()  # the pipe closes once every process of the group has ended
+    out = "".join(lines) + rest
+    assert proc.wait(timeout=30) == 0, out[-2000:]
+    assert "Traceback" not in out and "Exception ignored" not in out, out[-2000:]
+    said = [text for text in out.splitlines() if "signal 15" in text]
+    assert len(said) <= 1 and all("they are complete" in text or "results are complete" in text for text in said)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

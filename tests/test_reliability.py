@@ -232,9 +232,12 @@ def test_a_signal_to_the_process_group_with_workers_stops_the_run_with_one_line(
     assert proc.returncode == 128 + signum, out[-2000:]
     assert "Traceback" not in out and "DataLoader worker" not in out, out[-2000:]
     stopped = [line for line in out.splitlines() if "stopped by signal" in line]
-    assert len(stopped) == 1 and f"stopped by signal {int(signum)} during training epoch" in stopped[0]
+    assert len(stopped) == 1 and f"stopped by signal {int(signum)} during " in stopped[0], stopped
     ckpt = load_checkpoint(runs / name / "checkpoints" / "last.pt")
-    assert f"checkpoint of step {ckpt['step']} written" in stopped[0]  # the step it was in, not an earlier one
+    if "during training epoch" in stopped[0]:
+        assert f"checkpoint of step {ckpt['step']} written" in stopped[0]  # the step it was in, not an earlier one
+    else:  # on a loaded machine the epoch can end before the signal lands
+        assert "during validation after epoch" in stopped[0] and "the epoch's training is saved in" in stopped[0]
     assert "resumed from" in finish(overrides, name, "--resume", "auto")
     assert_same_weights(*(torch.load(runs / run / "checkpoints" / "last.pt", weights_only=True)["model"]
                           for run in (name, straight_with_workers(overrides, runs))))
