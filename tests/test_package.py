@@ -69,8 +69,10 @@ def own_signal_handlers():
 
 
 def test_console_commands_exit_with_0_on_success_and_prepare_with_its_status(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(sys, "argv", ["acol-train", "--print-config"])
-    assert console.train() == 0                                        # main returned a dict, not an error
+    # main returns a dict, not an error; the command then ends its process itself (cli.end_process)
+    code = "import sys\nfrom acol import console\nsys.argv = ['acol-train', '--print-config']\nsys.exit(console.train())\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "[model]" in done.stdout, done.stderr[-2000:]
     monkeypatch.setattr(sys, "argv", ["acol-prepare", "check", "--dataset", "NONE", "--data-root", str(tmp_path),
                                       "--metadata-root", str(tmp_path)])
     assert console.prepare() == 1 and "no split folder" in capsys.readouterr().out
