@@ -94,6 +94,12 @@ def decode_pil_draft(path: Path, size: tuple[int, int]) -> torch.Tensor:
         return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
 
 
+def cores(rate: float, per_core: float) -> str:
+    """'N core(s)' that keep up with `rate` images/s at `per_core` images/s each."""
+    n = math.ceil(rate / per_core)
+    return f"{n} core{'s' if n != 1 else ''}"
+
+
 def difference(pairs) -> str:
     """'max abs diff M, P % pixels' over (a, b) pairs of (3, H, W) uint8 images, or how their sizes differ."""
     worst, differing, total = 0, 0, 0
@@ -220,10 +226,10 @@ def main(argv=None) -> list[dict]:
     acol_rate, cached_rate = table[1]["median"], table[-1]["median"]
     print()
     for layout, rate in GPU_RATES.items():
-        print(f"a GPU training at {rate} images/s needs about {math.ceil(rate / acol_rate)} cores of this kind for "
+        print(f"a GPU training at {rate} images/s needs about {cores(rate, acol_rate)} of this kind for "
               f"decoding (VGG16-ACoL, H200, {layout}; acol uncached, {acol_rate:.0f} images/s per core)")
     for layout, rate in GPU_RATES.items():
-        print(f"a GPU training at {rate} images/s needs about {math.ceil(rate / cached_rate)} cores of this kind for "
+        print(f"a GPU training at {rate} images/s needs about {cores(rate, cached_rate)} of this kind for "
               f"its batches with data.cache=memory (VGG16-ACoL, H200, {layout}; {cached_rate:.0f} images/s per core)")
     per_image = sum(image.numel() for image in cache.images) / len(cache.images)
     print(f"data.cache=memory holds {per_image:.0f} bytes per image (uint8, 3 x {resize[1]} x {resize[0]}): "
