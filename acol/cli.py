@@ -164,8 +164,8 @@ def finish_on_signals() -> None:
     end the process at once with a line and exit status 0, not 130 / 143 and a traceback from the
     interpreter's teardown (worker shutdown, flushes), which a user cannot tell from a failed run."""
     results_complete()
-    signal.signal(signal.SIGINT, lambda signum, frame: end_finished(signum))
-    signal.signal(signal.SIGTERM, lambda signum, frame: end_finished(signum))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, frame: end_finished(received))
 
 
 def end_process() -> NoReturn:

@@ -18,7 +18,7 @@ def _command(module: str) -> Callable[[], NoReturn]:
     def run() -> NoReturn:
         from acol.cli import run_command, stop_quietly_during_start_up
         stop_quietly_during_start_up()
-        return run_command(importlib.import_module(module).main)
+        run_command(importlib.import_module(module).main)
     return run
 
 

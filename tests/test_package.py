@@ -70,7 +70,7 @@ def own_signal_handlers():
 
 def test_console_commands_exit_with_0_on_success_and_prepare_with_its_status(monkeypatch, tmp_path, capsys):
     # main returns a dict, not an error; the command then ends its process itself (cli.end_process)
-    code = "import sys\nfrom acol import console\nsys.argv = ['acol-train', '--print-config']\nsys.exit(console.train())\n"
+    code = "import sys\nfrom acol import console\nsys.argv = ['acol-train', '--print-config']\nconsole.train()\nsys.exit(3)\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "[model]" in done.stdout, done.stderr[-2000:]
     monkeypatch.setattr(sys, "argv", ["acol-prepare", "check", "--dataset", "NONE", "--data-root", str(tmp_path),
