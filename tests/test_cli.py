@@ -151,7 +151,7 @@ def test_benchmark_reports_each_phases_own_peak_memory(capsys):
     del block
     assert benchmark.reset_peak_memory(cpu)
     assert with_block - peak_mib() >= 200
-    rates = benchmark.main(["--backbone", "smallcnn", "--size", "32", "--steps", "1",
+    rates = benchmark.main(["--device", "cpu", "--backbone", "smallcnn", "--size", "32", "--steps", "1",
                             "--localizers", "inforward,gradcam,scorecam", "model.head_channels=8"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0][2:] for row in rows] == list(rates)
