@@ -467,7 +467,7 @@ def check_backbone(model: ModelCfg, method_backbones: tuple[str, ...] | None) ->
             raise ConfigError(str(e)) from None
     elif model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES.names())}; got {model.backbone!r} "
-                          "(or timm:<name> / torchvision:<name>: docs/training.md, Backbones)")
+                          "(or timm:<name> / torchvision:<name>: docs/training.md#backbones)")
     if method_backbones is not None and model.backbone not in method_backbones:
         raise ConfigError(f"model.name={model.name} has a layout for model.backbone {', '.join(method_backbones)} "
                           f"only; got {model.backbone!r}")

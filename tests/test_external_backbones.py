@@ -183,7 +183,8 @@ def test_imagenet_weights_offline_say_how_to_pass_a_file(tmp_path):
 
 @pytest.mark.parametrize("backbone, message", [
     ("timm:resnet99", r"model.backbone=timm:resnet99: unknown model 'resnet99' \(close: .*resnet\d.*\); list the valid "
-                      r"names with python -c \"import timm; print\(timm.list_models\('resnet\*'\)\)\""),
+                      r"names with python -c \"import timm; print\(timm.list_models\('convnext\*'\)\)\" \(a glob; "
+                      r"pretrained=True: those with ImageNet weights\)$"),
     ("torchvision:resnet99", r"model.backbone=torchvision:resnet99: unknown model 'resnet99' \(close: .*\); list the "
                              r"valid names with python -c \"import torchvision; "
                              r"print\(torchvision.models.list_models\(torchvision.models\)\)\""),

@@ -16,7 +16,8 @@ model.backbone value), `out_channels` and `load_pretrained(source)`, as the regi
 
 `load_pretrained` takes "imagenet" (timm's default pretrained weights, or torchvision's DEFAULT
 weights; downloaded) or the path of a state dict of the whole timm / torchvision model in its own
-key layout (`torch.save(timm.create_model(name).state_dict(), PATH)`); the keys of the layers the
+key layout (`torch.save(timm.create_model(name).state_dict(), PATH)`; not one of acol's checkpoints,
+whose keys are `backbone.body.*`); the keys of the layers the
 backbone drops (classifier, torchvision's aux heads) are ignored, any other missing or unexpected
 key is an error naming it (`load_weights`).
 """
@@ -69,8 +70,8 @@ def check_name(name: str) -> None:
     if name.startswith(TIMM):
         timm = _import_timm(name)
         if not timm.is_model(arch):
-            raise _unknown(name, timm.list_models(), "python -c \"import timm; print(timm.list_models('resnet*'))\" "
-                                                     "(pretrained=True: those with ImageNet weights)")
+            raise _unknown(name, timm.list_models(), "python -c \"import timm; print(timm.list_models('convnext*'))\" "
+                                                     "(a glob; pretrained=True: those with ImageNet weights)")
     elif arch not in list_models(module=torchvision.models):
         raise _unknown(name, list_models(module=torchvision.models),
                        "python -c \"import torchvision; print(torchvision.models.list_models(torchvision.models))\"")
@@ -93,7 +94,6 @@ class TimmBackbone(nn.Module):
         self.large_feature_map = large_feature_map
         self.body = self._create(features_only=True, out_indices=(-1,))
         self.out_channels = self.body.feature_info.channels()[-1]
-        self.stride = self.body.feature_info.reduction()[-1]
 
     def _create(self, **kwargs) -> nn.Module:
         """timm.create_model(arch, **kwargs), with output_stride=16 under large_feature_map."""
