@@ -86,7 +86,8 @@ def _meta_forward(module: nn.Module, size: int = 224) -> torch.Tensor:
 
 class TimmBackbone(nn.Module):
     """timm:<arch>: `body` is timm's features_only model of the last stage (its keys are timm's
-    features_only layout); (B, 3, H, W) -> (B, out_channels, H / stride, W / stride)."""
+    features_only layout); (B, 3, H, W) -> (B, out_channels, H / s, W / s), s = timm's reduction of that
+    stage (32 for most CNNs, 16 with large_feature_map)."""
 
     def __init__(self, arch: str, large_feature_map: bool):
         super().__init__()
@@ -114,8 +115,8 @@ class TimmBackbone(nn.Module):
 
     def load_pretrained(self, source: str) -> None:
         """Load into the whole timm model without its classifier (timm's download for "imagenet", else
-        `load_weights` of the file, whose classifier keys are ignored), then rebuild `body` from it with timm's own mapping of the
-        whole model's keys onto the features_only layout."""
+        `load_weights` of the file, whose classifier keys are ignored), then rebuild `body` from it:
+        timm maps the whole model's keys onto the features_only layout."""
         if source == "imagenet":
             try:
                 whole = self._create(pretrained=True, num_classes=0)
