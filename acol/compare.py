@@ -4,7 +4,7 @@
                            [--checkpoint last|best] [--out runs/compare] [--num-images 6]
                            [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
                            [--bootstrap-seed 0] [--baselines centre,brightness | --no-baselines]
-                           [key=value ...]
+                           [--report] [key=value ...]
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
@@ -30,6 +30,11 @@ from which `acol.evaluation.bootstrap` recomputes the metrics and intervals with
 boxes in green and the predicted box at val's threshold in red, from each group's first run), and
 TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
 seeds): `tensorboard --logdir runs/compare`.
+
+With `--report`, `report.html` too (`acol.report`): one self-contained page with the table, then every test
+image with its GT boxes and, for each run x localizer and baseline, the map's overlay with its predicted box at
+its val-chosen threshold (that of GT-known @val τ) and the box's IoU with the best-matching GT box, the rows
+sortable by one map's IoU or by the difference of two maps' (worst first). It costs one more test pass per map.
 
 With `--faithfulness` and / or `--sanity` (the options of `python -m acol.evaluate`), each localizer's
 pointing game, deletion / insertion AUCs and randomization-test similarities on `test` join the

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from acol import train
+from acol import compare, train
 from acol.report import FailureReport
 from acol.visualize import overlay
 
@@ -323,3 +323,9 @@ def test_compare_report_end_to_end_on_tiny_runs(tiny_overrides, tmp_path):
     _, console = browse(out / "report.html", screenshot=tmp_path / "shot.png")
     shot = cv2.imread(str(tmp_path / "shot.png"))
     assert console == [] and shot.shape == (900, 1280, 3) and shot.std() > 20  # not a blank page
+
+
+def test_a_map_without_a_val_chosen_threshold_is_refused_in_one_line():
+    records = [{"run": "runs/x-s0", "group": "x", "method": "cam", "test": {"num_images": 6.0}}]  # no GT boxes
+    with pytest.raises(ValueError, match=r"^x-s0/cam has no val-chosen box threshold \(no GT boxes on val or test"):
+        compare.report_page(records, "gt", "last", [], {}, None)
