@@ -105,12 +105,12 @@ class FailureReport:
         head = "".join(f"<th>{html.escape(t)}</th>" for t in table[0])
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:])
         options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in names)
-        columns = "".join(
-            f'<th class="map">{html.escape(n)}<br><small>τ {c["threshold"]:.3f} · IoU ≥ 0.5: '
+        columns = "".join(  # the name on two lines: run/, localizer
+            f'<th class="map">{html.escape(n).replace("/", "/<br>")}<br><small>τ {c["threshold"]:.3f}<br>IoU ≥ 0.5: '
             f'{self._share(c["ious"]):.1f} %</small></th>' for n, c in self.maps.items())
         rows = []
         for row, (image_id, picture, gt) in enumerate(zip(self.image_ids, self.pictures, self.gt_boxes)):
-            cells = [f'<td class="key"></td><td class="id">{row}<br><small>{html.escape(image_id)}</small></td>',
+            cells = [f'<td class="key"></td><td class="id">{row}<small>{html.escape(image_id)}</small></td>',
                      f'<td class="image">{self._tile(picture, shown, gt, None)}</td>']
             for column in self.maps.values():
                 iou = column["ious"][row]
@@ -159,13 +159,14 @@ table { border-collapse: collapse; }
 #metrics td, #metrics th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
 #metrics td:nth-child(-n+2), #metrics th { text-align: left; }
 .wrap { overflow-x: auto; max-width: 100%; }
-#controls { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 2; }
+#controls { position: sticky; top: 0; background: #fff; padding: 6px 0; height: 34px; box-sizing: border-box; z-index: 2; }
 #notice { color: #b00; }
 #images th { position: sticky; top: 34px; background: #f4f4f4; z-index: 1; font-weight: 600; padding: 3px;
-             font-size: 12px; vertical-align: bottom; }
+             font-size: 12px; vertical-align: bottom; white-space: nowrap; }
 #images td { padding: 3px; border-top: 1px solid #ddd; vertical-align: top; text-align: center; }
 #images td.key { font-variant-numeric: tabular-nums; text-align: right; min-width: 5ch; }
-#images td.id { text-align: left; max-width: 12ch; overflow-wrap: anywhere; color: #555; }
+#images td.id { text-align: left; color: #555; }
+#images td.id small { display: block; width: 16ch; overflow-wrap: anywhere; }
 .tile { position: relative; margin: 0 auto; }
 .tile img, .tile svg { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
 .tile img { image-rendering: pixelated; }
