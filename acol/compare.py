@@ -349,9 +349,7 @@ def report_page(records: list[dict], target: str, checkpoint: str, overrides, op
         if threshold is None:
             raise ValueError(f"{name} has no val-chosen box threshold (no GT boxes on val or test, e.g. a masks-only "
                              "data set): there is no box to show")
-        add = lambda batch, *rest: page.add(name, threshold, batch["image_id"],  # noqa: E731
-                                            batch["image"].permute(0, 2, 3, 1).numpy(),
-                                            [b.numpy() for b in batch["boxes"]], rest[-1])
+        add = page_adder(page, name, threshold)
         if r["group"] == "baseline":
             loader = build_loader(baseline_cfg, build_dataset(baseline_cfg, "test", train=False), train=False)
             for batch in progress(loader, f"report {name}"):
@@ -368,10 +366,18 @@ def report_page(records: list[dict], target: str, checkpoint: str, overrides, op
     return page
 
 
+def page_adder(page: FailureReport, name: str, threshold: float):
+    """`on_batch(batch, ..., scoremaps)` (as `accumulate_split` calls it) adding a loader batch's maps to `page`
+    as map `name`, boxed at `threshold`."""
+    return lambda batch, *rest: page.add(name, threshold, batch["image_id"], batch["image"].permute(0, 2, 3, 1).numpy(),
+                                         [b.numpy() for b in batch["boxes"]], rest[-1])
+
+
 def report_notes(args: argparse.Namespace, records: list[dict]) -> list[str]:
     """The page's lines on what it shows and which box threshold each map is drawn at."""
     runs = len({r["run"] for r in records if r["group"] != "baseline"})
-    return [f"{len(records)} maps ({runs} runs' localizers, then the baselines), checkpoint {args.checkpoint}, maps of "
+    baselines = ", then the baselines" * any(r["group"] == "baseline" for r in records)
+    return [f"{len(records)} maps ({runs} runs' localizers{baselines}), checkpoint {args.checkpoint}, maps of "
             f"the {'GT' if args.target == 'gt' else 'predicted'} class; the table is results.md's (test split, mean ± "
             "std over seeds).",
             "Each map is boxed at its val-chosen threshold τ: the threshold of best GT-known loc (MaxBoxAcc, V1 box, "

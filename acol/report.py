@@ -159,7 +159,8 @@ table { border-collapse: collapse; }
 #metrics td, #metrics th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
 #metrics td:nth-child(-n+2), #metrics th { text-align: left; }
 .wrap { overflow-x: auto; max-width: 100%; }
-#controls { position: sticky; top: 0; background: #fff; padding: 6px 0; height: 34px; box-sizing: border-box; z-index: 2; }
+#controls { position: sticky; top: 0; background: #fff; padding: 6px 0; height: 34px; box-sizing: border-box;
+            z-index: 2; }
 #notice { color: #b00; }
 #images th { position: sticky; top: 34px; background: #f4f4f4; z-index: 1; font-weight: 600; padding: 3px;
              font-size: 12px; vertical-align: bottom; white-space: nowrap; }

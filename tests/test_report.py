@@ -23,7 +23,8 @@ from acol.visualize import overlay
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs `chromium` on PATH (Debian: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="needs `chromium` on PATH (Debian: apt-get install chromium)")
 
 
 class Page(HTMLParser):
@@ -175,7 +176,8 @@ def test_page_is_self_contained_with_one_row_per_image_and_exact_boxes_and_ious(
             thumb = decode(cell["src"]).astype(float)  # the overlay, at the image's size (<= 112 px), JPEG q80
             assert thumb.shape == (SIZE, SIZE, 3)
             assert np.abs(thumb - overlay(pictures[i], maps[name][i])).mean() < 6
-    assert "τ 0.500<br>IoU ≥ 0.5: 100.0 %" in text and "τ 0.500<br>IoU ≥ 0.5: 33.3 %" in text  # of the 3 boxed images
+    # the share of IoU >= 0.5 over the 3 boxed images
+    assert "τ 0.500<br>IoU ≥ 0.5: 100.0 %" in text and "τ 0.500<br>IoU ≥ 0.5: 33.3 %" in text
 
 
 def test_maps_of_other_images_or_sizes_are_refused():
@@ -301,7 +303,7 @@ def test_compare_report_end_to_end_on_tiny_runs(tiny_overrides, tmp_path):
     page = Page(text)
     assert_self_contained(text, page)
     markdown = (out / "results.md").read_text().splitlines()
-    assert page.metrics == [[c.strip() for c in line.strip("| ").split(" | ")] for line in markdown if "---" not in line]
+    assert page.metrics == [line.strip("| ").split(" | ") for line in markdown if "---" not in line]
     assert page.maps == names and len(page.rows) == 6 and all(len(row["maps"]) == 6 for row in page.rows)
     for r, name, column in zip(records, names, zip(*[row["maps"] for row in page.rows])):
         ious = [float(cell["iou"]) for cell in column]  # every tiny image has a GT box
