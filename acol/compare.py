@@ -79,7 +79,7 @@ from acol.evaluate import (add_faithfulness_options, add_localizer_options, base
                            map_checks, run_config, spread_batch, write_png)
 from acol.evaluation.baselines import BASELINE_MAPS, baseline_maps
 from acol.evaluation.bootstrap import Difference, paired_difference, run_records
-from acol.evaluation.sanity import cascade_plot
+from acol.evaluation.sanity import cascade_panels
 from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.report import FailureReport
 from acol.textfile import write_atomic
@@ -325,17 +325,17 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
 
 
 def randomization_figure(records: list[dict]) -> np.ndarray | None:
-    """Spearman and SSIM vs the fraction of the cascade steps done, one line per group x method (mean over
-    its seeds); None without randomization results."""
-    cells: dict[str, list[dict]] = {}
+    """Small multiples of Spearman and SSIM vs the fraction of the cascade steps done: one panel per method
+    (localizer), one colour per group (mean over its seeds); None without randomization results."""
+    cells: dict[str, dict[str, list[dict]]] = {}
     for r in records:
         if "randomization" in r:
-            cells.setdefault(f"{r['group']}:{r['method']}", []).append(r["randomization"])
+            cells.setdefault(r["method"], {}).setdefault(r["group"], []).append(r["randomization"])
     if not cells:
         return None
-    means = {label: {k: np.mean([run[k] for run in runs], axis=0).tolist() for k in ("spearman", "ssim")}
-             for label, runs in cells.items()}
-    return cascade_plot(means, "test")
+    return cascade_panels({method: {group: {k: np.mean([run[k] for run in runs], axis=0).tolist()
+                                            for k in ("spearman", "ssim")} for group, runs in groups.items()}
+                           for method, groups in cells.items()})
 
 
 def report_page(records: list[dict], target: str, checkpoint: str, overrides, options: dict,
