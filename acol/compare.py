@@ -39,7 +39,8 @@ sortable by one map's IoU or by the difference of two maps' (worst first). It co
 With `--faithfulness` and / or `--sanity` (the options of `python -m acol.evaluate`), each localizer's
 pointing game, deletion / insertion AUCs and randomization-test similarities on `test` join the
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
-cascade steps done, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
+cascade steps done: one panel per method, one colour per group, mean over seeds) joins the outputs and
+TensorBoard.
 
 Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as
 soon as it is finished: the same command again (after an interruption, or with more runs or
