@@ -110,7 +110,7 @@ class EigenCAM(_Gradients):
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad(), capture(self.target_layer(model)) as activation:
-            logits = class_logits(model, images, self.forward_labels(labels))
+            logits = class_logits(model, cpu_channels_last(images), self.forward_labels(labels))
         act = activation.value.detach()  # capture made it a leaf requiring grad: no graph for the projection
         if act.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(act.shape)}")
