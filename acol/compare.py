@@ -26,7 +26,7 @@ reference; no classification metrics (a class-agnostic map has no class), no map
 Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s, the
 difference from the reference), `per_image/<run>__<method>.npz` (the test split's per-image records,
 from which `acol.evaluation.bootstrap` recomputes the metrics and intervals without the maps),
-`results.md` and `results.csv` (the tables), `grid.png` (test images x methods: overlays with the GT
+`results.md` and `results.csv` (the tables), `grid.png` (methods x test images: overlays with the GT
 boxes in green and the predicted box at val's threshold in red, from each group's first run), and
 TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
 seeds): `tensorboard --logdir runs/compare`.
@@ -85,7 +85,7 @@ from acol.evaluation.report import iou_columns, mean_std, seed_group
 from acol.report import FailureReport
 from acol.textfile import write_atomic
 from acol.tracking import Tracker
-from acol.visualize import heatmap_rows, titled_grid
+from acol.visualize import heatmap_rows, labelled_rows
 
 DEFAULT_RUNS = ("runs/synthetic_acol-s*", "runs/synthetic_cam-s*")
 # (split, metric key, column title)
@@ -309,7 +309,8 @@ def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str
 
 def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int,
            options: dict | None = None) -> np.ndarray:
-    """Test images x methods: each group's first run, each method's map with its val threshold."""
+    """Methods x test images: a row of the images, then a row per method labelled group:method (each
+    group's first run), each map with its predicted box at its val threshold."""
     rows, titles = None, ["image"]
     first_runs: dict[str, str] = {}
     for r in records:
@@ -322,7 +323,7 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
         titles += [f"{r['group']}:{r['method']}" for r in chosen]
         new = heatmap_rows(images, maps, boxes, boxed)
         rows = new if rows is None else [old + row[1:] for old, row in zip(rows, new)]
-    return titled_grid(rows, titles)
+    return labelled_rows([list(column) for column in zip(*rows)], titles)
 
 
 def randomization_figure(records: list[dict]) -> np.ndarray | None:

@@ -98,17 +98,21 @@ def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2,
     return np.concatenate([header, grid])
 
 
-def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2) -> np.ndarray:
-    """`tile(rows)` with each tile enlarged `scale` times (nearest) after a tile holding the row's label."""
-    big = enlarge(rows, scale)
-    height, width = big[0][0].shape[:2]
-    tagged = []
-    for label, row in zip(labels, big):
-        tag = np.full((height, width, 3), 255, np.uint8)
-        cv2.putText(tag, label[: max(4, width // 8)], (4, height // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-        tagged.append([tag] + row)
-    return tile(tagged)
+def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2, font: float = 0.45) -> np.ndarray:
+    """`tile(rows)` with each tile enlarged `scale` times (nearest), after a column holding each row's
+    label whole (two lines where it holds a ':'), as wide as the widest line (cv2's Hershey simplex)."""
+    grid = tile(enlarge(rows, scale))
+    height = enlarge(rows[:1], scale)[0][0].shape[0]
+    lines = [label.split(":", 1) for label in labels]
+    width = max(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] for parts in lines for text in parts) + 8
+    column = np.full((grid.shape[0], width, 3), 255, np.uint8)
+    step = int(40 * font)                           # line height in pixels
+    for i, parts in enumerate(lines):
+        middle = 2 + i * (height + 2) + height // 2
+        for k, text in enumerate(parts):
+            baseline = middle + int(step * (k - (len(parts) - 1) / 2)) + step // 3
+            cv2.putText(column, text, (4, baseline), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([column, grid], axis=1)
 
 
 def heatmap_strips(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float,
