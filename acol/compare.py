@@ -555,7 +555,10 @@ def main(argv=None) -> list[dict]:
     except ImageError as e:  # raised here or in a DataLoader worker
         cli.fail(f"data error: {worker_error_line(e)}")
     if not evaluated:
-        cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
+        models = [load_run(run, args.checkpoint, args.override)[1] for run in runs]
+        valid = [n for n in LOCALIZERS.names_in_order() if any(n in applicable_localizers(m) for m in models)]
+        cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models; those that do: "
+                 f"{', '.join(valid)}")
     if args.methods not in (None, "all"):  # a localizer the user named that a run's model does not declare
         pairs = {(r["run"], r["method"]) for r, _ in evaluated}
         for run in runs:
