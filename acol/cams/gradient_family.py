@@ -186,7 +186,7 @@ class SmoothGradCAMPlusPlus(_Gradients):
     absolute) averages g^2 and g^3 but takes relu(g) of the last sample only; the defaults here
     follow SmoothGrad's advice (a 10-20 % spread)."""
 
-    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 8,
+    def __init__(self, target="gt", layer=None, samples: int = 20, sigma: float = 0.15, chunk: int = 16,
                  seed: int = 0):
         super().__init__(target, layer)
         self.samples, self.sigma = _positive("samples", samples), _positive("sigma", sigma, 0)

@@ -83,7 +83,7 @@ class ScoreCAM(Perturbation):
     The cost is K forwards of the whole network for both weightings: the masked images differ from
     the input on."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, weights: str = "prob"):
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 16, weights: str = "prob"):
         super().__init__(target, layer, chunk)
         if weights not in SCORECAM_WEIGHTS:
             raise ValueError(f"scorecam weights must be one of {', '.join(SCORECAM_WEIGHTS)}; got {weights!r}")
@@ -165,7 +165,7 @@ class RISE(Perturbation):
     same masks for every image, call and device. Paper defaults N = 4000-8000, s = 7, p = 0.5;
     here N = 1000 so that CPUs manage (1000 forwards per image)."""
 
-    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 8, n_masks: int = 1000,
+    def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 16, n_masks: int = 1000,
                  grid: int = 7, p: float = 0.5, seed: int = 0):
         super().__init__(target, layer, chunk)
         if n_masks < 1 or grid < 1:
