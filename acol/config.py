@@ -63,9 +63,11 @@ class DataCfg:
 class ModelCfg:
     name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg,
                                         # bas, dawsol, or fsl (the few-shot baseline: see data.train_split)
-    backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn
+    backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn |
+                                        # efficientnet_lite0
     num_classes: int = 0                # 0: taken from the dataset
-    pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
+    pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict |
+                                        # "efficientnet-lite0" (efficientnet_lite0's ImageNet weights, from a package)
     large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14)
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
@@ -166,7 +168,7 @@ class Config:
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "log")  # the fixed tables; method tables come after model
 PATH_KEYS = ("data.root", "data.metadata_root", "log.runs_dir", "model.pretrained")  # resolved as the docstring says
-NOT_PATHS = {"model.pretrained": ("", "imagenet")}  # values of a path key that name no file
+NOT_PATHS = {"model.pretrained": ("", "imagenet", "efficientnet-lite0")}  # values of a path key that name no file
 RECIPE = "acol:"                                    # `acol:NAME`: experiments/NAME shipped with acol
 
 
@@ -469,6 +471,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pretrained_classifier needs model.backbone=resnet50 and model.pretrained (the "
                           f"weights that hold the ImageNet classifier); got {cfg.model.backbone!r} and "
                           f"{cfg.model.pretrained!r}")
+    if cfg.model.pretrained == "efficientnet-lite0" and cfg.model.backbone != "efficientnet_lite0":
+        raise ConfigError("model.pretrained=efficientnet-lite0 needs model.backbone=efficientnet_lite0; got "
+                          f"{cfg.model.backbone!r}")
     for key, interval in RANGES.items():
         section, name = key.split(".")
         _check_range(key, flat[section][name], interval)

@@ -250,7 +250,8 @@ def test_unknown_model_and_backbone_names_in_a_config(override, message):
 
 @pytest.mark.parametrize("lookup, message", [
     (lambda: METHODS.get("resnet"), "unknown method 'resnet'; valid names: acol, adl, bas, cam, cutmix, dawsol, fsl, has, single, spg"),
-    (lambda: BACKBONES.get("vgg19"), "unknown backbone 'vgg19'; valid names: inception_v3, resnet50, smallcnn, vgg16"),
+    (lambda: BACKBONES.get("vgg19"), "unknown backbone 'vgg19'; valid names: efficientnet_lite0, inception_v3, resnet50, smallcnn, "
+                                           "vgg16"),
     (lambda: build_localizer("gradcamx"), "unknown localizer 'gradcamx'; valid names: ablationcam, cam, eigencam, gradcam, "),
 ])
 def test_unknown_registered_names_list_the_valid_ones(lookup, message):

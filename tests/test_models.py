@@ -29,8 +29,9 @@ def batch():
 
 # expected (h, w) of the maps at a 64x64 input, by (backbone, large_feature_map)
 MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("resnet50", True): 8, ("resnet50", False): 4,
-            ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
-BAS_MAP_SIZE = {"vgg16": 8, "resnet50": 8, "inception_v3": 8, "smallcnn": 32}  # its mid-level maps, fixed per backbone
+            ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8,
+            ("efficientnet_lite0", True): 4, ("efficientnet_lite0", False): 2}
+BAS_MAP_SIZE = {"vgg16": 8, "resnet50": 8, "inception_v3": 8, "smallcnn": 32, "efficientnet_lite0": 4}  # its mid-level maps, fixed per backbone
 
 # every registered model, and the cam model also without its conv (GAP + FC on the backbone)
 MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in METHODS.names()] + [
