@@ -32,15 +32,18 @@ def test_every_package_and_experiment_folder_is_shipped():
     assert recipe_dir() == REPO / "experiments"  # a source checkout reads them in place
 
 
-def test_the_dependencies_are_requirements_txt_less_the_exact_pins_and_pytest():
+def test_the_dependencies_and_extras_are_requirements_txt_less_the_exact_torch_pins():
     pinned = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
     assert "-e ." in pinned                      # pip install -r requirements.txt installs the package too
     pinned = [line for line in pinned if line and line != "-e ."]
     def names(specs):
         return sorted(re.split("[<>=]", spec)[0] for spec in specs)
 
-    assert names(PROJECT["project"]["dependencies"]) == names(p for p in pinned if not p.startswith("pytest"))
-    assert PROJECT["project"]["optional-dependencies"]["test"] == [p for p in pinned if p.startswith("pytest")]
+    extras = PROJECT["project"]["optional-dependencies"]
+    optional = [spec for specs in extras.values() for spec in specs]
+    assert names(PROJECT["project"]["dependencies"]) == names(p for p in pinned if p not in optional)
+    assert extras["test"][0] in pinned and extras["test"][0].startswith("pytest")
+    assert set(optional) <= set(pinned)         # the extras at requirements.txt's versions
 
 
 @pytest.mark.parametrize("command, option", [("acol-train", "--check-data"), ("acol-evaluate", "--scoremaps"),
