@@ -70,20 +70,18 @@ def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, g
 
 
 class MBConv(nn.Module):
-    """Inverted residual without SE (module docstring): children expand (absent at ratio 1), dw, project."""
+    """Inverted residual without SE (module docstring): children expand (an Identity at ratio 1), dw, project."""
 
     def __init__(self, in_channels: int, out_channels: int, expand: int, kernel: int, stride: int):
         super().__init__()
         hidden = in_channels * expand
-        if expand != 1:
-            self.expand = conv_bn(in_channels, hidden, 1)
+        self.expand = conv_bn(in_channels, hidden, 1) if expand != 1 else nn.Identity()
         self.dw = conv_bn(hidden, hidden, kernel, stride, groups=hidden)
         self.project = conv_bn(hidden, out_channels, 1, activation=False)
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x) if hasattr(self, "expand") else x
-        out = self.project(self.dw(out))
+        out = self.project(self.dw(self.expand(x)))
         return out + x if self.residual else out
 
 
