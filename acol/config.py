@@ -68,7 +68,8 @@ class ModelCfg:
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict |
                                         # "efficientnet-lite0" (efficientnet_lite0's ImageNet weights, from a package)
-    large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14)
+    large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14);
+                                        # efficientnet_lite0: 16 instead of 32
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
     head_channels: int = 1024           # hidden channels of the class-map heads and of the cam model's conv
