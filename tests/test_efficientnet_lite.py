@@ -163,3 +163,15 @@ def test_pretrained_acol_fine_tunes_and_every_localizer_maps_it(tiny_overrides, 
     for record in records:
         for split in ("val", "test"):
             assert 0 <= record[split]["maxboxacc_v2"] <= 100 and 0 <= record[split]["pxap"] <= 100, record["method"]
+
+
+def test_the_cam_recipe_starts_from_the_package_weights(tiny_overrides, tmp_path, lite0):
+    results = train.main(["--config", str(EXPERIMENTS / "synthetic_cam_lite0.toml"), "--name", "cam", *tiny_overrides,
+                          "model.backbone=efficientnet_lite0", "optim.lr=1e-9", "train.max_steps=1"])
+    assert results["step"] == 1
+    assert load_config(tmp_path / "runs" / "cam" / "config.toml").model.pretrained == "efficientnet-lite0"
+    for name in ("cam", "acol"):  # the recipes: new layers at 10x the base rate
+        assert load_config(EXPERIMENTS / f"synthetic_{name}_lite0.toml").optim.head_lr_mult == 10.0
+    state = torch.load(tmp_path / "runs" / "cam" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key in ("stem.conv.weight", "stage6.3.project.conv.weight", "head.conv.weight"):  # one step at lr 1e-9
+        torch.testing.assert_close(state[f"backbone.{key}"], lite0.state_dict()[key], rtol=0, atol=1e-6, msg=key)
