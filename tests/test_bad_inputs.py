@@ -241,7 +241,7 @@ def test_config_errors_name_the_key_and_the_file(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("model.name=resnet", r"model.name must be one of acol, adl, bas, cam, cutmix, dawsol, fsl, has, single, spg; got 'resnet'"),
-    ("model.backbone=vgg19", r"model.backbone must be one of inception_v3, resnet50, smallcnn, vgg16; got 'vgg19'"),
+    ("model.backbone=vgg19", r"model.backbone must be one of efficientnet_lite0, inception_v3, resnet50, smallcnn, vgg16; got 'vgg19'"),
 ])
 def test_unknown_model_and_backbone_names_in_a_config(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -253,7 +253,7 @@ def test_imagenet_weights_offline_say_where_to_get_them(backbone, weights, arch,
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(KeyError, match="valid names: inception_v3, resnet50, smallcnn, vgg16"):
+    with pytest.raises(KeyError, match="valid names: efficientnet_lite0, inception_v3, resnet50, smallcnn, vgg16"):
         BACKBONES.get("resnet9")
 
 
