@@ -4,7 +4,7 @@
                            [--checkpoint last|best] [--out runs/compare] [--num-images 6]
                            [--reference GROUP/LOCALIZER] [--replicates 1000] [--confidence 0.95]
                            [--bootstrap-seed 0] [--baselines centre,brightness | --no-baselines]
-                           [key=value ...]
+                           [--report] [key=value ...]
 
 Without RUNs: the synthetic benchmark runs of `scripts/train_acol.sh`, `runs/synthetic_acol-s*` and
 `runs/synthetic_cam-s*`. For each run and each localizer that applies to its model
@@ -26,15 +26,21 @@ reference; no classification metrics (a class-agnostic map has no class), no map
 Written to --out: `results.jsonl` (one record per run x method: val and test metrics, maps/s, the
 difference from the reference), `per_image/<run>__<method>.npz` (the test split's per-image records,
 from which `acol.evaluation.bootstrap` recomputes the metrics and intervals without the maps),
-`results.md` and `results.csv` (the tables), `grid.png` (test images x methods: overlays with the GT
+`results.md` and `results.csv` (the tables), `grid.png` (methods x test images: overlays with the GT
 boxes in green and the predicted box at val's threshold in red, from each group's first run), and
 TensorBoard events with the same grid and each method's BoxAcc-vs-threshold curves on test (mean over
 seeds): `tensorboard --logdir runs/compare`.
 
+With `--report`, `report.html` too (`acol.report`): one self-contained page with the table, then every test
+image with its GT boxes and, for each run x localizer and baseline, the map's overlay with its predicted box at
+its val-chosen threshold (that of GT-known @val τ) and the box's IoU with the best-matching GT box, the rows
+sortable by one map's IoU or by the difference of two maps' (worst first). It costs one more test pass per map.
+
 With `--faithfulness` and / or `--sanity` (the options of `python -m acol.evaluate`), each localizer's
 pointing game, deletion / insertion AUCs and randomization-test similarities on `test` join the
 records and the tables (beside the box metrics), and `randomization.png` (Spearman and SSIM vs the
-cascade steps done, one line per group x method, mean over seeds) joins the outputs and TensorBoard.
+cascade steps done: one panel per method, one colour per group, mean over seeds) joins the outputs and
+TensorBoard.
 
 Each run x localizer's result (and each baseline's, as `baseline__<name>`) is kept in `--out/done/` as
 soon as it is finished: the same command again (after an interruption, or with more runs or
@@ -68,16 +74,18 @@ from acol.datasets.images import ImageError
 from acol.datasets.metadata import MetadataError
 from acol.datasets.transforms import normalize_on_device
 from acol.engine import accumulate_split, autocast
+from acol.progress import progress
 from acol.evaluate import (add_faithfulness_options, add_localizer_options, baseline_result,
                            check_faithfulness_options, check_run, faithfulness_of, load_run, localizer_options,
                            map_checks, run_config, spread_batch, write_png)
-from acol.evaluation.baselines import BASELINE_MAPS
+from acol.evaluation.baselines import BASELINE_MAPS, baseline_maps
 from acol.evaluation.bootstrap import Difference, paired_difference, run_records
-from acol.evaluation.sanity import cascade_plot
+from acol.evaluation.sanity import cascade_panels
 from acol.evaluation.report import iou_columns, mean_std, seed_group
+from acol.report import FailureReport
 from acol.textfile import write_atomic
 from acol.tracking import Tracker
-from acol.visualize import heatmap_rows, titled_grid
+from acol.visualize import heatmap_rows, labelled_rows
 
 DEFAULT_RUNS = ("runs/synthetic_acol-s*", "runs/synthetic_cam-s*")
 # (split, metric key, column title)
@@ -252,10 +260,10 @@ def differences(records: list[dict], per_image: list[dict], reference: tuple[str
             r["test_vs_reference"] = summary
 
 
-def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
-    """(markdown table, CSV rows): one row per group x method, mean ± std over the group's runs, then the
-    differences from the reference cell (`differences`) with their intervals."""
-    cells = cells_of(records)
+def tables(records: list[dict]) -> tuple[str, list[list[str]], list[list[str]]]:
+    """(markdown table, CSV rows, the markdown's cells: header, then rows): one row per group x method, mean ±
+    std over the group's runs, then the differences from the reference cell (`differences`) with their
+    intervals."""
     columns = []
     for split, key, title in COLUMNS:  # test MaxBoxAccV2 preceded by its per-IoU parts
         if (split, key) == ("test", "maxboxacc_v2"):
@@ -264,24 +272,24 @@ def tables(records: list[dict]) -> tuple[str, list[list[str]]]:
     present = [c for c in columns if any(value(r, c[0], c[1]) is not None for r in records)]
     vs = records[0]["test_vs_reference"]
     deltas = [(k, t) for k, t in DIFFERENCES if k in vs]
-    lines = ["| run group | method | n | " + " | ".join(t for _, _, t in present)
-             + "".join(f" | {t} Δ vs {vs['reference']}" for _, t in deltas) + " |",
-             "|---|---|---:|" + "---:|" * (len(present) + len(deltas))]
+    cells = [["run group", "method", "n"] + [t for _, _, t in present]
+             + [f"{t} Δ vs {vs['reference']}" for _, t in deltas]]
     rows = [["group", "method", "n"] + [f"{t} mean" for _, _, t in present] + [f"{t} std" for _, _, t in present]
             + ["Δ reference"] + [f"{t} Δ{end}" for _, t in deltas for end in ("", " low", " high")]]
-    for (group, method), runs in cells.items():  # a metric a cell lacks (a baseline's top-1 cls): –
+    for (group, method), runs in cells_of(records).items():  # a metric a cell lacks (a baseline's top-1 cls): –
         values = [[v for r in runs if (v := value(r, split, key)) is not None] for split, key, _ in present]
         text = ["–" if not v else f"{statistics.mean(v):.0f}" if key == "maps_per_s"
                 else mean_std(v, 2 if key in TWO_DECIMALS else 1) for v, (_, key, _) in zip(values, present)]
         vs = runs[0]["test_vs_reference"]
         is_reference = f"{group}/{method}" == vs["reference"]
         text += ["reference" if is_reference else Difference(**vs[k]).text() if k in vs else "–" for k, _ in deltas]
-        lines.append(f"| {group} | {method} | {len(runs)} | " + " | ".join(text) + " |")
+        cells.append([group, method, str(len(runs))] + text)
         rows.append([group, method, str(len(runs))] + [f"{statistics.mean(v):.4f}" if v else "" for v in values]
                     + [f"{statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" if v else "" for v in values]
                     + [vs["reference"]] + [f"{vs[k][end]:.4f}" if k in vs else "" for k, _ in deltas
                                            for end in ("difference", "low", "high")])
-    return "\n".join(lines), rows
+    lines = ["| " + " | ".join(cells[0]) + " |", "|---|---|---:|" + "---:|" * (len(cells[0]) - 3)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells[1:]]), rows, cells
 
 
 def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str, overrides,
@@ -301,7 +309,8 @@ def test_maps(run: Path, methods: list[str] | None, target: str, checkpoint: str
 
 def figure(records: list[dict], target: str, checkpoint: str, overrides, num_images: int,
            options: dict | None = None) -> np.ndarray:
-    """Test images x methods: each group's first run, each method's map with its val threshold."""
+    """Methods x test images: a row of the images, then a row per method labelled group:method (each
+    group's first run), each map with its predicted box at its val threshold."""
     rows, titles = None, ["image"]
     first_runs: dict[str, str] = {}
     for r in records:
@@ -314,21 +323,69 @@ def figure(records: list[dict], target: str, checkpoint: str, overrides, num_ima
         titles += [f"{r['group']}:{r['method']}" for r in chosen]
         new = heatmap_rows(images, maps, boxes, boxed)
         rows = new if rows is None else [old + row[1:] for old, row in zip(rows, new)]
-    return titled_grid(rows, titles)
+    return labelled_rows([list(column) for column in zip(*rows)], titles)
 
 
 def randomization_figure(records: list[dict]) -> np.ndarray | None:
-    """Spearman and SSIM vs the fraction of the cascade steps done, one line per group x method (mean over
-    its seeds); None without randomization results."""
-    cells: dict[str, list[dict]] = {}
+    """Small multiples of Spearman and SSIM vs the fraction of the cascade steps done: one panel per method
+    (localizer), one colour per group (mean over its seeds); None without randomization results."""
+    cells: dict[str, dict[str, list[dict]]] = {}
     for r in records:
         if "randomization" in r:
-            cells.setdefault(f"{r['group']}:{r['method']}", []).append(r["randomization"])
+            cells.setdefault(r["method"], {}).setdefault(r["group"], []).append(r["randomization"])
     if not cells:
         return None
-    means = {label: {k: np.mean([run[k] for run in runs], axis=0).tolist() for k in ("spearman", "ssim")}
-             for label, runs in cells.items()}
-    return cascade_plot(means, "test")
+    return cascade_panels({method: {group: {k: np.mean([run[k] for run in runs], axis=0).tolist()
+                                            for k in ("spearman", "ssim")} for group, runs in groups.items()}
+                           for method, groups in cells.items()})
+
+
+def report_page(records: list[dict], target: str, checkpoint: str, overrides, options: dict,
+                baseline_cfg) -> FailureReport:
+    """`--report`'s page of every test image x map: each run x localizer of `records` (one more pass over the
+    test split each, the maps as `accumulate_split` gives the evaluator), then each baseline (on `baseline_cfg`'s
+    data), boxed at the map's val-chosen threshold (`val_cam_threshold`, that of GT-known @val τ)."""
+    page, loaded = FailureReport(), None
+    for r in records:
+        name, threshold = f"{Path(r['run']).name}/{r['method']}", r["test"].get("val_cam_threshold")
+        if threshold is None:
+            raise ValueError(f"{name} has no val-chosen box threshold (no GT boxes on val or test, e.g. a masks-only "
+                             "data set): there is no box to show")
+        add = page_adder(page, name, threshold)
+        if r["group"] == "baseline":
+            loader = build_loader(baseline_cfg, build_dataset(baseline_cfg, "test", train=False), train=False)
+            for batch in progress(loader, f"report {name}"):
+                add(batch, baseline_maps(r["method"], batch["image"]))
+            continue
+        if loaded != r["run"]:  # records come run by run: one model in memory
+            loaded = r["run"]
+            cfg, model, device, dtype = load_run(Path(loaded), checkpoint, overrides)
+            loader = build_loader(cfg, build_dataset(cfg, "test", train=False), train=False)
+        accumulate_split(model, loader, device, dtype, cfg, localizer=build_localizer(r["method"], target,
+                                                                                    **options.get(r["method"], {})),
+                         desc=f"report {name}", on_batch=add)
+    page.check_complete()
+    return page
+
+
+def page_adder(page: FailureReport, name: str, threshold: float):
+    """`on_batch(batch, ..., scoremaps)` (as `accumulate_split` calls it) adding a loader batch's maps to `page`
+    as map `name`, boxed at `threshold`."""
+    return lambda batch, *rest: page.add(name, threshold, batch["image_id"], batch["image"].permute(0, 2, 3, 1).numpy(),
+                                         [b.numpy() for b in batch["boxes"]], rest[-1])
+
+
+def report_notes(args: argparse.Namespace, records: list[dict]) -> list[str]:
+    """The page's lines on what it shows and which box threshold each map is drawn at."""
+    runs = len({r["run"] for r in records if r["group"] != "baseline"})
+    baselines = ", then the baselines" * any(r["group"] == "baseline" for r in records)
+    return [f"{len(records)} maps ({runs} runs' localizers{baselines}), checkpoint {args.checkpoint}, maps of "
+            f"the {'GT' if args.target == 'gt' else 'predicted'} class; the table is results.md's (test split, mean ± "
+            "std over seeds).",
+            "Each map is boxed at its val-chosen threshold τ: the threshold of best GT-known loc (MaxBoxAcc, V1 box, "
+            "IoU ≥ 0.5) on val, taken to test's grid, the threshold of the table's 'GT-known @val τ' (the share of "
+            "images with IoU ≥ 0.5 under a map's name is that run's GT-known @val τ). MaxBoxAccV2 chooses its own "
+            "threshold per IoU level on test (an oracle); its boxes are not the ones shown."]
 
 
 def write_tensorboard(out: Path, records: list[dict], grid: np.ndarray, randomization: np.ndarray | None) -> None:
@@ -364,6 +421,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--num-images", type=int, default=6, help="rows of the figure grid")
+    p.add_argument("--report", action="store_true", help="also write report.html: every test image x map with its "
+                   "box and IoU, sortable (one more test pass per map)")
     p.add_argument("--fresh", action="store_true", help="recompute every run x localizer (default: reuse those "
                    "finished by an earlier call with the same settings, kept in OUT/done/)")
     p.add_argument("--reference", metavar="GROUP/LOCALIZER",
@@ -478,6 +537,7 @@ def main(argv=None) -> list[dict]:
         if method not in LOCALIZERS or (methods and method not in methods):
             cli.fail(f"error: --reference {args.reference}: localizer {method!r} is not evaluated; valid: "
                      f"{', '.join(methods or LOCALIZERS.names_in_order())}")
+    baseline_cfg = None
     try:
         done = None if args.fresh else args.out / "done"
         evaluated = [pair for run in runs for pair in evaluate_methods(run, methods, args.target, args.checkpoint,
@@ -486,7 +546,8 @@ def main(argv=None) -> list[dict]:
         if evaluated and args.baselines:  # on the data set of the reference cell's first run
             group, method = choose_reference([r for r, _ in evaluated], args.reference)
             first = next(Path(r["run"]) for r, _ in evaluated if (r["group"], r["method"]) == (group, method))
-            evaluated += baseline_rows(args.baselines, run_config(first, args.override), done)
+            baseline_cfg = run_config(first, args.override)
+            evaluated += baseline_rows(args.baselines, baseline_cfg, done)
     except ConfigError as e:
         cli.fail(f"config error: {e}")
     except MetadataError as e:
@@ -494,7 +555,10 @@ def main(argv=None) -> list[dict]:
     except ImageError as e:  # raised here or in a DataLoader worker
         cli.fail(f"data error: {worker_error_line(e)}")
     if not evaluated:
-        cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models")
+        models = [load_run(run, args.checkpoint, args.override)[1] for run in runs]
+        valid = [n for n in LOCALIZERS.names_in_order() if any(n in applicable_localizers(m) for m in models)]
+        cli.fail(f"error: none of the methods {', '.join(methods)} applies to these runs' models; those that do: "
+                 f"{', '.join(valid)}")
     if args.methods not in (None, "all"):  # a localizer the user named that a run's model does not declare
         pairs = {(r["run"], r["method"]) for r, _ in evaluated}
         for run in runs:
@@ -509,7 +573,7 @@ def main(argv=None) -> list[dict]:
     with open(args.out / "results.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    table, rows = tables(records)
+    table, rows, cells = tables(records)
     (args.out / "results.md").write_text(table + "\n")
     with open(args.out / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -520,11 +584,19 @@ def main(argv=None) -> list[dict]:
     if randomization is not None:
         write_png(args.out / "randomization.png", randomization)
     write_tensorboard(args.out, records, grid, randomization)
+    if args.report:
+        try:
+            page = report_page(records, args.target, args.checkpoint, args.override, args.localizer_options,
+                               baseline_cfg)
+        except ValueError as e:
+            cli.fail(f"error: --report: {e}")
+        write_atomic(args.out / "report.html",
+                     page.html(cells, f"acol-compare: {args.out}", report_notes(args, records)))
     print(f"\ntest split, box threshold chosen on val; mean ± std over seeds (target: {args.target}); Δ: minus "
           f"{records[0]['test_vs_reference']['reference']}, with its {args.confidence:.0%} paired bootstrap interval "
           f"({args.replicates} replicates over test images and seeds)\n{table}")
     print(f"written to {args.out}: results.md, results.csv, results.jsonl, per_image/*.npz, grid.png, "
-          f"{'randomization.png, ' * (randomization is not None)}TensorBoard events")
+          f"{'randomization.png, ' * (randomization is not None)}{'report.html, ' * args.report}TensorBoard events")
     return records
 
 

@@ -64,12 +64,14 @@ class ModelCfg:
     name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg,
                                         # bas, dawsol, or fsl (the few-shot baseline: see data.train_split)
     backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn |
-                                        # efficientnet_lite0
+                                        # efficientnet_lite0 | timm:<name> | torchvision:<name> (acol/models/external.py)
     num_classes: int = 0                # 0: taken from the dataset
-    pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict |
+    pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
+                                        # (timm: / torchvision: backbones: that model's own layout) |
                                         # "efficientnet-lite0" (efficientnet_lite0's ImageNet weights, from a package)
     large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14);
-                                        # efficientnet_lite0: 16 instead of 32
+                                        # efficientnet_lite0, timm: / torchvision: backbones: 16 instead of their
+                                        # own (32 for most)
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
     head_channels: int = 1024           # hidden channels of the class-map heads and of the cam model's conv
@@ -454,14 +456,32 @@ def check_method_table(name: str, table: Any) -> None:
             raise ConfigError(f"{name}.{e}") from None
 
 
+def check_backbone(model: ModelCfg, method_backbones: tuple[str, ...] | None) -> None:
+    """model.backbone: a registered name, or a timm: / torchvision: model that is installed and known
+    (acol.models.external), one the method has a layout for (`Method.backbones`, None: any)."""
+    from acol.models.backbones import BACKBONES
+    from acol.models.external import BackboneError, check_name, is_external
+
+    if is_external(model.backbone):
+        try:
+            check_name(model.backbone)
+        except BackboneError as e:
+            raise ConfigError(str(e)) from None
+    elif model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {', '.join(BACKBONES.names())}; got {model.backbone!r} "
+                          "(or timm:<name> / torchvision:<name>: docs/training.md#backbones)")
+    if method_backbones is not None and model.backbone not in method_backbones:
+        raise ConfigError(f"model.name={model.name} has a layout for model.backbone {', '.join(method_backbones)} "
+                          f"only; got {model.backbone!r}")
+
+
 def validate(cfg: Config) -> None:
     """Value checks the types alone cannot express, the method table's own `check()` included."""
     from acol.methods import METHODS  # imported here: the models need torch, the schema does not
-    from acol.models.backbones import BACKBONES
 
     flat = to_dict(cfg)
     _check_choice("model.name", cfg.model.name, METHODS.names())
-    _check_choice("model.backbone", cfg.model.backbone, BACKBONES.names())
+    check_backbone(cfg.model, METHODS.get(cfg.model.name).backbones)
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         _check_choice(key, flat[section][name], choices)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import torch
@@ -63,10 +64,25 @@ def device_type(setting: str) -> str:
     return setting
 
 
+def check_one_gpu_per_process() -> None:
+    """torchrun's processes on this node (LOCAL_WORLD_SIZE) each drive their own GPU: more processes than
+    GPUs ends every one of them with exit status 2, one line said by the node's first."""
+    processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
+    if processes > gpus:
+        from acol import cli
+
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(f"error: torchrun started {processes} processes on this node but torch sees {gpus} CUDA "
+                  f"device{'s' if gpus != 1 else ''}, and each process drives one: use --nproc-per-node={gpus}, "
+                  "or train.device=cpu", file=sys.stderr, flush=True)
+        sys.exit(cli.USER_ERROR)
+
+
 def init_distributed(device_type: str) -> torch.device:
     """Join the torchrun process group if launched by torchrun; return this process's device."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
+        check_one_gpu_per_process()
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

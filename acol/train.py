@@ -42,6 +42,7 @@ from acol.engine import (CheckpointError, amp_dtype, build_optimizer, check_resu
 from acol.evaluation.report import format_table, threshold_line
 from acol.methods import METHODS, build_method
 from acol.models.backbones import WeightsError
+from acol.models.external import BackboneError
 from acol.run import Interrupted, Run, Signals, finite_weights, open_run, say
 from acol.schedule import build_schedule
 from acol.visualize import heatmap_strips
@@ -296,6 +297,8 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         model = method.model().to(device)
     except WeightsError as e:
         cli.fail(f"config error: model.pretrained: {e}")
+    except BackboneError as e:
+        cli.fail(f"config error: {e}")
     ckpt = load_resume(Path(args.resume), model, cfg) if args.resume not in (None, "auto") else None
 
     with contextlib.ExitStack() as held:

@@ -98,17 +98,21 @@ def titled_grid(rows: list[list[np.ndarray]], titles: list[str], scale: int = 2,
     return np.concatenate([header, grid])
 
 
-def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2) -> np.ndarray:
-    """`tile(rows)` with each tile enlarged `scale` times (nearest) after a tile holding the row's label."""
-    big = enlarge(rows, scale)
-    height, width = big[0][0].shape[:2]
-    tagged = []
-    for label, row in zip(labels, big):
-        tag = np.full((height, width, 3), 255, np.uint8)
-        cv2.putText(tag, label[: max(4, width // 8)], (4, height // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-        tagged.append([tag] + row)
-    return tile(tagged)
+def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 2, font: float = 0.45) -> np.ndarray:
+    """`tile(rows)` with each tile enlarged `scale` times (nearest), after a column holding each row's
+    label whole (two lines where it holds a ':'), as wide as the widest line (cv2's Hershey simplex)."""
+    grid = tile(enlarge(rows, scale))
+    height = enlarge(rows[:1], scale)[0][0].shape[0]
+    lines = [label.split(":", 1) for label in labels]
+    width = max(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] for parts in lines for text in parts) + 8
+    column = np.full((grid.shape[0], width, 3), 255, np.uint8)
+    step = int(40 * font)                           # line height in pixels
+    for i, parts in enumerate(lines):
+        middle = 2 + i * (height + 2) + height // 2
+        for k, text in enumerate(parts):
+            baseline = middle + int(step * (k - (len(parts) - 1) / 2)) + step // 3
+            cv2.putText(column, text, (4, baseline), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([column, grid], axis=1)
 
 
 def heatmap_strips(model: torch.nn.Module, dataset, indices: list[int], device, dtype, threshold: float,
@@ -138,6 +142,72 @@ def heatmap_strips(model: torch.nn.Module, dataset, indices: list[int], device, 
 
 
 CURVE_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def dashed_polyline(canvas: np.ndarray, points: np.ndarray, color, thickness: int = 1, dash: int = 6) -> None:
+    """cv2.polylines with dashes of `dash` px (gaps as long) along the path's length; points (N, 2) int."""
+    travelled = 0.0
+    for p, q in zip(points[:-1].astype(float), points[1:].astype(float)):
+        length = float(np.hypot(*(q - p)))
+        for start in np.arange(-(travelled % (2 * dash)), length, 2 * dash):
+            a, b = max(start, 0.0), min(start + dash, length)
+            if b > a:
+                cv2.line(canvas, tuple((p + (q - p) * a / length).round().astype(int).tolist()),
+                         tuple((p + (q - p) * b / length).round().astype(int).tolist()), color, thickness, cv2.LINE_AA)
+        travelled += length
+
+
+def small_multiples(panels: dict[str, dict[tuple[str, str], np.ndarray]], y_range: tuple[float, float],
+                    xlabel: str, columns: int = 4, panel: tuple[int, int] = (230, 170)) -> np.ndarray:
+    """A grid of small line charts (H, W, 3) uint8 RGB sharing axes, x from 0 to 1 and y in `y_range`:
+    one panel per entry of `panels` (titled by its key, whole), in it one line per (colour key, style
+    key): the colour by the colour key (CURVE_COLORS in order of appearance), solid for the first style
+    key and dashed for the others. A legend row on top names every colour and style; `xlabel` below."""
+    font, black = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0)
+    colours = list(dict.fromkeys(c for lines in panels.values() for c, _ in lines))
+    styles = list(dict.fromkeys(s for lines in panels.values() for _, s in lines))
+    width, height = panel
+    left, right, top, bottom = 34, 10, 22, 22
+    low, high = y_range
+    tiles = []
+    for name, lines in panels.items():
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        x_of = lambda t: int(round(left + t * (width - left - right)))                               # noqa: E731
+        y_of = lambda v: int(round(height - bottom - (v - low) / (high - low) * (height - top - bottom)))  # noqa: E731
+        for tick in (low, (low + high) / 2, high):
+            cv2.line(canvas, (left, y_of(tick)), (x_of(1), y_of(tick)), (225, 225, 225), 1)
+            cv2.putText(canvas, f"{tick:g}", (4, y_of(tick) + 4), font, 0.38, black, 1, cv2.LINE_AA)
+        for tick in (0, 0.5, 1):
+            cv2.putText(canvas, f"{tick:g}", (x_of(tick) - 6, height - 6), font, 0.38, black, 1, cv2.LINE_AA)
+        cv2.rectangle(canvas, (left, top), (x_of(1), height - bottom), black, 1)
+        cv2.putText(canvas, name, (left, top - 7), font, 0.45, black, 1, cv2.LINE_AA)
+        for (colour, style), values in lines.items():
+            values = np.asarray(values, float)
+            points = np.stack([[x_of(t) for t in np.linspace(0, 1, len(values))], [y_of(v) for v in values]],
+                              1).astype(np.int32)
+            color = CURVE_COLORS[colours.index(colour) % len(CURVE_COLORS)]
+            if styles.index(style) == 0:
+                cv2.polylines(canvas, [points], False, color, 2, cv2.LINE_AA)
+            else:
+                dashed_polyline(canvas, points, color, 2)
+        tiles.append(canvas)
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    rows[-1] += [np.full_like(tiles[0], 255)] * (columns - len(rows[-1]))
+    grid = tile(rows, pad=4)
+    legend = np.full((30, grid.shape[1], 3), 255, np.uint8)
+    x = 8
+    for i, label in enumerate(colours + styles):  # the colours as solid lines, then the styles in grey
+        colour = CURVE_COLORS[i % len(CURVE_COLORS)] if i < len(colours) else (90, 90, 90)
+        if i <= len(colours):
+            cv2.line(legend, (x, 15), (x + 26, 15), colour, 2, cv2.LINE_AA)
+        else:
+            dashed_polyline(legend, np.array([[x, 15], [x + 26, 15]]), colour, 2)
+        cv2.putText(legend, label, (x + 32, 20), font, 0.45, black, 1, cv2.LINE_AA)
+        x += 32 + cv2.getTextSize(label, font, 0.45, 1)[0][0] + 24
+    axis = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    cv2.putText(axis, xlabel, (grid.shape[1] // 2 - cv2.getTextSize(xlabel, font, 0.45, 1)[0][0] // 2, 16), font,
+                0.45, black, 1, cv2.LINE_AA)
+    return np.concatenate([legend, grid, axis], axis=0)
 
 
 def plot_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], marks: dict[str, float],

@@ -1,10 +1,12 @@
 """Shared fixtures: a tiny synthetic benchmark generated once per session, and tiny-run overrides."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from acol.datasets.synthetic import SyntheticSpec, ensure_synthetic
+from acol.evaluation.boxes import box_hits
 
 TINY_SPEC = dict(num_classes=3, image_size=32, train_per_class=4, val_per_class=2, test_per_class=2,
                  multi_object_fraction=0.25, seed=0)
@@ -16,6 +18,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_box_evaluator():
+    """The box evaluator compiled, and in numba's disk cache, before the first test: its once-per-machine
+    notice would otherwise land in the stderr of whichever test evaluates first (a fresh machine, or a
+    pytest-xdist worker), where some tests read stderr line by line."""
+    box_hits(np.zeros((4, 4)), np.array([[0, 0, 1, 1]]), np.array([0.5]), np.array([0.5]))
 
 
 @pytest.fixture(scope="session")

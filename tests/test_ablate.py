@@ -210,7 +210,8 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     grid = (folder / "grid.png")
     assert grid.is_file()
     import cv2
-    assert cv2.imread(str(grid)).shape == (2 + 3 * (2 * 32 + 2), 2 + 4 * (2 * 32 + 2), 3)  # image + 2 methods; label + 3
+    label_width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] for t in ("image", *chosen)) + 8
+    assert cv2.imread(str(grid)).shape == (2 + 3 * (2 * 32 + 2), label_width + 2 + 3 * (2 * 32 + 2), 3)  # image + 2 methods
     # the val-size study of the same runs (nothing trains): the whole val split chooses the chosen cells
     ablate.main([*args, "--val-sizes", "1", "--val-draws", "3"])
     study = (folder / "val_size.md").read_text()

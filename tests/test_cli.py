@@ -151,7 +151,7 @@ def test_benchmark_reports_each_phases_own_peak_memory(capsys):
     del block
     assert benchmark.reset_peak_memory(cpu)
     assert with_block - peak_mib() >= 200
-    rates = benchmark.main(["--backbone", "smallcnn", "--size", "32", "--steps", "1",
+    rates = benchmark.main(["--device", "cpu", "--backbone", "smallcnn", "--size", "32", "--steps", "1",
                             "--localizers", "inforward,gradcam,scorecam", "model.head_channels=8"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0][2:] for row in rows] == list(rates)
@@ -174,7 +174,8 @@ def test_mistakes_about_a_trained_run_are_one_line(trained_run, tmp_path, monkey
     err = one_line_error(capsys, compare.main, [str(trained_run), "--checkpoint", "best"])
     assert "checkpoints/best.pt" in err and "there: last" in err
     err = one_line_error(capsys, compare.main, [str(trained_run), "--methods", "cam"])
-    assert "none of the methods cam applies" in err
+    assert "none of the methods cam applies to these runs' models; those that do: inforward, inforward_a, " \
+        "inforward_b, gradcam," in err and ", rise\n" in err  # the ACoL model's, in registration order
     if not torch.cuda.is_available():
         for main in (evaluate.main, compare.main):
             argv = ["--run", str(trained_run)] if main is evaluate.main else [str(trained_run)]

@@ -120,8 +120,10 @@ def test_compare_tables_figure_and_tensorboard(tiny_runs, tmp_path, capsys):
     assert "synthetic_cam-s0 gradcam: 6 val and 6 test images ...\n" in first.err  # a notice per localizer
 
     grid = cv2.imread(str(out / "grid.png"))
-    columns = 1 + 3 + 3  # the image, then 3 methods per group
-    assert grid.shape == (34 + 2 * 66 + 2, columns * 66 + 2, 3)  # 32 px tiles shown at 64 px
+    rows = 1 + 3 + 3  # the images, then 3 methods per group, each row labelled whole (group, method)
+    labels = ("image", "synthetic_acol", "synthetic_cam", "inforward", "cam", "gradcam", "guided_gradcam")
+    label_width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] for t in labels) + 8
+    assert grid.shape == (rows * 66 + 2, label_width + 2 * 66 + 2, 3)  # 32 px tiles shown at 64 px, 2 images
     (event_file,) = out.glob("events.out.tfevents.*")
     events = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
     events.Reload()

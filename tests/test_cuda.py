@@ -4,6 +4,9 @@ kernels, and its checkpoint evaluates on the CPU to the same report."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from acol.config import load_config
 from acol.methods import METHODS, build_model
 
 pytestmark = pytest.mark.cuda
-CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "synthetic_acol.toml")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "experiments" / "synthetic_acol.toml")
 FAST = {"rise": {"n_masks": 16, "grid": 3}, "smoothgradcampp": {"samples": 4}, "integrated_gradients": {"steps": 8}}
 
 
@@ -61,12 +65,14 @@ def weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["model"]
 
 
-def test_a_cuda_run_resumes_bit_identically_and_evaluates_on_the_cpu(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("name", ["acol", "has", "adl", "cutmix", "dawsol"])  # with random batch transforms
+def test_a_cuda_run_resumes_bit_identically_and_evaluates_on_the_cpu(name, tiny_overrides, tmp_path):
+    config = str(Path(CONFIG).with_name(f"synthetic_{name}.toml"))
     overrides = [*tiny_overrides, "train.global_batch_size=6", "train.device=cuda", "train.deterministic=true",
                  "train.amp=off"]
-    train.main(["--config", CONFIG, "--name", "straight", *overrides, "train.epochs=2"])
-    train.main(["--config", CONFIG, "--name", "resumed", *overrides, "train.epochs=2", "train.max_steps=2"])
-    train.main(["--config", CONFIG, "--name", "resumed", *overrides, "train.epochs=2", "--resume", "auto"])
+    train.main(["--config", config, "--name", "straight", *overrides, "train.epochs=2"])
+    train.main(["--config", config, "--name", "resumed", *overrides, "train.epochs=2", "train.max_steps=2"])
+    train.main(["--config", config, "--name", "resumed", *overrides, "train.epochs=2", "--resume", "auto"])
     straight, resumed = weights(tmp_path / "runs" / "straight"), weights(tmp_path / "runs" / "resumed")
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
@@ -75,3 +81,15 @@ def test_a_cuda_run_resumes_bit_identically_and_evaluates_on_the_cpu(tiny_overri
                             "train.device=cpu"])
     assert on_cpu["top1_cls"] == reported["top1_cls"]
     assert on_cpu["maxboxacc_v2"] == pytest.approx(reported["maxboxacc_v2"], abs=2.0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 1, reason="needs a machine with exactly one GPU")
+def test_more_processes_than_gpus_is_one_line(tiny_overrides):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "acol.train", "--config", CONFIG, *tiny_overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert ("error: torchrun started 2 processes on this node but torch sees 1 CUDA device, and each process "
+            "drives one: use --nproc-per-node=1, or train.device=cpu\n") in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("error: torchrun started") == 1 and "invalid device ordinal" not in done.stderr

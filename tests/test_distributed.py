@@ -24,7 +24,7 @@ def torchrun(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def test_two_process_training_and_evaluation_equal_one_process(tiny_overrides, tmp_path):
     proc = torchrun("-m", "acol.train", "--config", CONFIG, "--name", "ddp", *tiny_overrides,
-                    "train.global_batch_size=6")
+                    "train.global_batch_size=6", "train.device=cpu")  # gloo, also where a GPU is present
     run_dir = tmp_path / "runs" / "ddp"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 2                                   # 12 images / global batch 6

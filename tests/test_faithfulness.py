@@ -14,10 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from acol import compare, evaluate, train
-
 from acol.evaluation.faithfulness import (DeletionInsertion, PointingGame, baseline_images, gaussian_blur,
                                           perturbation_curves, pixel_ranks, pointing_hit, rise_kernel,
                                           trapezoid_auc)
+from acol.visualize import CURVE_COLORS, small_multiples
 
 
 def test_a_map_equal_to_the_gt_mask_always_points_inside():
@@ -247,7 +247,8 @@ def test_evaluate_and_compare_with_the_checks_on(tiny_overrides, tmp_path, capsy
     assert float(row["insertion AUC ↑ mean"]) == pytest.approx(metrics["insertion_auc"], abs=1e-4)
     assert "| pointing game | deletion AUC ↓ | insertion AUC ↑ | randomized Spearman | randomized SSIM |" \
         in (tmp_path / "cmp" / "results.md").read_text()
-    assert cv2.imread(str(tmp_path / "cmp" / "randomization.png")).shape == (420, 1280, 3)
+    # small multiples: a legend row, one row of 4 panels (inforward, gradcam, 2 empty), the x axis line
+    assert cv2.imread(str(tmp_path / "cmp" / "randomization.png")).shape == (30 + 178 + 24, 940, 3)
     (event_file,) = (tmp_path / "cmp").glob("events.out.tfevents.*")
     tb = EventAccumulator(str(event_file), size_guidance={"images": 0})
     tb.Reload()
@@ -261,3 +262,18 @@ def test_bad_check_options_get_one_line(tmp_path):
         compare.main([str(tmp_path), "--perturbation-steps", "0"])
     with pytest.raises(SystemExit, match="argument --pointing-tolerance: must be >= 0, got -1"):
         evaluate.main(["--run", str(tmp_path), "--faithfulness", "--pointing-tolerance", "-1"])
+
+
+def test_small_multiples_draws_each_line_in_its_panel_colour_and_style():
+    flat = np.zeros(11)  # y = 0: the row between the top (1) and bottom (-1) of a 170-px panel
+    image = small_multiples({"one": {("a", "solid"): flat, ("b", "dashed"): flat + 0.5},
+                             "two": {("b", "solid"): flat}}, (-1, 1), "x", columns=2)
+    assert image.shape == (30 + 178 + 24, 2 * 234 + 4, 3)
+    panels = [image[30 + 4:30 + 4 + 170, 4 + i * 234:4 + i * 234 + 230] for i in range(2)]
+    zero, half = 22 + (170 - 22 - 22) // 2, 22 + (170 - 22 - 22) // 4  # y of 0 and of 0.5 (top 22, bottom 22 px)
+    a, b = np.array(CURVE_COLORS[0]), np.array(CURVE_COLORS[1])
+    solid_a = (np.abs(panels[0][zero, 40:220].astype(int) - a).sum(1) == 0).mean()
+    dashed_b = (np.abs(panels[0][half, 40:220].astype(int) - b).sum(1) == 0).mean()
+    assert solid_a > 0.95 and 0.3 < dashed_b < 0.7                  # "b" on the second style: dashed
+    assert not (np.abs(panels[1].astype(int) - a).sum(2) == 0).any()  # "a" is not in panel "two"
+    assert (np.abs(panels[1][zero, 40:220].astype(int) - b).sum(1) == 0).mean() > 0.95

@@ -228,10 +228,12 @@ def test_a_file_size_limit_stops_training_with_one_line(tiny_overrides, tmp_path
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(Path(CONFIG).parents[1])))
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
-    # the first file past the limit: the TensorBoard events (heatmaps) or a checkpoint
-    assert ("error: file too large writing " in done.stderr and "raise the file size limit (ulimit -f)" in done.stderr
+    # the first file past the limit: the TensorBoard events (heatmaps), said through the run's logger
+    # (stdout and log.txt), or a checkpoint, refused before it is written (stderr)
+    said = done.stdout + done.stderr
+    assert ("error: file too large writing " in said and "raise the file size limit (ulimit -f)" in said
             or "the file size limit of this process (40960 bytes, ulimit -f) is below the checkpoint's size"
-            in done.stderr), done.stderr[-2000:]
+            in done.stderr), said[-2000:]
 
 
 def test_an_unwritable_runs_folder_is_one_line(tiny_overrides, tmp_path, capsys):

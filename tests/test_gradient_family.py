@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from acol.cams import build_localizer
+from acol.cams import build_localizer, gradient_family
 from acol.cams.gradient_family import principal_projection
 from acol.cams.ops import minmax_normalize
 from acol.methods import METHODS
@@ -120,6 +120,26 @@ def test_principal_projection_near_degenerate(transpose):
     expected = 3.0 * (v[:, 0] if transpose else u[:, 0])  # s_1 u_1, or for M^T: s_1 v_1
     expected = expected * (1.0 if expected.sum() >= 0 else -1.0)
     torch.testing.assert_close(principal_projection(m)[0], expected, atol=1e-7, rtol=0)
+
+
+def test_top_eigenpair_is_eighs():
+    g = torch.Generator().manual_seed(2)
+    m = torch.relu(torch.randn(300, 200, generator=g, dtype=torch.float64))
+    gram = m.T @ m
+    value, vector = gradient_family.top_eigenpair(lambda x: gram @ x, 200, steps=64)
+    values, vectors = torch.linalg.eigh(gram)
+    assert abs(value - values[-1]) <= 1e-12 * values[-1]
+    torch.testing.assert_close(vector * torch.sign(vector @ vectors[:, -1]), vectors[:, -1], atol=1e-10, rtol=0)
+    assert gradient_family.top_eigenpair(lambda x: gram @ x, 200, steps=2) is None  # not there yet: the caller's eigh
+
+
+@pytest.mark.parametrize("steps", [gradient_family.LANCZOS_STEPS, 1])  # 1: Lanczos gives up, eigh decides
+def test_principal_projection_of_an_activation_sized_matrix_is_the_svds(steps, monkeypatch):
+    monkeypatch.setattr(gradient_family, "LANCZOS_STEPS", steps)
+    g = torch.Generator().manual_seed(3)
+    for shape in ((1, 196, 512), (1, 512, 196)):  # a 14 x 14 map of 512 channels, and K < n
+        m = torch.relu(torch.randn(*shape, generator=g, dtype=torch.float64))
+        torch.testing.assert_close(principal_projection(m), svd_projection(m), atol=1e-9, rtol=1e-9)
 
 
 def test_principal_projection_of_zeros_is_zero():

@@ -470,7 +470,8 @@ def test_every_method_on_every_backbone_trains_a_step_and_evaluates(name, backbo
 
 @pytest.mark.parametrize("name", ["has", "adl", "cutmix", "dawsol"])
 def test_resume_is_exact_with_random_batch_transforms_and_layers(name, tiny_overrides, tmp_path):
-    common = ["--config", str(EXPERIMENTS / f"synthetic_{name}.toml"), *tiny_overrides, "train.global_batch_size=6"]
+    common = ["--config", str(EXPERIMENTS / f"synthetic_{name}.toml"), *tiny_overrides, "train.global_batch_size=6",
+              "train.device=cpu"]  # on CUDA: tests/test_cuda.py, with deterministic kernels
     train.main([*common, "train.epochs=2", "--name", "straight"])
     train.main([*common, "train.epochs=1", "--name", "resumed"])
     train.main([*common, "train.epochs=2", "--name", "resumed", "--resume", "auto"])

@@ -113,7 +113,7 @@ def test_fp16_autocast_trains_with_a_grad_scaler(tiny_overrides, tmp_path):
 
 
 def test_channels_last_trains_as_nchw(tiny_overrides, tmp_path):
-    overrides = tiny_overrides + ["train.global_batch_size=6"]
+    overrides = tiny_overrides + ["train.global_batch_size=6", "train.device=cpu"]  # CPU kernels (CUDA: bf16)
     run(overrides, "--name", "nchw")
     run(overrides + ["train.channels_last=true"], "--name", "nhwc")
     nchw, nhwc = final_weights(tmp_path / "runs" / "nchw"), final_weights(tmp_path / "runs" / "nhwc")

@@ -82,21 +82,57 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+LANCZOS_STEPS = 64  # Krylov steps before `principal_projection` decomposes the Gram matrix instead
+
+
+def top_eigenpair(apply, size: int, steps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(lambda_1, its unit eigenvector (size,)) of a symmetric positive semi-definite float64 operator
+    `apply` (vector -> vector), by Lanczos with full reorthogonalisation from a fixed random start: done
+    when the Ritz residual is within 1e-12 of the gap to the next Ritz value (the vector's error is about
+    that ratio) or the Krylov space is whole; None when `steps` do not get there."""
+    q = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    basis, alphas, betas = [q / q.norm()], [], []
+    for step in range(min(size, steps)):
+        w = apply(basis[-1])
+        alphas.append(torch.dot(basis[-1], w))
+        q = torch.stack(basis, dim=1)  # (size, step + 1), orthonormal
+        for _ in range(2):  # twice is enough (Kahan)
+            w = w - q @ (q.T @ w)
+        beta = w.norm()
+        off = torch.stack(betas) if betas else torch.zeros(0, dtype=torch.float64)
+        ritz, vectors = torch.linalg.eigh(torch.diag(torch.stack(alphas)) + torch.diag(off, 1) + torch.diag(off, -1))
+        residual = beta * vectors[-1, -1].abs()
+        whole = beta <= 1e-14 * ritz[-1].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        if whole or (step and residual <= 1e-12 * (ritz[-1] - ritz[-2])):
+            return ritz[-1], q @ vectors[:, -1]
+        betas.append(beta)
+        basis.append(w / beta)
+    return None
+
+
 def principal_projection(matrix: torch.Tensor) -> torch.Tensor:
     """(B, n, K) -> (B, n) float64: each matrix M projected on its first right singular vector,
     M v_1 (= s_1 u_1), signed so that it sums to >= 0.
 
-    From the eigendecomposition (float64, one thread) of the smaller Gram matrix: M^T M (K x K),
-    whose top eigenvector is v_1, or M M^T (n x n), whose top eigenvector u_1 gives s_1 u_1 with
-    s_1 = sqrt(lambda_1). Equal to the SVD's projection to float64 rounding over the top eigenvalue's
+    The top eigenvector of the smaller Gram matrix: M^T M (K x K), whose top eigenvector is v_1, or
+    M M^T (n x n), whose top eigenvector u_1 gives s_1 u_1 with s_1 = sqrt(lambda_1); by Lanczos
+    (`top_eigenpair`, matrix-vector products with M only), else from the Gram matrix's eigendecomposition
+    (float64, one thread). Equal to the SVD's projection to float64 rounding over the top eigenvalue's
     gap; an all-zero M gives zeros.
     """
     m = matrix.double()
     n, k = m.shape[-2:]
-    with _one_thread():
-        values, vectors = torch.linalg.eigh(m.mT @ m if k <= n else m @ m.mT)
-    top = vectors[..., -1]  # eigh sorts the eigenvalues in ascending order
-    projection = (m @ top[..., None])[..., 0] if k <= n else top * values[..., -1:].clamp_min(0).sqrt()
+    projections = []
+    for one in m:
+        found = top_eigenpair((lambda x: one.T @ (one @ x)) if k <= n else (lambda x: one @ (one.T @ x)), min(n, k),
+                              LANCZOS_STEPS)
+        if found is None:
+            with _one_thread():
+                values, vectors = torch.linalg.eigh(one.T @ one if k <= n else one @ one.T)
+            found = values[-1], vectors[:, -1]  # eigh sorts the eigenvalues in ascending order
+        value, top = found
+        projections.append(one @ top if k <= n else top * value.clamp_min(0).sqrt())
+    projection = torch.stack(projections) if projections else m.new_zeros(m.shape[:2])
     return projection * torch.where(projection.sum(dim=-1, keepdim=True) < 0, -1.0, 1.0)
 
 
@@ -110,7 +146,7 @@ class EigenCAM(_Gradients):
 
     def raw(self, model, images, labels):
         with eval_mode(model), torch.no_grad(), capture(self.target_layer(model)) as activation:
-            logits = class_logits(model, images, self.forward_labels(labels))
+            logits = class_logits(model, cpu_channels_last(images), self.forward_labels(labels))
         act = activation.value.detach()  # capture made it a leaf requiring grad: no graph for the projection
         if act.dim() != 4:
             raise ValueError(f"layer output must be (B, K, h, w); got {tuple(act.shape)}")

@@ -37,7 +37,7 @@ from torch import nn
 from acol.cams.hooks import eval_mode
 from acol.engine import autocast
 from acol.evaluation.maps import resize_and_normalize
-from acol.visualize import heatmap_rows, plot_curves, titled_grid
+from acol.visualize import heatmap_rows, plot_curves, small_multiples, titled_grid
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
@@ -175,21 +175,37 @@ def summary(result: dict) -> dict[str, float]:
 
 
 CASCADE_AXIS = "fraction of the cascade steps done (top first)"
+SIMILARITIES = (("spearman", "Spearman rank correlation"), ("ssim", "SSIM"))
+
+
+def on_one_axis(lines: dict) -> tuple[np.ndarray, dict]:
+    """(x, lines): cascades of similarities (each without its step 0) as curves from 1 at step 0, each
+    interpolated to the longest cascade's steps on x = the fraction of the steps done (0..1)."""
+    lines = {label: np.array([1.0, *v]) for label, v in lines.items()}
+    grid = np.linspace(0, 1, max(len(v) for v in lines.values()))
+    return grid, {label: np.interp(grid, np.linspace(0, 1, len(v)), v) for label, v in lines.items()}
 
 
 def cascade_plot(results: dict[str, dict], title: str) -> np.ndarray:
     """(H, W, 3) uint8: Spearman (left) and SSIM (right) vs the fraction of the cascade steps done, one
     line per entry of `results` (a name: a dict with "spearman" and "ssim" lists), 1 at step 0."""
     panels = []
-    for key, name in (("spearman", "Spearman rank correlation"), ("ssim", "SSIM")):
-        lines = {label: np.array([1.0, *r[key]]) for label, r in results.items()}
-        xs = {label: np.linspace(0, 1, len(v)) for label, v in lines.items()}
-        steps = max(len(v) for v in lines.values())
-        grid = np.linspace(0, 1, steps)  # one x axis: each line interpolated to the longest cascade
-        lines = {label: np.interp(grid, xs[label], v) for label, v in lines.items()}
+    for key, name in SIMILARITIES:
+        grid, lines = on_one_axis({label: r[key] for label, r in results.items()})
         panels.append(plot_curves(grid, lines, {}, f"{name} with the trained maps: {title}", xlabel=CASCADE_AXIS,
                                   y_range=(-1, 1)))
     return np.concatenate(panels, axis=1)
+
+
+def cascade_panels(results: dict[str, dict[str, dict]]) -> np.ndarray:
+    """(H, W, 3) uint8 small multiples: one panel per localizer (the keys of `results`), in it one colour
+    per model (its keys: a dict with "spearman" and "ssim" lists), Spearman solid and SSIM dashed, each
+    vs the fraction of the cascade steps done, 1 at step 0."""
+    panels = {}
+    for localizer, models in results.items():
+        _, lines = on_one_axis({(model, name): r[key] for model, r in models.items() for key, name in SIMILARITIES})
+        panels[localizer] = lines
+    return small_multiples(panels, (-1, 1), f"x: {CASCADE_AXIS}; y: similarity with the trained model's map")
 
 
 def cascade_grid(images: torch.Tensor, boxes: list, result: dict, num_images: int = 4, max_steps: int = 8) -> np.ndarray:

@@ -87,6 +87,7 @@ class ADLMethod(CAMClassifierMethod):
     """The CAM classifier with ADL layers at the backbone's positions (`POSITIONS`)."""
 
     Config = ADLConfig
+    backbones = tuple(POSITIONS)
 
     def build_model(self, backbone: nn.Module) -> WSOLModel:
         model = super().build_model(backbone)

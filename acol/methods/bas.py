@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from acol.cams.ops import minmax_normalize, select_class
 from acol.methods.base import METHODS, Method, check_range
-from acol.models.backbones import MidTail, mid_tail_backbone
+from acol.models.backbones import MID_TAIL_BACKBONES, MidTail, mid_tail_backbone
 from acol.models.wsol import POST_HOC, WSOLModel, cross_entropy
 
 AUTHORS = -1                            # a [bas] value of -1 (0 for top_k): the authors' CUB value for the backbone
@@ -161,6 +161,7 @@ class BASMethod(Method):
     """BAS on the mid/tail variant of any backbone; its hyperparameters are the [bas] table."""
 
     Config = BASConfig
+    backbones = tuple(MID_TAIL_BACKBONES)
 
     def build_backbone(self, model_cfg) -> MidTail:
         return mid_tail_backbone(model_cfg)

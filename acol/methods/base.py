@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from acol.models.backbones import BACKBONES
+from acol.models.external import external_backbone, is_external
 from acol.models.wsol import WSOLModel
 from acol.registry import Registry
 
@@ -36,6 +37,7 @@ class Method:
     """
 
     Config: type | None = None
+    backbones: tuple[str, ...] | None = None  # the model.backbone values it has a layout for (None: any)
     trains_on_masks = False  # True: the targets are (B, H, W) uint8 foreground masks (1 in, 0 out, 255 ignore)
 
     def __init__(self, cfg, num_classes: int):
@@ -48,7 +50,10 @@ class Method:
         raise NotImplementedError
 
     def build_backbone(self, model_cfg) -> nn.Module:
-        """The backbone of model.backbone before its pretrained weights load (default: the registry's)."""
+        """The backbone of model.backbone before its pretrained weights load (default: the registry's, or
+        timm's / torchvision's for a timm: / torchvision: name: acol.models.external)."""
+        if is_external(model_cfg.backbone):
+            return external_backbone(model_cfg)
         return BACKBONES.get(model_cfg.backbone)(model_cfg)
 
     def transform_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

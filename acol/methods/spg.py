@@ -180,6 +180,7 @@ class SPGMethod(Method):
     """SPG on any backbone of `LAYOUTS`; its thresholds are the [spg] table."""
 
     Config = SPGConfig
+    backbones = tuple(LAYOUTS)
 
     def build_model(self, backbone: nn.Module) -> SPG:
         pool4 = backbone.features[23] if backbone.name == "vgg16" else None
