@@ -233,7 +233,8 @@ def test_the_grid_of_groups_at_different_input_sizes_takes_the_first_groups_size
     path = tmp_path / "sizes.toml"
     path.write_text("seeds = [0]\n" + "".join(
         f'[[groups]]\nname = "{name}"\nbase = "{base}"\n[[groups.cells]]\n'
-        f'set = {{ "data.resize_size" = {size + 4}, "data.crop_size" = {size} }}\n' for name, size in (("A", 32), ("B", 48))))
+        f'set = {{ "data.resize_size" = {size + 4}, "data.crop_size" = {size} }}\n'
+        for name, size in (("A", 32), ("B", 48))))
     overrides = [o for o in tiny_overrides if not o.startswith(("data.resize_size", "data.crop_size"))]
     runs = tmp_path / "ablation_runs"
     ablate.main([str(path), "--runs-dir", str(runs), "--num-images", "2",
