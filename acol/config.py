@@ -64,12 +64,14 @@ class ModelCfg:
     name: str = "acol"                  # the WSOL method (acol/methods/): acol | single | cam | has | adl | cutmix | spg,
                                         # bas, dawsol, or fsl (the few-shot baseline: see data.train_split)
     backbone: str = "vgg16"             # vgg16 | resnet50 | inception_v3 (wsolevaluation variants) | smallcnn |
-                                        # timm:<name> | torchvision:<name> (acol/models/external.py)
+                                        # efficientnet_lite0 | timm:<name> | torchvision:<name> (acol/models/external.py)
     num_classes: int = 0                # 0: taken from the dataset
     pretrained: str = ""                # "" (random init) | "imagenet" | path to a torchvision-layout state dict
-                                        # (timm: / torchvision: backbones: that model's own layout)
+                                        # (timm: / torchvision: backbones: that model's own layout) |
+                                        # "efficientnet-lite0" (efficientnet_lite0's ImageNet weights, from a package)
     large_feature_map: bool = True      # stride 8 (28x28 maps at 224; official ACoL) instead of 16 (14x14);
-                                        # timm: / torchvision: backbones: 16 instead of their own (32 for most)
+                                        # efficientnet_lite0, timm: / torchvision: backbones: 16 instead of their
+                                        # own (32 for most)
     smooth_features: bool = True        # 3x3 stride-1 average pooling of the backbone output (official ACoL and
                                         # wsolevaluation's VGG; its resnet50 / inception_v3 variants: false)
     head_channels: int = 1024           # hidden channels of the class-map heads and of the cam model's conv
@@ -169,7 +171,7 @@ class Config:
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "log")  # the fixed tables; method tables come after model
 PATH_KEYS = ("data.root", "data.metadata_root", "log.runs_dir", "model.pretrained")  # resolved as the docstring says
-NOT_PATHS = {"model.pretrained": ("", "imagenet")}  # values of a path key that name no file
+NOT_PATHS = {"model.pretrained": ("", "imagenet", "efficientnet-lite0")}  # values of a path key that name no file
 RECIPE = "acol:"                                    # `acol:NAME`: experiments/NAME shipped with acol
 
 
@@ -490,6 +492,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pretrained_classifier needs model.backbone=resnet50 and model.pretrained (the "
                           f"weights that hold the ImageNet classifier); got {cfg.model.backbone!r} and "
                           f"{cfg.model.pretrained!r}")
+    if cfg.model.pretrained == "efficientnet-lite0" and cfg.model.backbone != "efficientnet_lite0":
+        raise ConfigError("model.pretrained=efficientnet-lite0 needs model.backbone=efficientnet_lite0; got "
+                          f"{cfg.model.backbone!r}")
     for key, interval in RANGES.items():
         section, name = key.split(".")
         _check_range(key, flat[section][name], interval)

@@ -225,3 +225,21 @@ def test_groups_search_on_some_seeds_then_run_the_chosen_cell_on_all(tiny_overri
     num_val = len(records["top1"])
     assert f"| all ({num_val} images) | {' | '.join(picked)} |" in study
     assert "| 1 (3 images, 3 draws) | " in study  # 1 image of each of the 3 classes
+
+
+def test_the_grid_of_groups_at_different_input_sizes_takes_the_first_groups_size(tiny_overrides, tmp_path):
+    """As experiments/ablations/pretrained.toml: 64 px groups beside 96 px ones."""
+    base = ROOT / "experiments" / "synthetic_cam.toml"
+    path = tmp_path / "sizes.toml"
+    path.write_text("seeds = [0]\n" + "".join(
+        f'[[groups]]\nname = "{name}"\nbase = "{base}"\n[[groups.cells]]\n'
+        f'set = {{ "data.resize_size" = {size + 4}, "data.crop_size" = {size} }}\n'
+        for name, size in (("A", 32), ("B", 48))))
+    overrides = [o for o in tiny_overrides if not o.startswith(("data.resize_size", "data.crop_size"))]
+    runs = tmp_path / "ablation_runs"
+    ablate.main([str(path), "--runs-dir", str(runs), "--num-images", "2",
+                 *[f"--override={o}" for o in overrides + ["train.max_steps=1"]]])
+    import cv2
+    label_width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] for t in ("image", "A", "B")) + 8
+    grid = cv2.imread(str(runs / "ablations" / "sizes" / "grid.png"))
+    assert grid.shape == (2 + 3 * (2 * 32 + 2), label_width + 2 + 2 * (2 * 32 + 2), 3)  # image + 2 groups, 32 px

@@ -20,7 +20,8 @@ NUM_CLASSES = 3
 # (h, w) of the feature maps at a 224x224 input, by (backbone, large_feature_map), as documented
 MAP_SIZE_224 = {("vgg16", True): 28, ("vgg16", False): 14, ("resnet50", True): 28, ("resnet50", False): 14,
                 ("inception_v3", True): 28, ("inception_v3", False): 14,
-                ("smallcnn", True): 56, ("smallcnn", False): 28}
+                ("smallcnn", True): 56, ("smallcnn", False): 28,
+                ("efficientnet_lite0", True): 14, ("efficientnet_lite0", False): 7}
 
 TORCHVISION_BUILDERS = {
     "resnet50": lambda: torchvision.models.resnet50(weights=None),

@@ -241,7 +241,7 @@ def test_config_errors_name_the_key_and_the_file(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("model.name=resnet", r"model.name must be one of acol, adl, bas, cam, cutmix, dawsol, fsl, has, single, spg; got 'resnet'"),
-    ("model.backbone=vgg19", r"model.backbone must be one of inception_v3, resnet50, smallcnn, vgg16; got 'vgg19'"),
+    ("model.backbone=vgg19", r"model.backbone must be one of efficientnet_lite0, inception_v3, resnet50, smallcnn, vgg16; got 'vgg19'"),
 ])
 def test_unknown_model_and_backbone_names_in_a_config(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -250,7 +250,8 @@ def test_unknown_model_and_backbone_names_in_a_config(override, message):
 
 @pytest.mark.parametrize("lookup, message", [
     (lambda: METHODS.get("resnet"), "unknown method 'resnet'; valid names: acol, adl, bas, cam, cutmix, dawsol, fsl, has, single, spg"),
-    (lambda: BACKBONES.get("vgg19"), "unknown backbone 'vgg19'; valid names: inception_v3, resnet50, smallcnn, vgg16"),
+    (lambda: BACKBONES.get("vgg19"), "unknown backbone 'vgg19'; valid names: efficientnet_lite0, inception_v3, resnet50, smallcnn, "
+                                           "vgg16"),
     (lambda: build_localizer("gradcamx"), "unknown localizer 'gradcamx'; valid names: ablationcam, cam, eigencam, gradcam, "),
 ])
 def test_unknown_registered_names_list_the_valid_ones(lookup, message):

@@ -14,8 +14,8 @@ from acol.config import ConfigError, load_config
 from acol.engine import build_optimizer
 from acol.methods import build_method
 from acol.methods.bas import BASConfig, background_ratio, top_k_map
-from acol.models.backbones import (InceptionV3MidTail, ResNet50MidTail, SmallCNNMidTail, VGG16MidTail,
-                                   mid_tail_backbone)
+from acol.models.backbones import (EfficientNetLite0MidTail, InceptionV3MidTail, ResNet50MidTail, SmallCNNMidTail,
+                                   VGG16MidTail, mid_tail_backbone)
 from acol.schedule import build_schedule
 
 NUM_CLASSES = 4
@@ -166,7 +166,8 @@ def test_new_layers_initialised_as_the_authors():
     (ResNet50MidTail, (1024, 4, 4), (2048, 2, 2), lambda: torchvision.models.resnet50().state_dict()),
     (InceptionV3MidTail, (768, 4, 4), (2048, 2, 2),
      lambda: torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()),
-    (SmallCNNMidTail, (32, 16, 16), (64, 8, 8), None)])
+    (SmallCNNMidTail, (32, 16, 16), (64, 8, 8), None),
+    (EfficientNetLite0MidTail, (112, 2, 2), (1280, 1, 1), None)])  # its weights: test_efficientnet_lite.py
 def test_mid_tail_backbones(builder, mid, out, keys):
     torch.manual_seed(0)
     backbone = builder().eval()

@@ -29,8 +29,9 @@ def batch():
 
 # expected (h, w) of the maps at a 64x64 input, by (backbone, large_feature_map)
 MAP_SIZE = {("vgg16", True): 8, ("vgg16", False): 4, ("resnet50", True): 8, ("resnet50", False): 4,
-            ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8}
-BAS_MAP_SIZE = {"vgg16": 8, "resnet50": 8, "inception_v3": 8, "smallcnn": 32}  # its mid-level maps, fixed per backbone
+            ("inception_v3", True): 8, ("inception_v3", False): 4, ("smallcnn", True): 16, ("smallcnn", False): 8,
+            ("efficientnet_lite0", True): 4, ("efficientnet_lite0", False): 2}
+BAS_MAP_SIZE = {"vgg16": 8, "resnet50": 8, "inception_v3": 8, "smallcnn": 32, "efficientnet_lite0": 4}  # its mid-level maps, fixed per backbone
 
 # every registered model, and the cam model also without its conv (GAP + FC on the backbone)
 MODEL_VARIANTS = [pytest.param(name, [], id=name) for name in METHODS.names()] + [
@@ -252,7 +253,7 @@ def test_imagenet_weights_offline_say_where_to_get_them(backbone, weights, arch,
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(KeyError, match="valid names: inception_v3, resnet50, smallcnn, vgg16"):
+    with pytest.raises(KeyError, match="valid names: efficientnet_lite0, inception_v3, resnet50, smallcnn, vgg16"):
         BACKBONES.get("resnet9")
 
 

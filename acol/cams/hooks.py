@@ -84,12 +84,12 @@ class _GuidedReLUGrad(torch.autograd.Function):
 
 @contextlib.contextmanager
 def guided_relus(model: nn.Module):
-    """Guided backpropagation (Springenberg et al., 2015) through every `nn.ReLU` of the model:
-    the gradient at a ReLU's input is its plain gradient (zero where the input is <= 0) with the
-    negative entries of the incoming gradient zeroed as well. Works with in-place ReLUs (the
-    rule is applied to the output, whose positive entries are those of the input)."""
+    """Guided backpropagation (Springenberg et al., 2015) through every `nn.ReLU` (and `nn.ReLU6`) of
+    the model: the gradient at a ReLU's input is its plain gradient (zero where the input is <= 0, and
+    >= 6 for ReLU6) with the negative entries of the incoming gradient zeroed as well. Works with
+    in-place ReLUs (the rule is applied to the output, whose positive entries are those of the input)."""
     handles = [m.register_forward_hook(lambda module, inputs, output: _GuidedReLUGrad.apply(output))
-               for m in model.modules() if isinstance(m, nn.ReLU)]
+               for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
     if not handles:
         raise ValueError(f"{type(model).__name__} has no nn.ReLU modules to guide")
     try:

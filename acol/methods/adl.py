@@ -27,6 +27,7 @@ POSITIONS = {
     "resnet50": ("backbone.layer3.0", "backbone.layer4.0", "backbone.layer4.2"),
     "inception_v3": ("backbone.Mixed_5d", "backbone.Mixed_6e", None),
     "smallcnn": ("backbone.features.10", "backbone.features.13", "backbone.features.16"),  # after pool2, conv4, conv5
+    "efficientnet_lite0": ("backbone.stage5.2", "backbone.stage7.0", "backbone.head.act"),  # ours: stage5, stage7, head
 }
 
 

@@ -31,8 +31,8 @@ from acol.models.backbones import MID_TAIL_BACKBONES, MidTail, mid_tail_backbone
 from acol.models.wsol import POST_HOC, WSOLModel, cross_entropy
 
 AUTHORS = -1                            # a [bas] value of -1 (0 for top_k): the authors' CUB value for the backbone
-CUB_AREA_WEIGHT = {"vgg16": 0.7, "resnet50": 1.2, "inception_v3": 1.0, "smallcnn": 1.0}
-CUB_FG_CE_WEIGHT = {"vgg16": 0.0, "resnet50": 0.5, "inception_v3": 0.5, "smallcnn": 0.5}
+CUB_AREA_WEIGHT = {"vgg16": 0.7, "resnet50": 1.2, "inception_v3": 1.0, "smallcnn": 1.0, "efficientnet_lite0": 1.0}
+CUB_FG_CE_WEIGHT = {"vgg16": 0.0, "resnet50": 0.5, "inception_v3": 0.5, "smallcnn": 0.5, "efficientnet_lite0": 0.5}
 CUB_TOP_K = {"vgg16": 80}               # other backbones: every class
 RATIO_CUTS = ("ge", "gt")
 MAP_CLASSES = ("top_k", "label")
@@ -42,7 +42,7 @@ EPS = 1e-8
 @dataclass
 class BASConfig:
     area_weight: float = AUTHORS        # weight of the area term; -1: CUB's (vgg16 0.7, resnet50 1.2,
-                                        # inception_v3 1.0; smallcnn 1.0). ILSVRC: 1.0, 2.0, 2.5
+                                        # inception_v3 1.0; smallcnn, efficientnet_lite0 1.0). ILSVRC: 1.0, 2.0, 2.5
     fg_ce_weight: float = AUTHORS       # weight of CE(logits_fg); -1: CUB's (vgg16 0, others 0.5). ILSVRC: 0.05, 1, 1
     ratio_cut: str = "ge"               # the ratio is 0 where erased >= full score (ge, CUB) or > (gt, ILSVRC)
     map_classes: str = "top_k"          # localization map: mean of the top_k predicted classes' maps | the label's

