@@ -2,6 +2,7 @@
 side-effect rules (hooks, modes, gradients, batch exactness, in-place ReLUs, guided gradients)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -275,21 +276,19 @@ def test_inplace_relu_after_the_target_layer_does_not_corrupt_the_map(batch):
     assert (activation.value < 0).any()  # the recorded conv output kept its negative values
 
 
+def class_gradient_at(layer: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, guided: bool) -> torch.Tensor:
+    """d(sum of the logits of classes y)/d(layer's output), through guided ReLUs or plain ones."""
+    with capture(layer) as activation, torch.enable_grad():
+        with guided_relus(model) if guided else contextlib.nullcontext():
+            logits = model(x)["logits"]
+        return torch.autograd.grad(logits.gather(1, y[:, None]).sum(), activation.value)[0]
+
+
 def test_guided_backprop_gradients_through_relus_are_non_negative(batch):
     model = tiny("cam").eval()
     x, y = batch
-
-    def gradient_before_last_relu(guided):
-        with capture(model.conv[0]) as activation:  # conv[0] feeds the in-place ReLU conv[1]
-            if guided:
-                with guided_relus(model):
-                    logits = model(x)["logits"]
-            else:
-                logits = model(x)["logits"]
-            return torch.autograd.grad(logits.gather(1, y[:, None]).sum(), activation.value)[0]
-
-    guided = gradient_before_last_relu(True)
-    plain = gradient_before_last_relu(False)
+    guided = class_gradient_at(model.conv[0], model, x, y, True)  # conv[0] feeds the in-place ReLU conv[1]
+    plain = class_gradient_at(model.conv[0], model, x, y, False)
     assert (guided >= 0).all() and (guided > 0).any()
     assert (plain < 0).any()  # the plain gradient is signed: the rule is what makes it non-negative
     torch.testing.assert_close(guided, plain.clamp_min(0))  # after the last ReLU there is only the FC

@@ -16,12 +16,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from acol import compare, train
 from acol.cams import applicable_localizers
-from acol.cams.hooks import capture, guided_relus
 from acol.config import ConfigError, load_config
 from acol.datasets.transforms import normalize_on_device
 from acol.methods import build_model
 from acol.models.backbones import (EfficientNetLite0Features, EfficientNetLite0MidTail, WeightsError,
                                    lite0_package_weights)
+from tests.test_cams import class_gradient_at
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # ImageNet-1k class names in index order, as torchvision ships them (no download)
@@ -135,18 +135,9 @@ def test_guided_backprop_guides_the_relu6_layers():
                                                "model.cam_conv=false"]), 3).eval()
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
 
-    def gradient_before_last_relu6(guided):
-        with capture(model.backbone.head.bn) as activation, torch.enable_grad():
-            if guided:
-                with guided_relus(model):
-                    logits = model(x)["logits"]
-            else:
-                logits = model(x)["logits"]
-            return torch.autograd.grad(logits.gather(1, y[:, None]).sum(), activation.value)[0]
-
-    plain = gradient_before_last_relu6(False)
+    plain = class_gradient_at(model.backbone.head.bn, model, x, y, False)  # the BN before the last ReLU6
     assert (plain < 0).any()
-    torch.testing.assert_close(gradient_before_last_relu6(True), plain.clamp_min(0))  # then only pooling and the FC
+    torch.testing.assert_close(class_gradient_at(model.backbone.head.bn, model, x, y, True), plain.clamp_min(0))  # then only pooling and the FC
 
 
 def test_pretrained_acol_fine_tunes_and_every_localizer_maps_it(tiny_overrides, tmp_path, monkeypatch):
