@@ -613,8 +613,8 @@ def val_size_study(ablation: Ablation, search: list[Job], overrides: list[str], 
 
 def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_images: int) -> np.ndarray:
     """Rows: the test images with their GT boxes, then each group's map (the chosen cell's first-seed
-    run, the model's own map) with its predicted box at the run's val threshold; the same images, each
-    row resized (area) to the first group's input size when its group's differs."""
+    run, the model's own map) with its predicted box at the run's val threshold; the same images (a
+    group at another input size resized to the first's by `tile`)."""
     from acol.compare import test_maps  # loads models: only for a file with groups
 
     rows, labels = [], ["image"]
@@ -625,9 +625,7 @@ def method_grid(ablation: Ablation, final: list[Job], overrides: list[str], num_
         tiles = heatmap_rows(images, maps, boxes, {name: threshold for name in maps})
         if not rows:
             rows.append([row[0] for row in tiles])
-        size = rows[0][0].shape[1::-1]
-        rows.append([cv2.resize(row[1], size, interpolation=cv2.INTER_AREA) if row[1].shape[1::-1] != size
-                     else row[1] for row in tiles])
+        rows.append([row[1] for row in tiles])
         labels.append(group.name)
     return labelled_rows(rows, labels)
 

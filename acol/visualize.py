@@ -30,12 +30,15 @@ def draw_boxes(image: np.ndarray, boxes, color: tuple[int, int, int]) -> np.ndar
 
 
 def tile(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """A grid of equally sized (H, W, 3) uint8 tiles separated by white padding."""
+    """A grid of (H, W, 3) uint8 tiles separated by white padding, each the size of the first (a tile of
+    another size, e.g. a run at another input size, is resized to it: area interpolation)."""
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
     grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, t in enumerate(row):
+            if t.shape[:2] != (h, w):
+                t = cv2.resize(t, (w, h), interpolation=cv2.INTER_AREA)
             grid[pad + i * (h + pad):pad + i * (h + pad) + h, pad + j * (w + pad):pad + j * (w + pad) + w] = t
     return grid
 

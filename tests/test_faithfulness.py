@@ -17,7 +17,7 @@ from acol import compare, evaluate, train
 from acol.evaluation.faithfulness import (DeletionInsertion, PointingGame, baseline_images, gaussian_blur,
                                           perturbation_curves, pixel_ranks, pointing_hit, rise_kernel,
                                           trapezoid_auc)
-from acol.visualize import CURVE_COLORS, small_multiples
+from acol.visualize import CURVE_COLORS, small_multiples, tile
 
 
 def test_a_map_equal_to_the_gt_mask_always_points_inside():
@@ -277,3 +277,12 @@ def test_small_multiples_draws_each_line_in_its_panel_colour_and_style():
     assert solid_a > 0.95 and 0.3 < dashed_b < 0.7                  # "b" on the second style: dashed
     assert not (np.abs(panels[1].astype(int) - a).sum(2) == 0).any()  # "a" is not in panel "two"
     assert (np.abs(panels[1][zero, 40:220].astype(int) - b).sum(1) == 0).mean() > 0.95
+
+
+def test_tile_resizes_a_tile_of_another_size_to_the_first():
+    small, big = np.full((4, 4, 3), 10, np.uint8), np.zeros((8, 8, 3), np.uint8)
+    big[:4, :4] = 200                                   # its top-left quarter: one pixel of 4 at half size
+    grid = tile([[small, big]], pad=1)
+    assert grid.shape == (1 + 4 + 1, 1 + 2 * (4 + 1), 3)
+    assert (grid[1:5, 1:5] == 10).all()
+    assert (grid[1:3, 6:8] == 200).all() and (grid[3:5, 8:10] == 0).all()
