@@ -105,7 +105,7 @@ def labelled_rows(rows: list[list[np.ndarray]], labels: list[str], scale: int = 
     """`tile(rows)` with each tile enlarged `scale` times (nearest), after a column holding each row's
     label whole (two lines where it holds a ':'), as wide as the widest line (cv2's Hershey simplex)."""
     grid = tile(enlarge(rows, scale))
-    height = enlarge(rows[:1], scale)[0][0].shape[0]
+    height = rows[0][0].shape[0] * scale
     lines = [label.split(":", 1) for label in labels]
     width = max(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)[0][0] for parts in lines for text in parts) + 8
     column = np.full((grid.shape[0], width, 3), 255, np.uint8)
@@ -172,11 +172,11 @@ def small_multiples(panels: dict[str, dict[tuple[str, str], np.ndarray]], y_rang
     width, height = panel
     left, right, top, bottom = 34, 10, 22, 22
     low, high = y_range
+    x_of = lambda t: int(round(left + t * (width - left - right)))                                   # noqa: E731
+    y_of = lambda v: int(round(height - bottom - (v - low) / (high - low) * (height - top - bottom)))  # noqa: E731
     tiles = []
     for name, lines in panels.items():
         canvas = np.full((height, width, 3), 255, np.uint8)
-        x_of = lambda t: int(round(left + t * (width - left - right)))                               # noqa: E731
-        y_of = lambda v: int(round(height - bottom - (v - low) / (high - low) * (height - top - bottom)))  # noqa: E731
         for tick in (low, (low + high) / 2, high):
             cv2.line(canvas, (left, y_of(tick)), (x_of(1), y_of(tick)), (225, 225, 225), 1)
             cv2.putText(canvas, f"{tick:g}", (4, y_of(tick) + 4), font, 0.38, black, 1, cv2.LINE_AA)
