@@ -21,6 +21,11 @@ the `chunk` of each localizer); our Score-CAM uses the library's weights (weight
   allocation, torch's and numpy's alike (tracemalloc sees neither torch's allocator nor a
   library's C buffers), and counts the model, the images and the warm-up's caches for neither.
   Linux only; the ratio is ours over theirs.
+- Score-CAM's bound: both implementations run the same 1 + K forwards of the whole network, so
+  ours can be at most as much faster as its forward of a chunk of copies (channels_last on the CPU)
+  is than the library's (NCHW). After the table the script times both forwards of 16 copies and
+  gives ours in GFLOP/s (torch's FLOP counter) beside a float32 2048x2048 matrix product's, the
+  rate this CPU reaches at all.
 - difference: the largest absolute difference between the two maps after the library's own
   post-processing (ReLU, min-max with its 1e-7 epsilon, cv2 bilinear resizing to the input,
   min-max again), applied to ours as well. Where we follow the paper and the library does not,
@@ -127,6 +132,27 @@ def measure_memory(method: str, which: str, args) -> None:
     print(json.dumps({"peak_mib": rss_mib() - start}))
 
 
+def forward_bound(args) -> str:
+    """One line: the forward of 16 Score-CAM copies in NCHW and in channels_last, the ratio, and ours
+    in GFLOP/s beside a float32 matrix product's (the docstring's bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from acol.cams.localizers import class_logits, cpu_channels_last
+    model = setting("scorecam", args)[0]
+    copies = torch.randn(16, 3, args.perturbation_size, args.perturbation_size)
+    ours = cpu_channels_last(copies)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            class_logits(model, ours)
+        nchw, cl = (timed(lambda: class_logits(model, x), args.steps) for x in (copies, ours))
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    gemm = 2 * 2048 ** 3 / timed(lambda: a @ b, 5)
+    return (f"Score-CAM's bound (both run 1 + K forwards): a forward of 16 copies takes {nchw * 1e3:.1f} ms in NCHW "
+            f"(theirs) and {cl * 1e3:.1f} ms in channels_last (ours), {nchw / cl:.2f}x; ours runs "
+            f"{counter.get_total_flops() / cl / 1e9:.0f} GFLOP/s, a float32 2048x2048 matrix product "
+            f"{gemm / 1e9:.0f} GFLOP/s on this CPU")
+
+
 def timed(fn, steps: int) -> float:
     fn()
     start = time.perf_counter()
@@ -176,6 +202,8 @@ def main(argv=None) -> None:
         ours_mib, theirs_mib = peak_mib(method, "ours", args), peak_mib(method, "theirs", args)
         print(f"| {method} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}x | {ours_mib:.0f} | "
               f"{theirs_mib:.0f} | {ours_mib / theirs_mib:.2f} | {difference:.1e} |", flush=True)
+    if "scorecam" in methods:
+        print(forward_bound(args))
 
 
 if __name__ == "__main__":

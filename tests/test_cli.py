@@ -372,3 +372,18 @@ def test_python_m_acol_train_stops_quietly_while_it_imports(tmp_path):
         return
     assert (proc.returncode, err) == (130, "stopped by signal 2 during start-up: nothing was written; the same "
                                            "command starts again\n")
+
+
+def test_score_cam_bound_times_both_layouts_of_the_same_copies():
+    """The bench's closing line: both forwards' times, their ratio as printed, and a positive FLOP rate."""
+    import argparse
+    import re
+    bench = script("bench_vs_pytorch_grad_cam")
+    args = argparse.Namespace(model="acol", backbone="smallcnn", perturbation_size=32, perturbation_channels=8,
+                              batch=2, steps=1)
+    line = bench.forward_bound(args)
+    nchw, cl = map(float, re.findall(r"([\d.]+) ms in", line))  # rounded to 0.1 ms, the ratio to 0.01
+    ratio = float(re.search(r"([\d.]+)x;", line)[1])
+    ours, gemm = map(float, re.findall(r"(\d+) GFLOP/s", line))
+    assert (nchw - 0.05) / (cl + 0.05) - 0.005 <= ratio <= (nchw + 0.05) / (cl - 0.05) + 0.005
+    assert ours > 0 and gemm > 0
