@@ -266,3 +266,41 @@ def test_bad_options_name_the_option_and_value():
         build_localizer("rise", p=0)
     with pytest.raises(ValueError, match="n_masks=0"):
         build_localizer("rise", n_masks=0)
+
+
+def rows_scored(model: LinearGAP) -> list[int]:
+    """A list that gathers the batch size of every call of the model's classifier (the copies scored)."""
+    rows = []
+    model.fc.register_forward_pre_hook(lambda module, inputs: rows.append(len(inputs[0])))
+    return rows
+
+
+def test_scorecam_softmax_logit_scores_flat_channels_by_one_zero_image_per_image():
+    # channel 2 is flat in both images: its mask is all zeros, so its score is the zero image's logit,
+    # bias + 2 one_hot(label) (the labels reach the forward), one forward per image for all flat channels
+    model = LinearGAP(label_shift=2.0)
+    rows = rows_scored(model)
+    x = torch.cat([linear_input(), linear_input().flip(-1)])
+    x[:, 2] = torch.tensor([3.0, -1.0])[:, None, None]
+    x[1, 1] = 0.5  # and channel 1 of the second image
+    y = torch.tensor([0, 1])
+    _, raw = build_localizer("scorecam", weights="softmax_logit").raw(model, x, y)
+    assert sum(rows) == 2 + 3 + 2  # the plain forward, the 3 varying channels, one zero image per image
+    for i, (label, flat) in enumerate(((0, [2]), (1, [1, 2]))):
+        scores = masked_logits(model, x[i:i + 1])[:, label] + 2.0
+        zero_image = model.fc.bias[label] + 2.0
+        scores[flat] = zero_image
+        torch.testing.assert_close(raw[i], torch.relu(torch.einsum("k,khw->hw", scores.softmax(0), x[i])))
+
+
+def test_ablationcam_gives_a_zero_channel_weight_zero_without_a_forward():
+    model = LinearGAP()
+    rows = rows_scored(model)
+    x = linear_input()
+    x[0, 1] = 0.0  # zero everywhere: no forward, weight 0
+    x[0, 2] = 2.0  # flat but not zero: zeroing it moves the logit, so it is forwarded
+    _, raw = build_localizer("ablationcam").raw(model, x, torch.tensor([0]))
+    assert sum(rows) == 1 + 2
+    torch.testing.assert_close(raw, ablation_by_hand(model, x, torch.tensor([0]), "features"))
+    # w_k = V_0k mean(A^k) / y^0, y^0 = 2.5 + 0 + 0.5 * 2 + 0.5 = 4: (2.5 A0 + 1 A2) / 4, A1 weight 0
+    torch.testing.assert_close(raw[0], (2.5 * x[0, 0] + x[0, 2]) / 4)

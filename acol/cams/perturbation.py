@@ -3,8 +3,8 @@ forward passes only (no gradients). The interface and rules are those of acol.ca
 
 | name | map | forwards per image |
 |---|---|---|
-| scorecam | ReLU(sum_k a_k A^k), a_k = P(c | x * H^k), H^k = min-max of A^k upsampled to the input | 1 + K |
-| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K (the K from the layer on) |
+| scorecam | ReLU(sum_k a_k A^k), a_k = P(c | x * H^k), H^k = min-max of A^k upsampled to the input | 1 + K, less with flat channels |
+| ablationcam | ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k) / y^c, y^c_k: the logit with channel k zeroed | 1 + K (the K from the layer on), less with zero channels |
 | rise | sum_i P(c | x * M_i) M_i / (N p) over N random smooth masks M_i, input resolution | 1 + N |
 
 K is the hooked layer's channel count (`layer`, default the model's `default_cam_layer`). The copies
@@ -79,9 +79,10 @@ class ScoreCAM(Perturbation):
     increase of confidence, without the baseline term and giving flat channels weight 0.
     weights="softmax_logit": a = softmax over k of the raw logits of class c (what pytorch-grad-cam
     and torchcam compute; their baseline term cancels in the softmax). map = ReLU(sum_k a_k A^k)
-    at the layer's resolution. With weights="prob" a flat channel gets no forward (its weight is 0).
-    The cost is K forwards of the whole network for both weightings: the masked images differ from
-    the input on."""
+    at the layer's resolution. A flat channel's mask is all zeros: with weights="prob" it gets no
+    forward (its weight is 0), with "softmax_logit" the logit of the zero image, one forward per image
+    for all its flat channels. The cost is up to K forwards of the whole network for both weightings:
+    the masked images differ from the input on."""
 
     def __init__(self, target: str = "gt", layer: str | None = None, chunk: int = 16, weights: str = "prob"):
         super().__init__(target, layer, chunk)
@@ -97,17 +98,32 @@ class ScoreCAM(Perturbation):
             varies = (act.amax(dim=(2, 3)) > act.amin(dim=(2, 3))).flatten().cpu()  # (B K,), image-major
             copies = torch.arange(b * k)
             scores = torch.zeros(b * k, device=act.device)
-            for idx in self.chunks(copies[varies] if self.weights == "prob" else copies):
+            prob = self.weights == "prob"
+            for idx in self.chunks(copies[varies]):
                 image = idx // k
                 up = F.interpolate(act.flatten(0, 1)[idx, None], size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)
                 masks = minmax_normalize(up).to(images.dtype)
-                scores[idx] = self.class_scores(model, images[image] * masks, labels[image], classes[image],
-                                                prob=self.weights == "prob")
+                scores[idx] = self.class_scores(model, images[image] * masks, labels[image], classes[image], prob)
+            flat = copies[~varies]
+            if not prob and len(flat):
+                scores[flat] = self.zero_image_scores(model, images, labels, classes, flat // k)
         scores = scores.view(b, k)
-        weights = scores if self.weights == "prob" else scores.softmax(dim=1)  # prob: 0 where flat
+        weights = scores if prob else scores.softmax(dim=1)  # prob: 0 where flat
         self.forwards_per_image = 1 + k
         return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act))
+
+    def zero_image_scores(self, model, images, labels, classes, owners: torch.Tensor) -> torch.Tensor:
+        """(n,) the class logit of the all-zero image for each of n flat channels, `owners` (n,) their
+        images: a flat channel's mask is all zeros, so its copy is the zero image whatever the channel,
+        and one forward per image (with its labels) scores all of that image's flat channels."""
+        unique, which = torch.unique(owners, return_inverse=True)
+        scores = torch.empty(len(unique), device=images.device)
+        for idx in self.chunks(torch.arange(len(unique))):
+            image = unique[idx]
+            scores[idx] = self.class_scores(model, torch.zeros_like(images[image]), labels[image], classes[image],
+                                            prob=False)
+        return scores[which]
 
 
 @LOCALIZERS.register("ablationcam")
@@ -115,7 +131,8 @@ class AblationCAM(Perturbation):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (y^c - y^c_k) / y^c with y^c the raw logit
     of class c and y^c_k the logit with channel k of the layer set to zero (a forward hook, one
     channel per copy), map = ReLU(sum_k w_k A^k) at the layer's resolution. A logit of exactly 0
-    divides by 1 instead (the same map after min-max).
+    divides by 1 instead (the same map after min-max). A channel that is zero everywhere gets no
+    forward: zeroing it leaves the logit as it is, so its weight is 0.
 
     The K forwards run from the layer on: each forward holds one image's copies, the layers before
     the hooked one run on the image alone (batch 1), and the layer's output is replaced by the
@@ -130,10 +147,12 @@ class AblationCAM(Perturbation):
         with eval_mode(model), torch.no_grad():
             logits, classes, act = self.activation(model, images, labels)
             b, k = act.shape[:2]
-            ablated = torch.empty(b * k, device=act.device)
+            y = logits.float().gather(1, classes[:, None])  # (B, 1)
+            ablated = y.expand(b, k).flatten().clone()  # an all-zero channel: zeroing it changes nothing
+            live = act.flatten(2).ne(0).any(dim=2).flatten().cpu()  # (B K,), image-major
             from_layer = True
             with substitute(self.target_layer(model)) as layer:
-                for idx in self.chunks(torch.arange(b * k), group=k):
+                for idx in self.chunks(torch.arange(b * k)[live], group=k):
                     if from_layer:
                         try:
                             ablated[idx] = self.ablated_scores(model, layer, images, labels, classes, act, idx, k, True)
@@ -141,7 +160,6 @@ class AblationCAM(Perturbation):
                         except RuntimeError:  # the model does not broadcast a batch-1 input over the copies
                             from_layer = False
                     ablated[idx] = self.ablated_scores(model, layer, images, labels, classes, act, idx, k, False)
-        y = logits.float().gather(1, classes[:, None])  # (B, 1)
         weights = (y - ablated.view(b, k)) / torch.where(y == 0, 1, y)
         self.forwards_per_image = 1 + k
         return logits, F.relu(torch.einsum("bk,bkhw->bhw", weights, act.float()))
