@@ -3,6 +3,7 @@
     pip install grad-cam==1.5.7            # the reference library (not a dependency of acol)
     python scripts/bench_vs_pytorch_grad_cam.py                        # VGG16-ACoL, batch 2
     python scripts/bench_vs_pytorch_grad_cam.py --model cam --methods scorecam,ablationcam
+    python scripts/bench_vs_pytorch_grad_cam.py --run runs/synthetic_acol_lite0-s0   # a trained model
 
 Methods: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM and Eigen-CAM on the model as
 configured at `--size` px; Score-CAM and Ablation-CAM (one forward per channel of the layer) on
@@ -11,6 +12,11 @@ the same model with `--perturbation-channels` hidden channels in its head (the l
 model (seed 0), layer (the model's `default_cam_layer`), images and target classes, and run with
 their own defaults (pytorch-grad-cam: Score-CAM 16 and Ablation-CAM 32 copies per forward; ours:
 the `chunk` of each localizer); our Score-CAM uses the library's weights (weights="softmax_logit").
+With `--run`, every method runs on that training run's model (its last checkpoint) and layer, on
+`--batch` of its test images spread over the split (their labels the targets), at the run's input
+size: a trained network has flat and all-zero channels, which a random one hardly has (acol.cams.
+perturbation: Score-CAM and Ablation-CAM skip what they need not forward). Run it from the folder
+the run was trained in (the data set's path is relative to it).
 
 - speed: both in this process, after one untimed warm-up call each, `--steps` timed calls each,
   ours then theirs; the ratio is their time over ours.
@@ -86,8 +92,22 @@ def library_post_processing(maps: np.ndarray, size: int) -> np.ndarray:
     return np.stack([scale(cv2.resize(scale(np.maximum(m, 0)).astype(np.float32), (size, size))) for m in maps])
 
 
+def trained_setting(run: str, batch: int):
+    """(model, images, labels, size): the run's model and `batch` test images spread over the split."""
+    from acol.datasets.dataset import build_dataset
+    from acol.datasets.transforms import normalize_on_device
+    from acol.evaluate import load_run, spread_batch
+    cfg, model = load_run(Path(run), overrides=["train.device=cpu"])[:2]
+    samples = spread_batch(build_dataset(cfg, "test", train=False), batch)
+    images = normalize_on_device(samples["image"], torch.device("cpu"))
+    return model.eval(), images, samples["label"], images.shape[-1]
+
+
 def setting(method: str, args):
-    """(model, images, labels, size) for `method`: the perturbation methods on the narrow head."""
+    """(model, images, labels, size) for `method`: the perturbation methods on the narrow head, or the
+    run's (`--run`)."""
+    if args.run:
+        return trained_setting(args.run, args.batch)
     perturbation = method in PERTURBATION
     size = args.perturbation_size if perturbation else args.size
     overrides = [f"model.name={args.model}", f"model.backbone={args.backbone}"]
@@ -171,6 +191,7 @@ def main(argv=None) -> None:
     p.add_argument("--perturbation-channels", type=int, default=32,
                    help="model.head_channels for Score-CAM and Ablation-CAM: the K forwards per image")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--run", help="a training run: its model and test images instead of a random-init model")
     p.add_argument("--steps", type=int, default=2, help="timed calls of each implementation")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # METHOD:ours|theirs, the subprocess of peak_mib
@@ -188,9 +209,10 @@ def main(argv=None) -> None:
     if unknown:
         p.error(f"argument --methods: unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
 
-    print(f"{args.model} on {args.backbone}, batch {args.batch}; gradient methods and Eigen-CAM at {args.size} px, "
-          f"Score-CAM and Ablation-CAM at {args.perturbation_size} px with K = {args.perturbation_channels}; CPU "
-          f"({torch.get_num_threads()} threads), {args.steps} timed calls each, pytorch-grad-cam "
+    subject = (f"the model of {args.run} (last checkpoint), {args.batch} of its test images" if args.run else
+               f"{args.model} on {args.backbone}, batch {args.batch}; gradient methods and Eigen-CAM at {args.size} "
+               f"px, Score-CAM and Ablation-CAM at {args.perturbation_size} px with K = {args.perturbation_channels}")
+    print(f"{subject}; CPU ({torch.get_num_threads()} threads), {args.steps} timed calls each, pytorch-grad-cam "
           f"{getattr(pytorch_grad_cam, '__version__', '1.5.7')}")
     print("| method | ours s/call | theirs s/call | speed-up | ours peak MiB | theirs peak MiB | memory ratio | "
           "max abs difference |\n|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -202,7 +224,7 @@ def main(argv=None) -> None:
         ours_mib, theirs_mib = peak_mib(method, "ours", args), peak_mib(method, "theirs", args)
         print(f"| {method} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}x | {ours_mib:.0f} | "
               f"{theirs_mib:.0f} | {ours_mib / theirs_mib:.2f} | {difference:.1e} |", flush=True)
-    if "scorecam" in methods:
+    if "scorecam" in methods and not args.run:
         print(forward_bound(args))
 
 

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import torch
 
 from acol import ablate, cli, compare, evaluate, train
 from acol.datasets import prepare
+from acol.datasets.dataset import build_dataset
+from acol.datasets.transforms import normalize_on_device
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "synthetic_acol.toml")
@@ -376,14 +379,23 @@ def test_python_m_acol_train_stops_quietly_while_it_imports(tmp_path):
 
 def test_score_cam_bound_times_both_layouts_of_the_same_copies():
     """The bench's closing line: both forwards' times, their ratio as printed, and a positive FLOP rate."""
-    import argparse
-    import re
     bench = script("bench_vs_pytorch_grad_cam")
     args = argparse.Namespace(model="acol", backbone="smallcnn", perturbation_size=32, perturbation_channels=8,
-                              batch=2, steps=1)
+                              batch=2, steps=1, run=None)
     line = bench.forward_bound(args)
     nchw, cl = map(float, re.findall(r"([\d.]+) ms in", line))  # rounded to 0.1 ms, the ratio to 0.01
     ratio = float(re.search(r"([\d.]+)x;", line)[1])
     ours, gemm = map(float, re.findall(r"(\d+) GFLOP/s", line))
     assert (nchw - 0.05) / (cl + 0.05) - 0.005 <= ratio <= (nchw + 0.05) / (cl - 0.05) + 0.005
     assert ours > 0 and gemm > 0
+
+
+def test_bench_on_a_trained_run_takes_its_model_and_spread_test_images(trained_run):
+    bench = script("bench_vs_pytorch_grad_cam")
+    model, images, labels, size = bench.trained_setting(str(trained_run), 3)
+    _, trained = evaluate.load_run(trained_run)[:2]
+    assert not model.training and size == 32 and images.shape == (3, 3, 32, 32) and images.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    samples = evaluate.spread_batch(build_dataset(evaluate.run_config(trained_run), "test", train=False), 3)
+    assert torch.equal(labels, samples["label"])
+    torch.testing.assert_close(images, normalize_on_device(samples["image"], torch.device("cpu")))
