@@ -97,8 +97,10 @@ def svd_projection(m: torch.Tensor) -> torch.Tensor:
     return projection * torch.where(projection.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
 
 
+@pytest.mark.parametrize("direct_gram_size", [gradient_family.DIRECT_GRAM_SIZE, 0])
 @pytest.mark.parametrize("shape", [(3, 50, 8), (3, 8, 50), (2, 16, 16), (1, 1, 5)])
-def test_principal_projection_is_the_svds(shape):
+def test_principal_projection_is_the_svds(shape, direct_gram_size, monkeypatch):
+    monkeypatch.setattr(gradient_family, "DIRECT_GRAM_SIZE", direct_gram_size)
     g = torch.Generator().manual_seed(0)
     m = torch.relu(torch.randn(*shape, generator=g, dtype=torch.float64))
     torch.testing.assert_close(principal_projection(m), svd_projection(m), atol=1e-10, rtol=1e-10)
@@ -108,9 +110,11 @@ def test_principal_projection_is_the_svds(shape):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("direct_gram_size", [gradient_family.DIRECT_GRAM_SIZE, 0])  # 0: Lanczos at any size
 @pytest.mark.parametrize("transpose", [False, True])
-def test_principal_projection_near_degenerate(transpose):
+def test_principal_projection_near_degenerate(transpose, direct_gram_size, monkeypatch):
     # s_1 / s_2 = 1 + 1e-6: v_1 is still determined, and found to float64 precision over the gap
+    monkeypatch.setattr(gradient_family, "DIRECT_GRAM_SIZE", direct_gram_size)
     g = torch.Generator().manual_seed(1)
     u, _ = torch.linalg.qr(torch.randn(40, 6, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))

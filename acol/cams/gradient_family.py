@@ -83,6 +83,8 @@ def _one_thread():
 
 
 LANCZOS_STEPS = 64  # Krylov steps before `principal_projection` decomposes the Gram matrix instead
+DIRECT_GRAM_SIZE = 128  # up to this side the Gram matrix's eigh beats Lanczos's Python loop (1.4 vs 1.8 ms at
+                        # 128, 0.1 vs 1.1 ms at 36; at 196 and above Lanczos wins: docs/performance.md)
 
 
 def top_eigenpair(apply, size: int, steps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -116,16 +118,16 @@ def principal_projection(matrix: torch.Tensor) -> torch.Tensor:
 
     The top eigenvector of the smaller Gram matrix: M^T M (K x K), whose top eigenvector is v_1, or
     M M^T (n x n), whose top eigenvector u_1 gives s_1 u_1 with s_1 = sqrt(lambda_1); by Lanczos
-    (`top_eigenpair`, matrix-vector products with M only), else from the Gram matrix's eigendecomposition
-    (float64, one thread). Equal to the SVD's projection to float64 rounding over the top eigenvalue's
+    (`top_eigenpair`, matrix-vector products with M only), or from the Gram matrix's eigendecomposition
+    (float64, one thread) where that is at most `DIRECT_GRAM_SIZE` on a side or Lanczos does not converge. Equal to the SVD's projection to float64 rounding over the top eigenvalue's
     gap; an all-zero M gives zeros.
     """
     m = matrix.double()
     n, k = m.shape[-2:]
     projections = []
     for one in m:
-        found = top_eigenpair((lambda x: one.T @ (one @ x)) if k <= n else (lambda x: one @ (one.T @ x)), min(n, k),
-                              LANCZOS_STEPS)
+        found = None if min(n, k) <= DIRECT_GRAM_SIZE else top_eigenpair(
+            (lambda x: one.T @ (one @ x)) if k <= n else (lambda x: one @ (one.T @ x)), min(n, k), LANCZOS_STEPS)
         if found is None:
             with _one_thread():
                 values, vectors = torch.linalg.eigh(one.T @ one if k <= n else one @ one.T)

@@ -10,14 +10,17 @@ from torch import nn
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """The model in eval mode inside; every module's own train/eval flag restored on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    """The model in eval mode inside; every module's own train/eval flag restored on exit. A model
+    already in eval mode throughout is left alone (no per-module attribute writes: a call's fixed cost
+    on models of hundreds of modules)."""
+    training = [m for m in model.modules() if m.training]
+    if training:
+        model.eval()
     try:
         yield model
     finally:
-        for module, training in flags:
-            module.training = training
+        for module in training:
+            module.training = True
 
 
 @contextlib.contextmanager
