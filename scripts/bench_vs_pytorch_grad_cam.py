@@ -222,7 +222,7 @@ def main(argv=None) -> None:
         ours_s, theirs_s = timed(run["ours"], args.steps), timed(run["theirs"], args.steps)
         difference = np.abs(library_post_processing(run["ours"](), size) - run["theirs"]()).max()
         ours_mib, theirs_mib = peak_mib(method, "ours", args), peak_mib(method, "theirs", args)
-        print(f"| {method} | {ours_s:.2f} | {theirs_s:.2f} | {theirs_s / ours_s:.2f}x | {ours_mib:.0f} | "
+        print(f"| {method} | {ours_s:.3g} | {theirs_s:.3g} | {theirs_s / ours_s:.2f}x | {ours_mib:.0f} | "
               f"{theirs_mib:.0f} | {ours_mib / theirs_mib:.2f} | {difference:.1e} |", flush=True)
     if "scorecam" in methods and not args.run:
         print(forward_bound(args))

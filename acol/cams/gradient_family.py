@@ -83,8 +83,8 @@ def _one_thread():
 
 
 LANCZOS_STEPS = 64  # Krylov steps before `principal_projection` decomposes the Gram matrix instead
-DIRECT_GRAM_SIZE = 128  # up to this side the Gram matrix's eigh beats Lanczos's Python loop (1.4 vs 1.8 ms at
-                        # 128, 0.1 vs 1.1 ms at 36; at 196 and above Lanczos wins: docs/performance.md)
+DIRECT_GRAM_SIZE = 128  # up to this side the Gram matrix's eigh beats Lanczos's Python loop; from 196 on
+                        # Lanczos wins (docs/performance.md)
 
 
 def top_eigenpair(apply, size: int, steps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
