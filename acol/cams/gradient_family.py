@@ -119,8 +119,9 @@ def principal_projection(matrix: torch.Tensor) -> torch.Tensor:
     The top eigenvector of the smaller Gram matrix: M^T M (K x K), whose top eigenvector is v_1, or
     M M^T (n x n), whose top eigenvector u_1 gives s_1 u_1 with s_1 = sqrt(lambda_1); by Lanczos
     (`top_eigenpair`, matrix-vector products with M only), or from the Gram matrix's eigendecomposition
-    (float64, one thread) where that is at most `DIRECT_GRAM_SIZE` on a side or Lanczos does not converge. Equal to the SVD's projection to float64 rounding over the top eigenvalue's
-    gap; an all-zero M gives zeros.
+    (float64, one thread) where it is at most `DIRECT_GRAM_SIZE` on a side or Lanczos does not converge.
+    Equal to the SVD's projection to float64 rounding over the top eigenvalue's gap; an all-zero M
+    gives zeros.
     """
     m = matrix.double()
     n, k = m.shape[-2:]
