@@ -283,7 +283,10 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
     except MetadataError as e:
         cli.fail(f"data error: {e} (data.metadata_root={cfg.data.metadata_root}, data.dataset={cfg.data.dataset})")
     check_files((train_set, val_set, test_set))
-    train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
+    try:
+        train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
+    except ConfigError as e:
+        cli.fail(f"config error: {e}")
     if len(train_loader) == 0:
         cli.fail(f"config error: train.global_batch_size={cfg.train.global_batch_size} exceeds the {len(train_set)} "
                  f"images of the {cfg.data.train_split} split (each epoch drops its last, incomplete batch, so it would "
@@ -297,7 +300,7 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         model = method.model().to(device)
     except WeightsError as e:
         cli.fail(f"config error: model.pretrained: {e}")
-    except BackboneError as e:
+    except (BackboneError, ConfigError) as e:
         cli.fail(f"config error: {e}")
     ckpt = load_resume(Path(args.resume), model, cfg) if args.resume not in (None, "auto") else None
 

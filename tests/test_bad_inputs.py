@@ -63,7 +63,7 @@ def test_truncated_images_are_not_loaded_as_grey_even_when_pil_is_told_to(tmp_pa
     path = tmp_path / "cut.jpg"
     path.write_bytes(jpeg_bytes(noise(64, 64))[:-400])
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    with pytest.raises(RuntimeError, match=rf"LOAD_TRUNCATED_IMAGES is set.*\(reading {re.escape(str(path))}\)"):
+    with pytest.raises(ImageError, match=rf"LOAD_TRUNCATED_IMAGES is set.*\(reading {re.escape(str(path))}\)"):
         load_rgb(path)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from acol import ablate, cli, compare, evaluate, train
-from acol.datasets import prepare
+from acol.datasets import dataset, prepare
 from acol.datasets.dataset import build_dataset
 from acol.datasets.transforms import normalize_on_device
 
@@ -399,3 +399,23 @@ def test_bench_on_a_trained_run_takes_its_model_and_spread_test_images(trained_r
     samples = evaluate.spread_batch(build_dataset(evaluate.run_config(trained_run), "test", train=False), 3)
     assert torch.equal(labels, samples["label"])
     torch.testing.assert_close(images, normalize_on_device(samples["image"], torch.device("cpu")))
+
+
+def test_a_pretrained_classifier_the_model_cannot_take_is_one_line(tiny_overrides, tmp_path, capsys):
+    import torchvision
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    argv = ["--config", CONFIG, "--name", "r", *tiny_overrides, "model.backbone=resnet50", f"model.pretrained={path}",
+            "model.pretrained_classifier=true"]
+    err = one_line_error(capsys, train.main, argv)  # ACoL has no GAP + FC
+    assert err.startswith("config error: model.pretrained_classifier needs a GAP + FC straight on the resnet50")
+    err = one_line_error(capsys, train.main, [*argv, "model.name=cam", "model.cam_head=fc", "model.cam_conv=false"])
+    assert err.startswith("config error: model.pretrained_classifier: the ImageNet classifier has 1000 classes")
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_a_batch_that_the_processes_cannot_share_is_one_line(tiny_overrides, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dataset, "get_world_size", lambda: 2)  # as under torchrun --nproc-per-node=2
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "b", *tiny_overrides,
+                                              "train.global_batch_size=5"])
+    assert err == "config error: train.global_batch_size=5 is not divisible by the 2 processes; make it a multiple of 2\n"

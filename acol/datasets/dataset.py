@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from acol.config import ConfigError
 from acol.datasets.cache import CachedTrainLoader
 from acol.datasets.images import ImageError, read_mask, read_rgb
 from acol.datasets.metadata import Metadata, MetadataError, per_class_subset, read_metadata
@@ -168,8 +169,8 @@ def build_loader(cfg, dataset: WSOLDataset, train: bool, seed: int = 0) -> DataL
         return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                           sampler=InferenceSampler(len(dataset), get_rank(), world), **common)
     if cfg.train.global_batch_size % world:
-        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
-                         f"the {world} processes")
+        raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by the {world} "
+                          f"processes; make it a multiple of {world}")
     # One sampler for 1 or N processes: the order depends on (seed, epoch) only (set_epoch), so a
     # resumed run sees the same batches. Worker RNGs are seeded from the loader's generator.
     sampler = ResumableSampler(dataset, world, get_rank(), shuffle=True, seed=seed, drop_last=True)

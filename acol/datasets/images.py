@@ -26,7 +26,7 @@ class ImageError(OSError):
 def _decode(path: Path, mode: str, what: str) -> np.ndarray:
     """The file decoded in full and converted to `mode` ("RGB" or "L"). what: "image" or "mask"."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set (by imported code?): a truncated {what} "
+        raise ImageError(f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set (by imported code?): a truncated {what} "
                            f"would load as grey pixels; set it to False (reading {path})")
     try:
         with Image.open(path) as img:

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from acol.config import ConfigError
 from acol.models.backbones import BACKBONES
 from acol.models.external import external_backbone, is_external
 from acol.models.wsol import WSOLModel
@@ -90,15 +91,15 @@ def check_range(table, key: str, low: float, high: float | None = None, note: st
 
 def load_pretrained_classifier(model: WSOLModel, model_cfg) -> None:
     """The ImageNet FC of `model_cfg.pretrained` into `model.fc` (wsolevaluation keeps it for its
-    ILSVRC ResNet50 CAM-family models); anything it cannot apply to is an error saying why."""
+    ILSVRC ResNet50 CAM-family models); anything it cannot apply to is a ConfigError saying why."""
     fc = getattr(model, "fc", None)
     if not isinstance(fc, nn.Linear) or fc.in_features != 2048:
-        raise ValueError(f"model.pretrained_classifier needs a GAP + FC straight on the resnet50 features (a cam, has, "
+        raise ConfigError(f"model.pretrained_classifier needs a GAP + FC straight on the resnet50 features (a cam, has, "
                          f"cutmix or adl model with model.cam_head=fc, model.cam_conv=false); the {model_cfg.name} "
                          f"model is a {type(model).__name__}")
     state = model.backbone.pretrained_classifier(model_cfg.pretrained)
     if fc.out_features != state["weight"].shape[0]:
-        raise ValueError(f"model.pretrained_classifier: the ImageNet classifier has {state['weight'].shape[0]} "
+        raise ConfigError(f"model.pretrained_classifier: the ImageNet classifier has {state['weight'].shape[0]} "
                          f"classes, the model {fc.out_features}")
     fc.load_state_dict(state)
 
