@@ -35,7 +35,7 @@ from acol.config import Config, ConfigError, load_config, locate, to_toml
 from acol.datasets.dataset import build_dataset, build_loader, worker_error_line
 from acol.datasets.check import check_data
 from acol.datasets.images import ImageError
-from acol.datasets.metadata import MetadataError, check_disjoint, check_labels
+from acol.datasets.metadata import Metadata, MetadataError, check_disjoint, check_ground_truth, check_labels
 from acol.datasets.synthetic import ensure_synthetic
 from acol.engine import (CheckpointError, amp_dtype, build_optimizer, check_resumable, evaluate, grad_scaler,
                          load_checkpoint, load_weights, rng_state, train_one_epoch, unwrap)
@@ -230,6 +230,16 @@ def load_resume(path: Path, model: nn.Module, cfg: Config) -> dict:
     return ckpt
 
 
+def check_best_metric(metric: str, val: Metadata) -> None:
+    """Before any training: the metric that picks best.pt must be one val can give (the box metrics
+    need its boxes, PxAP its masks); one line otherwise."""
+    need = "masks" if metric.startswith("pxap") else "boxes" if ("box" in metric or "loc" in metric) else None
+    if need and not any((val.masks if need == "masks" else val.boxes).values()):
+        other, instead = ("boxes", "maxboxacc_v2") if need == "masks" else ("masks", "pxap")
+        cli.fail(f"config error: eval.best_metric={metric!r} needs {need} on val, and {val.split_dir} has {other} only; "
+                 f"set eval.best_metric={instead}")
+
+
 def run(args: argparse.Namespace, signals: Signals) -> dict:
     try:
         cfg = load_config(args.config, args.overrides)
@@ -278,11 +288,13 @@ def run(args: argparse.Namespace, signals: Signals) -> dict:
         val_set, test_set = (build_dataset(cfg, split, train=False) for split in ("val", "test"))
         num_classes = cfg.model.num_classes or train_set.meta.num_classes
         check_labels(train_set.meta, (val_set.meta, test_set.meta), num_classes)
+        check_ground_truth((val_set.meta, test_set.meta))
         if not cfg.data.allow_split_overlap:
             check_disjoint((train_set.meta, val_set.meta, test_set.meta))
     except MetadataError as e:
         cli.fail(f"data error: {e} (data.metadata_root={cfg.data.metadata_root}, data.dataset={cfg.data.dataset})")
     check_files((train_set, val_set, test_set))
+    check_best_metric(cfg.eval.best_metric, val_set.meta)
     try:
         train_loader = build_loader(cfg, train_set, train=True, seed=cfg.train.seed)
     except ConfigError as e:

@@ -419,3 +419,48 @@ def test_a_batch_that_the_processes_cannot_share_is_one_line(tiny_overrides, tmp
     err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "b", *tiny_overrides,
                                               "train.global_batch_size=5"])
     assert err == "config error: train.global_batch_size=5 is not divisible by the 2 processes; make it a multiple of 2\n"
+
+
+@pytest.fixture
+def own_tiny(tiny_data, tmp_path):
+    """(overrides, metadata folder) of the tiny set as data set TINY: its metadata copied (to be edited),
+    its images linked."""
+    data_root, metadata_root = tiny_data
+    shutil.copytree(metadata_root / "SYNTHETIC", tmp_path / "metadata" / "TINY")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "TINY").symlink_to(data_root / "SYNTHETIC")
+    return (["data.dataset=TINY", f"data.metadata_root={tmp_path / 'metadata'}", f"data.root={tmp_path / 'images'}"],
+            tmp_path / "metadata" / "TINY")
+
+
+def test_a_val_split_without_boxes_or_masks_is_found_before_training(tiny_overrides, own_tiny, tmp_path, capsys):
+    overrides, metadata = own_tiny
+    (metadata / "val" / "localization.txt").write_text("")  # an empty file, as a user's script may leave it
+    expected = (f"{metadata / 'val'}: no boxes (localization.txt) and no masks (mask_localization.txt) for any of "
+                "its 6 images")
+    (metadata / "val" / "mask_localization.txt").unlink()
+    with pytest.raises(SystemExit) as failed:
+        train.main(["--config", CONFIG, *tiny_overrides, *overrides, "--check-data", "--verbose"])
+    assert failed.value.code == 1 and expected in capsys.readouterr().out
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "r", *tiny_overrides, *overrides])
+    assert err.startswith(f"data error: {expected}") and not (tmp_path / "runs").exists()
+
+
+def test_a_best_metric_val_cannot_give_is_one_line_before_training(tiny_overrides, own_tiny, tmp_path, capsys):
+    overrides, metadata = own_tiny
+    (metadata / "val" / "localization.txt").write_text("")  # masks only, as OpenImages
+    err = one_line_error(capsys, train.main, ["--config", CONFIG, "--name", "r", *tiny_overrides, *overrides])
+    assert err == (f"config error: eval.best_metric='maxboxacc_v2' needs boxes on val, and {metadata / 'val'} has "
+                   "masks only; set eval.best_metric=pxap\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_data_names_the_line_of_a_val_label_no_train_image_has(tiny_overrides, own_tiny, capsys):
+    overrides, metadata = own_tiny
+    labels = metadata / "val" / "class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",7"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        train.main(["--config", CONFIG, *tiny_overrides, *overrides, "--check-data", "--verbose"])
+    assert f"{labels}:4: label 7, which no train image has" in capsys.readouterr().out

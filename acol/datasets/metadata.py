@@ -216,6 +216,19 @@ def check_labels(train: Metadata, evaluated: Iterable[Metadata], num_classes: in
                 raise MetadataError(f"{path}:{_line_of(path, image_id)}: {problem}")
 
 
+def no_ground_truth(split_dir: Path, images: int) -> str:
+    """The problem of an evaluated split (val, test) whose images have neither boxes nor masks."""
+    return (f"{split_dir}: no boxes (localization.txt) and no masks (mask_localization.txt) for any of its {images} "
+            "images; the localization metrics need one or the other for every val and test image")
+
+
+def check_ground_truth(evaluated: Iterable[Metadata]) -> None:
+    """Every evaluated split (val, test) has boxes or masks; else MetadataError naming its folder."""
+    for meta in evaluated:
+        if meta.image_ids and not any(meta.boxes.values()) and not any(meta.masks.values()):
+            raise MetadataError(no_ground_truth(meta.split_dir, len(meta.image_ids)))
+
+
 def check_disjoint(splits: Iterable[Metadata]) -> None:
     """No image in two of `splits` (a split given twice, as the few-shot baseline's val is also its train
     split, counts once); else MetadataError naming both image_ids.txt lines."""

@@ -77,7 +77,7 @@ from PIL import Image
 
 from acol.cli import OneLineParser, prog
 from acol.datasets.images import DECODE_ERRORS, read_mask, read_rgb
-from acol.datasets.metadata import MetadataError, box_problem, label_problem, read_metadata
+from acol.datasets.metadata import MetadataError, box_problem, label_problem, no_ground_truth, read_metadata
 from acol.textfile import read_utf8
 
 SPLITS = ("train", "val", "test")
@@ -747,6 +747,10 @@ def check_dataset(dataset: str, data_root, metadata_root, splits=SPLITS, check_s
                 report.problems.append(str(e))
         report.counts[split] = SplitCounts(len(scan.image_ids), scan.boxes, scan.masks,
                                            len(set(scan.labels.values())))
+    for split in ("val", "test"):
+        scan = scans.get(split)
+        if scan and scan.image_ids and not scan.boxes and not scan.masks:
+            report.problems.append(no_ground_truth(scan.split_dir, len(scan.image_ids)))
     if num_classes:
         _check_num_classes(scans, report, num_classes)
     _check_across_splits(scans, report)
@@ -765,14 +769,20 @@ def _check_num_classes(scans: dict[str, SplitScan], report: CheckReport, num_cla
 
 
 def _check_across_splits(scans: dict[str, SplitScan], report: CheckReport) -> None:
-    """Labels 0..C-1, the same classes in every split, and no image in two splits."""
+    """Labels 0..C-1, the same classes in every split (a val or test label no train image has named by its
+    line), and no image in two splits."""
     classes = {split: set(scan.labels.values()) for split, scan in scans.items()}
     union = set().union(*classes.values())
     if union != set(range(len(union))):
         gaps = sorted(set(range(max(union) + 1)) - union)
         report.problems.append(f"{report.metadata_dir}: the labels are not 0..{len(union) - 1}: no split has "
                                f"label {_few(gaps)}")
+    trained = classes.get("train")
     for split, scan in scans.items():
+        for image_id, label in scan.labels.items() if trained and split != "train" else ():
+            if label not in trained:  # what training refuses, named by its line
+                report.problems.append(f"{scan.split_dir / 'class_labels.txt'}:{scan.label_lines[image_id]}: "
+                                       f"label {label}, which no train image has")
         absent = sorted(union - classes[split])
         if absent and scan.labels:
             report.problems.append(f"{scan.split_dir / 'class_labels.txt'}: no image of class {_few(absent)}, "
