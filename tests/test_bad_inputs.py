@@ -319,7 +319,8 @@ def test_check_data_reports_every_injected_problem_at_once(data_copy, capsys):
         rf"{test}/localization.txt:1: box \(10,7,26,33\) lies outside the 32x32 image",
         rf"{test}/class_labels.txt:5: label 7 is out of range for 3 classes \(0..2\) \(model.num_classes\)",
         rf"{test}/image_sizes.txt:7: 'test/009/00000.png' is not listed in image_ids.txt",
-        rf"{meta}: the labels are not 0..3: no split has label 3, 4, 5, 6",
+        rf"{meta}: labels must be 0..C-1 without gaps; the largest is 7, but no split has label 3, 4, 5, 6",
+        rf"{test}/class_labels.txt:5: label 7, which no train image has",
         rf"{train}/class_labels.txt: no image of class 7, which other splits have",
     ]
     for pattern in expected:

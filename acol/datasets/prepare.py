@@ -775,8 +775,8 @@ def _check_across_splits(scans: dict[str, SplitScan], report: CheckReport) -> No
     union = set().union(*classes.values())
     if union != set(range(len(union))):
         gaps = sorted(set(range(max(union) + 1)) - union)
-        report.problems.append(f"{report.metadata_dir}: the labels are not 0..{len(union) - 1}: no split has "
-                               f"label {_few(gaps)}")
+        report.problems.append(f"{report.metadata_dir}: labels must be 0..C-1 without gaps; the largest is "
+                               f"{max(union)}, but no split has label {_few(gaps)}")
     trained = classes.get("train")
     for split, scan in scans.items():
         for image_id, label in scan.labels.items() if trained and split != "train" else ():
