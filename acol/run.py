@@ -152,8 +152,9 @@ def open_run(run_dir: Path, resume: str | None, held: contextlib.ExitStack, repo
                 verdict = "finished"
             elif resume == "auto" and has_last or resume not in (None, "auto"):
                 verdict = "resume"
-            elif has_last:
-                verdict = (f"refuse:error: run folder {run_dir} holds an unfinished run (checkpoints/last.pt): "
+            elif has_last:  # a dead holder is named here: the refusal's release empties the lock file
+                left = f", left by a process that ended without releasing it ({describe(previous)})" if previous else ""
+                verdict = (f"refuse:error: run folder {run_dir} holds an unfinished run (checkpoints/last.pt{left}): "
                            "continue it with --resume auto, or pass --name NEW to start another")
             else:
                 verdict = "fresh"

@@ -212,7 +212,8 @@ def main(argv=None) -> dict:
             if e.errno not in WRITE_ERRNOS:
                 raise
             what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror.lower()
-            say(f"error: {what} writing {e.filename or 'the run folder'} (during {signals.phase}); "
+            where = os.fsdecode(e.filename) if e.filename else "the run folder"  # TensorBoard's writer gives bytes
+            say(f"error: {what} writing {where} (during {signals.phase}); "
                 f"{WRITE_ERRNOS[e.errno]}, then run the same command (with --resume auto once a checkpoint exists)",
                 signals.logger)
             sys.exit(1)

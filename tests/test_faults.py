@@ -262,8 +262,8 @@ def test_every_write_failure_is_one_line_naming_the_path_and_the_cause(code, mon
 
     path = tmp_path / "runs" / "r" / "results.json"
 
-    def fail(target, text):
-        raise OSError(code, os.strerror(code), str(target))
+    def fail(target, text):  # a read-only file system's error with the path as bytes, as TensorBoard's writer gives it
+        raise OSError(code, os.strerror(code), os.fsencode(target) if code == errno.EROFS else str(target))
     monkeypatch.setattr(acol.run, "write_atomic", fail)
     with pytest.raises(SystemExit) as stopped:
         train.main(["--config", CONFIG, *tiny_overrides, "--name", "r"])

@@ -221,3 +221,15 @@ def test_a_finished_run_saved_before_a_key_existed_is_still_the_same_run(tiny_ov
     assert "this run has finished" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"holds a finished run of another config \(optim.momentum: 0.9 -> 0.8\)"):
         run([*tiny_overrides, "optim.momentum=0.8"])
+
+
+def test_an_unfinished_run_refused_names_the_dead_holder_it_found(tiny_overrides, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")  # a run killed (SIGKILL) after a checkpoint
+    (run_dir / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 999999, "start_time": "T0"}))
+    with pytest.raises(SystemExit) as refused:
+        run(tiny_overrides)
+    assert refused.value.code == 2
+    assert ("holds an unfinished run (checkpoints/last.pt, left by a process that ended without releasing it (host "
+            "elsewhere, pid 999999, since T0)): continue it with --resume auto") in capsys.readouterr().err
