@@ -112,6 +112,16 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+PEER_ENDED = ("Connection closed by peer", "Connection reset by peer")  # gloo's words when another rank's process ended
+
+
+def peer_ended(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another rank's process ended (under torchrun a
+    signal stops rank 0 while this rank waits in a collective: rank 0's line says what the run kept)."""
+    return is_distributed() and get_rank() != 0 and (
+        isinstance(error, dist.DistNetworkError) or any(text in str(error) for text in PEER_ENDED))
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if `flag` is True on any (one small all-reduce), so all ranks act together."""
     if not is_distributed():

@@ -205,6 +205,13 @@ def main(argv=None) -> dict:
                 say(f"stopped by signal {e.signum} during {signals.phase}: {signals.note}", signals.logger)
                 dist.cleanup()
             sys.exit(128 + e.signum)
+        except RuntimeError as e:
+            if not dist.peer_ended(e):
+                raise
+            with signals.deferred():  # this rank's own signal may still be pending: it changes nothing now
+                print(f"rank {dist.get_rank()}: stopped: another process of the run ended ({str(e).splitlines()[0]})",
+                      file=sys.stderr, flush=True)
+            sys.exit(128 + signals.signum if signals.signum else 1)
         except ImageError as e:  # raised here or in a DataLoader worker
             cli.fail(f"data error: {worker_error_line(e)}; the run's checkpoints are kept: fix the file (list every "
                      "problem with --check-data), then run the same command with --resume auto")

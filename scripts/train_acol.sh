@@ -33,12 +33,12 @@ if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
 fi
 
 if [[ "${NNODES:-1}" -gt 1 ]]; then
-  exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node-rank="${NODE_RANK:?set NODE_RANK}" \
+  exec "$PYTHON" -m acol.launch --nnodes="$NNODES" --node-rank="${NODE_RANK:?set NODE_RANK}" \
     --nproc-per-node="$NPROC" --rdzv-backend=c10d --rdzv-id="${RDZV_ID:-acol}" \
     --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}" \
     -m acol.train "${CONFIG[@]}" "$@"
 elif [[ "$NPROC" -gt 1 ]]; then
-  exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC" -m acol.train "${CONFIG[@]}" "$@"
+  exec "$PYTHON" -m acol.launch --standalone --nproc-per-node="$NPROC" -m acol.train "${CONFIG[@]}" "$@"
 else
   exec "$PYTHON" -m acol.train "${CONFIG[@]}" "$@"
 fi
