@@ -108,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metadata-root", help="default data/metadata; with --baseline, data.metadata_root")
     p.add_argument("--data-root", help="image root (for masks) with --scoremaps, default data; with --baseline, "
                                        "data.root")
-    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval, <scoremaps>_eval or "
-                                            "<log.runs_dir>/baselines/<data.dataset>_<baseline>)")
+    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval[/<map>], <scoremaps>_eval or "
+                                            "<log.runs_dir>/baselines/<data.dataset>_<baseline>_<data.crop_size>px)")
     add_localizer_options(p)
     add_faithfulness_options(p)
     cli.add_overrides(p, "eval.cam_curve_interval=0.01")
@@ -126,6 +126,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"argument --threshold: a box threshold lies in [0, 1); got {args.threshold}")
     if args.layer and not args.localizer:
         p.error("argument --layer: needs --localizer (the model's own map has no layer to choose)")
+    unused = sorted(set(args.localizer_options) - {args.localizer})
+    if unused:
+        running = f"--localizer {args.localizer}" if args.localizer else "no --localizer: the model's own map"
+        p.error(f"argument --localizer-option: options for {', '.join(unused)}, which this command does not run "
+                f"({running})")
     for option, given in (("--checkpoint", args.checkpoint), ("--localizer", args.localizer),
                           ("--save-scoremaps", args.save_scoremaps)):
         if given and not args.run:
@@ -541,6 +546,18 @@ def write_cascade(result: dict, split: str, out: Path, tracker: Tracker, title: 
     tracker.image(f"z_eval/{split}/randomization_maps", grid, 0)
 
 
+def run_eval_folder(args: argparse.Namespace) -> Path:
+    """The default output folder of --run: <run>/eval for the model's own map of the last checkpoint for
+    the GT class; another map, layer, target, checkpoint or localizer option gets a subfolder naming
+    them (e.g. eval/gradcam-head_a.3-pred-best), so that evaluations of one run never overwrite each other."""
+    options = args.localizer_options.get(args.localizer, {}) if args.localizer else {}
+    parts = [args.localizer or "", args.layer or "", "pred" if args.target == "pred" else "",
+             "" if args.checkpoint == "last" else Path(args.checkpoint).stem,
+             *(f"{key}={value}" for key, value in sorted(options.items()))]
+    name = "-".join(part for part in parts if part)
+    return args.run / "eval" / name if name else args.run / "eval"
+
+
 def main(argv=None) -> dict:
     """Under `torchrun` (--run only) every rank evaluates its shard, counts are summed, rank 0 writes."""
     args = parse_args(argv)
@@ -550,7 +567,7 @@ def main(argv=None) -> dict:
         cli.fail(f"error: --scoremaps {args.scoremaps}: no such folder")
     if args.config and not args.config.is_file():
         cli.fail(f"error: --config {args.config}: no such file")
-    out = args.out or (args.run / "eval" if args.run else
+    out = args.out or (run_eval_folder(args) if args.run else
                        args.scoremaps.with_name(args.scoremaps.name + "_eval") if args.scoremaps else None)
     splits = args.split.split(",")
     if not args.scoremaps and len(splits) > 1:
@@ -564,7 +581,7 @@ def main(argv=None) -> dict:
         elif args.baseline:
             metrics, boxes_eval, fixed, cfg = evaluate_baseline(args)
             results = [(args.split, metrics, boxes_eval)]
-            out = out or Path(cfg.log.runs_dir) / "baselines" / f"{cfg.data.dataset}_{args.baseline}"
+            out = out or Path(cfg.log.runs_dir) / "baselines" / f"{cfg.data.dataset}_{args.baseline}_{cfg.data.crop_size}px"
         else:
             results, fixed = evaluate_scoremap_splits(args, splits)
     except ConfigError as e:

@@ -115,7 +115,7 @@ def test_evaluate_baseline_equals_the_evaluator_on_the_same_maps(name, tiny_over
     # --threshold and --split val: no val pass first; the default output folder is under log.runs_dir
     assert evaluate.main(["--baseline", name, "--config", str(CONFIG), "--threshold", "0.3", *tiny_overrides]) == \
         direct_metrics(name, cfg, "test", 0.3)
-    assert (tmp_path / "runs" / "baselines" / f"SYNTHETIC_{name}" / "eval_test.json").is_file()
+    assert (tmp_path / "runs" / "baselines" / f"SYNTHETIC_{name}_32px" / "eval_test.json").is_file()  # crop_size 32
     assert evaluate.main(["--baseline", name, "--config", str(CONFIG), "--split", "val", "--out", str(out),
                           *tiny_overrides]) == val
     # the comparison row: the same numbers, and per-image records without classification hits that give them back

@@ -157,3 +157,16 @@ def test_float64_score_maps_keep_their_precision(tmp_path):
     values = near.astype(np.int32).view(np.float32).ravel()
     values = values[(values >= 0) & (values <= 1)]
     assert np.array_equal((values * 255).astype(np.uint8), (values.astype(np.float64) * 255).astype(np.uint8))
+
+
+def test_evaluations_of_other_maps_of_a_run_go_to_folders_naming_them(trained_run, capsys):
+    own = evaluate.main(["--run", str(trained_run)])
+    first = (trained_run / "eval" / "eval_test.json").read_text()
+    grad = evaluate.main(["--run", str(trained_run), "--localizer", "gradcam", "--target", "pred", "--checkpoint", "best"])
+    rise = evaluate.main(["--run", str(trained_run), "--localizer", "rise", "--localizer-option", "rise.n_masks=8"])
+    out = capsys.readouterr().out
+    for name, metrics in (("gradcam-pred-best", grad), ("rise-n_masks=8", rise)):
+        assert json.loads((trained_run / "eval" / name / "eval_test.json").read_text()) == pytest.approx(metrics)
+        assert f"written to {trained_run / 'eval' / name}\n" in out
+    assert (trained_run / "eval" / "eval_test.json").read_text() == first and json.loads(first) == pytest.approx(own)
+    assert grad != own

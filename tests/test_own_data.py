@@ -109,7 +109,7 @@ def test_the_walkthrough_runs_from_a_project_folder_outside_the_repository(tmp_p
     assert json.loads((run / "meta.json").read_text())["num_classes"] == 2      # num_classes = 0: from train
     saved = (run / "config.toml").read_text()                                     # absolute: re-runnable anywhere
     assert f'root = "{project / "images"}"' in saved and f'runs_dir = "{project / "runs"}"' in saved
-    assert (run / "eval" / "eval_test.json").is_file()
+    assert (run / "eval" / "best" / "eval_test.json").is_file()  # --checkpoint best: a folder of its own
     assert (project / "runs" / "birds-compare" / "results.md").is_file()
     assert not (REPO / "runs" / "birds-acol").exists() and not (REPO / "data" / "BIRDS").exists()
 
