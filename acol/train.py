@@ -77,9 +77,11 @@ MAX_NAME = 120  # longer default names are cut and end in a hash of the whole (f
 
 def default_run_name(config_path: str | None, overrides: list[str], seed: int) -> str:
     """`<config stem>[+<overrides>]-s<seed>`, filesystem-safe and deterministic; past MAX_NAME characters
-    `<first characters>~<8 hex digits of the whole name's SHA-1>-s<seed>`."""
+    `<first characters>~<8 hex digits of the whole name's SHA-1>-s<seed>`. Overrides of how a run runs
+    (`RUN_SETTINGS`: threads, workers, data and log folders, ...) are not in it, so the same experiment
+    with other settings (a `--resume auto` with fewer threads, say) is the same run."""
     name = locate(config_path, Path()).stem if config_path else "default"
-    extra = [o for o in overrides if not o.startswith("train.seed=")]
+    extra = [o for o in overrides if not o.startswith("train.seed=") and not o.split("=", 1)[0].startswith(RUN_SETTINGS)]
     if extra:
         name += "+" + ",".join(extra)
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)

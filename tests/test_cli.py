@@ -310,10 +310,18 @@ def test_compiling_the_box_evaluator_is_announced_only_when_not_cached(tmp_path,
 def test_long_default_run_names_are_cut_and_keep_a_hash_of_the_whole():
     short = train.default_run_name("experiments/synthetic_acol.toml", ["optim.lr=0.01", "train.seed=3"], 3)
     assert short == "synthetic_acol+optim.lr=0.01-s3"
-    long_a, long_b = (train.default_run_name("synthetic_acol.toml", [f"data.root=/{'a' * 300}{end}"], 3)
+    long_a, long_b = (train.default_run_name("synthetic_acol.toml", [f"model.pretrained=/{'a' * 300}{end}"], 3)
                       for end in "xy")
     assert len(long_a) == train.MAX_NAME + 3 and long_a.endswith("-s3") and long_a != long_b
-    assert long_a.startswith("synthetic_acol+data.root=_aaa") and long_a[-12] == "~"
+    assert long_a.startswith("synthetic_acol+model.pretrained=_aaa") and long_a[-12] == "~"
+
+
+def test_default_run_names_leave_out_how_a_run_runs():
+    """Threads, workers, data and log folders do not change what is trained: a resume with others is the same run."""
+    settings = ["train.threads=1", "data.num_workers=0", "data.root=/elsewhere", "log.runs_dir=/tmp/r", "eval.every=2"]
+    assert train.default_run_name("experiments/synthetic_acol.toml", [*settings, "train.epochs=2"], 0) == \
+        "synthetic_acol+train.epochs=2-s0"
+    assert train.default_run_name("synthetic_acol.toml", settings, 0) == "synthetic_acol-s0"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
