@@ -25,7 +25,7 @@ from acol.engine import CheckpointWriteError, NonFiniteError, rng_state, save_ch
 from acol.evaluation.report import SUMMARY
 from acol.runlock import RunLock, RunLocked, describe
 from acol.textfile import write_atomic
-from acol.tracking import Tracker, setup_logging
+from acol.tracking import Tracker, setup_logging, to_log_file
 
 HPARAM_METRICS = ("top1_cls", "top1_loc@val", "gt_known_loc@val", "maxboxacc_v2", "pxap")  # test, in HParams
 FINAL_TEST = "the test split after training (@val: at the box threshold chosen on val), written once at the last step"
@@ -266,10 +266,10 @@ class Run:
         except NonFiniteError as e:
             kept = f"the last good checkpoint, {self.last}, is kept" if self.last.is_file() else \
                 "no checkpoint had been written yet"
-            self.logger.error(f"stopped: {e}; {kept}")
+            to_log_file(self.logger, f"stopped: {e}; {kept}")
             sys.exit(f"training stopped: {e}; {kept}. Lower optim.lr, or check the batch's images.")
         except CheckpointWriteError as e:
-            self.logger.error(f"stopped: {e}")
+            to_log_file(self.logger, f"stopped: {e}")
             sys.exit(f"training stopped: {e}")
 
     def write_results(self, results: dict, report: Callable[[], str]) -> None:

@@ -47,6 +47,14 @@ def setup_logging(run_dir: Path | None, enabled: bool) -> logging.Logger:
     return logger
 
 
+def to_log_file(logger: logging.Logger, message: str) -> None:
+    """`message` into log.txt only: the caller says it once on the console (stderr)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _record(line: str) -> dict | None:
     """One metrics.jsonl line, or None for a line cut short (a process killed while writing it)."""
     try:

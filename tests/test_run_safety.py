@@ -189,7 +189,7 @@ def test_a_start_that_failed_before_its_first_checkpoint_is_started_again(tiny_o
 
 
 def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_the_previous_one_resumes(tiny_overrides, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capsys):
     """Simulated ENOSPC (no tmpfs without root): every fsync after epoch 1's two checkpoint files fails."""
     import errno
     real_fsync, calls = os.fsync, []
@@ -206,6 +206,8 @@ def test_a_full_disk_at_a_checkpoint_stops_with_one_line_and_the_previous_one_re
     last = tmp_path / "runs" / "r" / "checkpoints" / "last.pt"
     assert str(stopped.value).startswith("training stopped: cannot write checkpoint ")
     assert "no space left on device" in str(stopped.value) and "continue with --resume auto" in str(stopped.value)
+    assert "cannot write checkpoint" not in capsys.readouterr().out  # said once: the exit's line (stderr)
+    assert "stopped: cannot write checkpoint" in (tmp_path / "runs" / "r" / "log.txt").read_text()  # and logged
     monkeypatch.undo()
     assert load_checkpoint(last)["epoch"] == 1 and not list(last.parent.glob(".*tmp*"))
     run(overrides, "--resume", "auto")
