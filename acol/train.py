@@ -354,14 +354,15 @@ def train_run(cfg: Config, args, signals: Signals, run_dir: Path, device, dtype,
     run.track(model, optimizer, scaler, train_loader)
     start_epoch, skip, step, best = (run.resume(ckpt, resume_path) if ckpt is not None else
                                      (0, 0, 0, {"metric": cfg.eval.best_metric, "value": -1.0, "epoch": -1}))
-    world = dist.get_world_size()
-    run.record_start({"device": str(device), "threads": torch.get_num_threads(), "world_size": world,
+    world, threads = dist.get_world_size(), torch.get_num_threads()
+    run.record_start({"device": str(device), "threads": threads, "world_size": world,
                       "per_process_batch": cfg.train.global_batch_size // world, "seed": cfg.train.seed,
                       "amp": str(dtype), "num_classes": num_classes,
                       "resumed_from": str(resume_path) if resume_path else None}, resumed=resume_path is not None)
     run.logger.info(f"run {run_dir}: {cfg.model.name} on {cfg.model.backbone}, {num_classes} classes, "
                     f"{len(train_set)} train / {len(val_set)} val / {len(test_set)} test images, "
-                    f"device {device} x{world} ({torch.get_num_threads()} CPU threads), amp {dtype}")
+                    f"device {device} x{world} ({threads} CPU thread{'s' * (threads != 1)}), "
+                    f"amp {str(dtype).removeprefix('torch.') if dtype else 'off (float32)'}")
     runner = torch.compile(model) if cfg.train.compile else model  # the training forward; evaluation uses `model`
     val_metrics, epochs_done = {}, start_epoch
     with run.stops_cleanly():
