@@ -529,6 +529,9 @@ def main(argv=None) -> list[dict]:
         name for name in LOCALIZERS.names_in_order() if name not in MANY_FORWARD]
     for run in runs:
         check_run(run, args.checkpoint)
+    if args.methods == "all":
+        print(f"--methods all: also {', '.join(MANY_FORWARD)}, which run the model tens to a thousand times per "
+              "image (docs/localizers.md: what each costs); on a CPU this takes long", flush=True)
     if args.reference is not None:
         group, method = args.reference.rsplit("/", 1)
         groups = sorted({seed_group(run.name) for run in runs})

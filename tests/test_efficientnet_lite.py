@@ -140,7 +140,7 @@ def test_guided_backprop_guides_the_relu6_layers():
     torch.testing.assert_close(class_gradient_at(model.backbone.head.bn, model, x, y, True), plain.clamp_min(0))  # then only pooling and the FC
 
 
-def test_pretrained_acol_fine_tunes_and_every_localizer_maps_it(tiny_overrides, tmp_path, monkeypatch):
+def test_pretrained_acol_fine_tunes_and_every_localizer_maps_it(tiny_overrides, tmp_path, monkeypatch, capsys):
     run = tmp_path / "runs" / "lite0"
     results = train.main(["--config", str(EXPERIMENTS / "synthetic_acol_lite0.toml"), "--name", "lite0",
                           *tiny_overrides, "model.backbone=efficientnet_lite0", "model.pretrained=efficientnet-lite0",
@@ -151,6 +151,8 @@ def test_pretrained_acol_fine_tunes_and_every_localizer_maps_it(tiny_overrides, 
     records = compare.main([str(run), "--methods", "all", "--out", str(tmp_path / "cmp"), "--no-baselines",
                             "--replicates", "10", "--localizer-option", "rise.n_masks=8"])
     assert [r["method"] for r in records] == applicable_localizers(model)
+    assert "--methods all: also smoothgradcampp, integrated_gradients, scorecam, ablationcam, rise, which run" \
+        in capsys.readouterr().out  # said before the work
     for record in records:
         for split in ("val", "test"):
             assert 0 <= record[split]["maxboxacc_v2"] <= 100 and 0 <= record[split]["pxap"] <= 100, record["method"]
