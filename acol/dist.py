@@ -112,7 +112,7 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-PEER_ENDED = ("Connection closed by peer", "Connection reset by peer")  # gloo's words when another rank's process ended
+PEER_ENDED = ("Connection closed by peer", "Connection reset by peer")  # gloo's, when another rank's process ended
 
 
 def peer_ended(error: BaseException) -> bool:

@@ -581,7 +581,8 @@ def main(argv=None) -> dict:
         elif args.baseline:
             metrics, boxes_eval, fixed, cfg = evaluate_baseline(args)
             results = [(args.split, metrics, boxes_eval)]
-            out = out or Path(cfg.log.runs_dir) / "baselines" / f"{cfg.data.dataset}_{args.baseline}_{cfg.data.crop_size}px"
+            folder = f"{cfg.data.dataset}_{args.baseline}_{cfg.data.crop_size}px"  # the maps depend on the input size
+            out = out or Path(cfg.log.runs_dir) / "baselines" / folder
         else:
             results, fixed = evaluate_scoremap_splits(args, splits)
     except ConfigError as e:

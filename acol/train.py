@@ -81,7 +81,8 @@ def default_run_name(config_path: str | None, overrides: list[str], seed: int) -
     (`RUN_SETTINGS`: threads, workers, data and log folders, ...) are not in it, so the same experiment
     with other settings (a `--resume auto` with fewer threads, say) is the same run."""
     name = locate(config_path, Path()).stem if config_path else "default"
-    extra = [o for o in overrides if not o.startswith("train.seed=") and not o.split("=", 1)[0].startswith(RUN_SETTINGS)]
+    extra = [o for o in overrides
+             if not o.startswith("train.seed=") and not o.split("=", 1)[0].startswith(RUN_SETTINGS)]
     if extra:
         name += "+" + ",".join(extra)
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
@@ -246,8 +247,8 @@ def check_best_metric(metric: str, val: Metadata) -> None:
     need = "masks" if metric.startswith("pxap") else "boxes" if ("box" in metric or "loc" in metric) else None
     if need and not any((val.masks if need == "masks" else val.boxes).values()):
         other, instead = ("boxes", "maxboxacc_v2") if need == "masks" else ("masks", "pxap")
-        cli.fail(f"config error: eval.best_metric={metric!r} needs {need} on val, and {val.split_dir} has {other} only; "
-                 f"set eval.best_metric={instead}")
+        cli.fail(f"config error: eval.best_metric={metric!r} needs {need} on val, and {val.split_dir} has {other} "
+                 f"only; set eval.best_metric={instead}")
 
 
 def run(args: argparse.Namespace, signals: Signals) -> dict:

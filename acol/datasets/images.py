@@ -27,7 +27,7 @@ def _decode(path: Path, mode: str, what: str) -> np.ndarray:
     """The file decoded in full and converted to `mode` ("RGB" or "L"). what: "image" or "mask"."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageError(f"PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set (by imported code?): a truncated {what} "
-                           f"would load as grey pixels; set it to False (reading {path})")
+                         f"would load as grey pixels; set it to False (reading {path})")
     try:
         with Image.open(path) as img:
             if not img.mode.startswith(DEEP_MODES):

@@ -94,13 +94,13 @@ def load_pretrained_classifier(model: WSOLModel, model_cfg) -> None:
     ILSVRC ResNet50 CAM-family models); anything it cannot apply to is a ConfigError saying why."""
     fc = getattr(model, "fc", None)
     if not isinstance(fc, nn.Linear) or fc.in_features != 2048:
-        raise ConfigError(f"model.pretrained_classifier needs a GAP + FC straight on the resnet50 features (a cam, has, "
-                         f"cutmix or adl model with model.cam_head=fc, model.cam_conv=false); the {model_cfg.name} "
-                         f"model is a {type(model).__name__}")
+        raise ConfigError(f"model.pretrained_classifier needs a GAP + FC straight on the resnet50 features (a cam, "
+                          f"has, cutmix or adl model with model.cam_head=fc, model.cam_conv=false); the "
+                          f"{model_cfg.name} model is a {type(model).__name__}")
     state = model.backbone.pretrained_classifier(model_cfg.pretrained)
     if fc.out_features != state["weight"].shape[0]:
         raise ConfigError(f"model.pretrained_classifier: the ImageNet classifier has {state['weight'].shape[0]} "
-                         f"classes, the model {fc.out_features}")
+                          f"classes, the model {fc.out_features}")
     fc.load_state_dict(state)
 
 
