@@ -337,3 +337,14 @@ def test_predicted_target_keeps_the_clean_class(batch):
         _, expected = build_localizer(name, **options)(model, x, logits.argmax(1))
         torch.testing.assert_close(maps, expected)
 
+
+
+def test_smoothgradcampp_says_once_that_its_noise_changes_nothing_at_a_layer(monkeypatch, capsys):
+    """Followed only by pooling and a linear classifier, a layer's gradient is the same for every input: one
+    note per layer and process, however many localizers are built (acol-compare builds one per use)."""
+    from tests.test_perturbation import LinearGAP
+    monkeypatch.setattr(gradient_family, "NOTED_LAYERS", set())
+    x, y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    for _ in range(2):
+        build_localizer("smoothgradcampp", samples=2)(LinearGAP(), x, y)
+    assert capsys.readouterr().err.count("note: smoothgradcampp at features: the gradient there is the same") == 1

@@ -175,6 +175,9 @@ def _copies(copies: int, batch: int, chunk: int, device: torch.device):
         yield part.div(batch, rounding_mode="floor"), part % batch
 
 
+NOTED_LAYERS: set[str] = set()  # where Smooth Grad-CAM++ said its noise changes nothing: once per process
+
+
 @LOCALIZERS.register("smoothgradcampp")
 class SmoothGradCAMPlusPlus(_Gradients):
     """Smooth Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ (eq. 19 closed form, as `gradcam_pp`)
@@ -194,7 +197,6 @@ class SmoothGradCAMPlusPlus(_Gradients):
         super().__init__(target, layer)
         self.samples, self.sigma = _positive("samples", samples), _positive("sigma", sigma, 0)
         self.chunk, self.seed = _positive("chunk", chunk), seed
-        self.noted = False  # said that the noise changes nothing at this layer
 
     def noise(self, images: torch.Tensor) -> torch.Tensor:
         """(samples, C, H, W) standard normal draws, the same at every call, on the images' device."""
@@ -214,9 +216,9 @@ class SmoothGradCAMPlusPlus(_Gradients):
             _, _, g = _AtClasses(self, classes[image]).gradients(model, noisy, labels[image])
             moments.index_add_(1, image, torch.stack([g, g.pow(2), g.pow(3)]))
             constant = constant and torch.allclose(g, grad[image], rtol=1e-4, atol=1e-7)
-        if constant and not self.noted:
-            self.noted = True
-            layer = self.layer or getattr(model, "default_cam_layer", "its layer")
+        layer = self.layer or getattr(model, "default_cam_layer", "its layer")
+        if constant and layer not in NOTED_LAYERS:
+            NOTED_LAYERS.add(layer)
             print(f"note: smoothgradcampp at {layer}: the gradient there is the same for every input (the layer "
                   f"is followed only by global pooling and a linear classifier), so the map equals gradcam_pp's at "
                   f"{self.samples + 1}x its cost; use gradcam_pp there, or a layer inside the network",
