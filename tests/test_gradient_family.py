@@ -189,9 +189,11 @@ def test_smoothgradcampp_without_noise_is_gradcam_pp(batch):
     assert not torch.allclose(noisy, plain, atol=1e-4)
 
 
-def test_smoothgradcampp_says_once_where_the_noise_changes_nothing(batch, capsys):
+def test_smoothgradcampp_says_once_where_the_noise_changes_nothing(batch, capsys, monkeypatch):
     """At the features a GAP-linear head pools, the gradient is the same for every input: the map is
-    Grad-CAM++'s at (samples + 1)x the cost, said once per localizer; inside the head it is not said."""
+    Grad-CAM++'s at (samples + 1)x the cost, said once per layer and process (acol-compare builds a
+    localizer for each use); inside the head it is not said."""
+    monkeypatch.setattr(gradient_family, "NOTED_LAYERS", set())  # as in a fresh process
     model, (x, y) = tiny("cam"), batch
     localizer = build_localizer("smoothgradcampp", samples=3)
     smooth = localizer.raw(model, x, y)[1]
@@ -200,6 +202,7 @@ def test_smoothgradcampp_says_once_where_the_noise_changes_nothing(batch, capsys
     assert err.startswith(f"note: smoothgradcampp at {model.default_cam_layer}: the gradient there is the same for "
                           "every input") and "gradcam_pp's at 4x its cost" in err
     localizer.raw(model, x, y)
+    build_localizer("smoothgradcampp", samples=3).raw(model, x, y)  # another localizer, the same layer
     assert capsys.readouterr().err == ""
     build_localizer("smoothgradcampp", layer="head_a.1", samples=3).raw(tiny("acol"), x, y)
     build_localizer("smoothgradcampp", samples=3, sigma=0.0).raw(model, x, y)  # no noise: nothing to say
@@ -336,15 +339,3 @@ def test_predicted_target_keeps_the_clean_class(batch):
         logits, maps = build_localizer(name, target="pred", **options)(model, x, torch.zeros(3, dtype=torch.long))
         _, expected = build_localizer(name, **options)(model, x, logits.argmax(1))
         torch.testing.assert_close(maps, expected)
-
-
-
-def test_smoothgradcampp_says_once_that_its_noise_changes_nothing_at_a_layer(monkeypatch, capsys):
-    """Followed only by pooling and a linear classifier, a layer's gradient is the same for every input: one
-    note per layer and process, however many localizers are built (acol-compare builds one per use)."""
-    from tests.test_perturbation import LinearGAP
-    monkeypatch.setattr(gradient_family, "NOTED_LAYERS", set())
-    x, y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
-    for _ in range(2):
-        build_localizer("smoothgradcampp", samples=2)(LinearGAP(), x, y)
-    assert capsys.readouterr().err.count("note: smoothgradcampp at features: the gradient there is the same") == 1
